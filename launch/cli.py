@@ -1,0 +1,319 @@
+"""`tinyfoundry`: one command per stage, `run` for all of them, and tools around a trained model.
+
+    tinyfoundry <stage> --config FILE.yaml [--run-dir DIR] [--section.key=value ...]
+    tinyfoundry run --config FILE.yaml          # every stage in order, skipping those whose outputs are current
+    tinyfoundry generate --model DIR --prompt TEXT [--max-new-tokens N] [--temperature T]
+
+Bad input (unknown key, wrong type, out-of-range value, missing file) prints one line naming the key or path and exits
+with status 2; set TINYFOUNDRY_DEBUG=1 to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from launch.config import ALL_STAGES, ConfigError, describe_section, load_config
+
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "synth": ("synth",),
+    "curate": ("curate",),
+    "tokenize": ("tokenize",),
+    "plan": ("plan", "model"),
+    "train": ("model", "train"),
+    "compress": ("compress",),
+    "export": ("export",),
+    "run": ("synth", "curate", "tokenize", "plan", "model", "train", "compress", "export"),
+}
+
+STAGE_HELP = {
+    "synth": "make TinyStories-style stories (offline grammar, an OpenAI-compatible server, or a local model)",
+    "curate": "read, normalize, filter and deduplicate documents",
+    "tokenize": "train a byte-level BPE tokenizer and pack token shards",
+    "plan": "choose model size and token count for a compute budget (`plan sweep` fits your own law)",
+    "train": "train the model with Lightning",
+    "compress": "quantize and prune the trained model, with a size-vs-quality report",
+    "export": "write the Hugging Face (safetensors) and GGUF exports",
+    "run": "run every configured stage in order, skipping stages whose outputs are current",
+}
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _options_epilog(sections: tuple[str, ...]) -> str:
+    parts = ["config options (set in the YAML section, or override as --section.key=value):"]
+    for sec in sections:
+        try:
+            parts.append(f"\n[{sec}]\n" + describe_section(sec))
+        except Exception as e:  # a component that fails to import should not hide the others' help
+            parts.append(f"\n[{sec}]\n  (unavailable: {e})")
+    return "\n".join(parts)
+
+
+def build_parser(with_epilogs: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tinyfoundry", description=__doc__, formatter_class=_Formatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    for name in (*ALL_STAGES, "run"):
+        p = sub.add_parser(name, help=STAGE_HELP[name], description=STAGE_HELP[name], formatter_class=_Formatter,
+                           epilog=_options_epilog(STAGE_SECTIONS[name]) if with_epilogs else None)
+        p.add_argument("--config", type=Path, help="the run's YAML config")
+        p.add_argument("--run-dir", type=Path, help="run directory (default runs/<config name>/)")
+        p.add_argument("--force", action="store_true", help="redo the stage even if its outputs are current")
+        if name == "curate":
+            p.add_argument("--input", action="append", help="path, glob or hf:<dataset> (repeatable); no config needed")
+            p.add_argument("--profile", choices=["web", "stories"], help="named filter profile")
+            p.add_argument("--output", type=Path, help="output folder (default <run-dir>/data)")
+            p.add_argument("--shard", help="process shard i of n, as i/n (for SLURM arrays)")
+        if name == "plan":
+            p.add_argument("action", nargs="?", choices=["sweep"], help="`sweep`: run an IsoFLOP sweep and fit a law")
+            p.add_argument("--flops", help="compute budget in FLOPs (e.g. 1e18)")
+            p.add_argument("--hours", help="wall-clock budget in hours on --device")
+            p.add_argument("--law", help="chinchilla | epoch | tokens-per-param | kaplan | fitted")
+
+    g = sub.add_parser("generate", help="sample text from a checkpoint or export", formatter_class=_Formatter)
+    g.add_argument("--model", type=Path, required=True, help="model folder, .ckpt, HF export or compressed model")
+    g.add_argument("--prompt", default="Once upon a time", help="text to continue")
+    g.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate at most")
+    g.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 is greedy")
+    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = all)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed")
+
+    sub.add_parser("models", help="list the model presets with params and FLOPs per token")
+
+    s = sub.add_parser("serve", help="OpenAI-compatible HTTP server for a model (127.0.0.1 by default)")
+    s.add_argument("--model", type=Path, required=True, help="model folder or export")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    s.add_argument("--port", type=int, default=8000, help="port")
+
+    e = sub.add_parser("eval", help="loss, bits-per-byte and story-quality probes of a model on held-out text",
+                       formatter_class=_Formatter)
+    e.add_argument("--model", type=Path, required=True, help="model folder, .ckpt, export or compressed model")
+    e.add_argument("--data", type=Path, required=True, help="held-out text: .txt, .jsonl or .parquet")
+    e.add_argument("--out", type=Path, default=None, help="where to write eval.json (default beside the model)")
+
+    la = sub.add_parser("launch", help="write cluster launch scripts (SLURM sbatch / torchrun)")
+    la.add_argument("target", choices=["slurm"], help="what to write")
+    la.add_argument("--config", type=Path, required=True, help="the run's YAML config")
+    la.add_argument("--out", type=Path, default=Path("train.sbatch"), help="script to write")
+    la.add_argument("--nodes", type=int, default=1, help="number of nodes")
+    la.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node")
+    return parser
+
+
+def _run_dir(args: argparse.Namespace, cfg_name: str) -> Path:
+    return args.run_dir if args.run_dir is not None else Path("runs") / cfg_name
+
+
+def _load(args: argparse.Namespace, overrides: list[str], required: bool = True):
+    if args.config is None and required:
+        raise ConfigError(f"{args.command}: --config FILE.yaml is required")
+    if args.config is not None and not args.config.is_file():
+        raise ConfigError(f"config file not found: {args.config}")
+    return load_config(args.config, overrides)
+
+
+def cmd_stage(args: argparse.Namespace, overrides: list[str]) -> int:
+    from launch.rundir import RunDir
+    from launch.stages import STAGES, run_pipeline, run_stage, write_config
+
+    cfg = _load(args, overrides)
+    rd = RunDir(_run_dir(args, cfg.name))
+    if args.command == "run":
+        run_pipeline(cfg, rd, force=args.force)
+        return 0
+    write_config(cfg, rd)
+    run_stage(cfg, rd, STAGES[args.command], force=args.force)
+    return 0
+
+
+def cmd_curate(args: argparse.Namespace, overrides: list[str]) -> int:
+    """With --config and no --output/--shard: the curate stage of a run. Otherwise stand-alone input -> output."""
+    overrides = list(overrides)
+    if args.input:
+        overrides.append("--curate.inputs=" + _yaml_list(args.input))
+    if args.profile:
+        overrides.append(f"--curate.profile={args.profile}")
+    if args.config is not None and args.output is None and args.shard is None:
+        return cmd_stage(args, overrides)
+    if args.config is None and not args.input:
+        raise ConfigError("curate: give --input PATH_OR_GLOB (and --profile, --output), or --config FILE.yaml")
+    from data_pipelines.curate import run_curate
+
+    cfg = load_config(args.config, overrides, default_name="curate")
+    out = args.output or (_run_dir(args, cfg.name) / "data")
+    shard = _parse_shard(args.shard) if args.shard else None
+    stats = run_curate(cfg.curate, Path(out), inputs=list(cfg.curate.inputs), shard=shard)
+    print(f"kept {stats.get('docs_out')} of {stats.get('docs_in')} documents -> {out}")
+    return 0
+
+
+def _yaml_list(items: list[str]) -> str:
+    import json
+
+    return json.dumps(list(items))
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard: expected i/n such as 0/4, got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ConfigError(f"--shard: need 0 <= i < n, got {text!r}")
+    return i, n
+
+
+def cmd_plan(args: argparse.Namespace, overrides: list[str]) -> int:
+    overrides = list(overrides)
+    for flag in ("flops", "hours", "law"):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"--plan.{flag}={value}")
+    if args.action == "sweep":
+        from train.planner import run_sweep
+
+        cfg = _load(args, overrides, required=False)
+        rd_root = _run_dir(args, cfg.name)
+        shards = rd_root / "shards"
+        if not (shards / "index.json").is_file():
+            raise ConfigError(f"plan sweep: no token shards at {shards} (run `tinyfoundry tokenize` first)")
+        result = run_sweep(cfg.plan.sweep, shards, rd_root / "sweep")
+        print(result.get("summary", result))
+        return 0
+    if args.config is None:
+        # Stand-alone planning from flags: no run directory needed beyond plan.json.
+        from launch.rundir import RunDir
+        from launch.stages import STAGES, run_stage, write_config
+
+        cfg = load_config(None, overrides, default_name="plan")
+        rd = RunDir(_run_dir(args, cfg.name))
+        write_config(cfg, rd)
+        run_stage(cfg, rd, STAGES["plan"], force=True)
+        return 0
+    return cmd_stage(args, overrides)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from launch.generation import generate_text
+
+    if args.temperature < 0:
+        raise ConfigError(f"--temperature: must be >= 0, got {args.temperature}")
+    if args.max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens: must be >= 1, got {args.max_new_tokens}")
+    text = generate_text(args.model, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                         top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    print(args.prompt + text)
+    return 0
+
+
+def cmd_models() -> int:
+    from models.presets import format_table
+
+    print(format_table())
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from launch.serve import serve_main
+
+    serve_main(str(args.model), host=args.host, port=args.port)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
+    import json
+
+    from launch.config import build_dataclass, parse_overrides
+    from train.eval import EvalConfig, run_eval
+
+    raw = parse_overrides(overrides)
+    unknown = [k for k in raw if k != "eval"]
+    if unknown:
+        raise ConfigError(f"eval: unknown option section '{unknown[0]}' (options look like --eval.key=value)")
+    cfg = build_dataclass(EvalConfig, raw.get("eval", {}), "eval")
+    if not args.data.exists():
+        raise ConfigError(f"--data: {args.data} does not exist")
+    out = args.out or ((args.model if args.model.is_dir() else args.model.parent) / "eval.json")
+    result = run_eval(cfg, args.model, args.data, out)
+    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (list, dict))}, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from launch.slurm import write_sbatch
+
+    if not args.config.is_file():
+        raise ConfigError(f"config file not found: {args.config}")
+    path = write_sbatch(args.config, args.out, nodes=args.nodes, gpus_per_node=args.gpus_per_node)
+    print(f"wrote {path}")
+    return 0
+
+
+def dispatch(argv: list[str]) -> int:
+    # Only build the (slow) per-section help when it will be shown.
+    wants_help = any(a in ("-h", "--help") for a in argv)
+    parser = build_parser(with_epilogs=wants_help)
+    args, rest = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if rest and args.command not in (*ALL_STAGES, "run", "eval"):
+        raise ConfigError(f"{args.command}: unrecognized arguments: {' '.join(rest)}")
+    if args.command == "curate":
+        return cmd_curate(args, rest)
+    if args.command == "plan":
+        return cmd_plan(args, rest)
+    if args.command in (*ALL_STAGES, "run"):
+        return cmd_stage(args, rest)
+    if args.command == "generate":
+        return cmd_generate(args)
+    if args.command == "models":
+        return cmd_models()
+    if args.command == "serve":
+        return cmd_serve(args)
+    if args.command == "eval":
+        return cmd_eval(args, rest)
+    if args.command == "launch":
+        return cmd_launch(args)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+def main(argv: list[str] | None = None) -> Any:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("TINYFOUNDRY_DEBUG") == "1"
+    try:
+        return dispatch(argv)
+    except KeyboardInterrupt:
+        print("tinyfoundry: interrupted", file=sys.stderr)
+        return 130
+    except (ConfigError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+        if debug:
+            raise
+        print(f"tinyfoundry: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        # Components raise ValueError for bad data (a missing text field, a vocab mismatch): one line, exit 2.
+        if debug:
+            raise
+        print(f"tinyfoundry: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, FileNotFoundError) and e.filename:
+        return f"file not found: {e.filename}"
+    text = str(e).strip() or type(e).__name__
+    return " ".join(text.split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

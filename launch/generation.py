@@ -1,0 +1,62 @@
+"""Text in, text out: `tinyfoundry generate` over any model the loader understands (a checkpoint folder, a Lightning
+.ckpt, an HF export, a compressed model), with the tokenizer that travels with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from launch.config import ConfigError
+
+
+def find_tokenizer(model_path: Path, hint: Path | None = None) -> Path:
+    """The tokenizer.json beside a model: in its folder, or in the run directory that holds it."""
+    candidates = []
+    if hint is not None:
+        candidates.append(Path(hint))
+    base = model_path if model_path.is_dir() else model_path.parent
+    candidates += [base / "tokenizer.json"]
+    for parent in list(base.parents)[:3]:
+        candidates.append(parent / "tokenizer" / "tokenizer.json")
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise ConfigError(f"no tokenizer.json found for {model_path} (looked in {', '.join(str(c) for c in candidates)})")
+
+
+def load_any(model_path: Path):
+    """(model, tokenizer path) for a model folder, an export, a .ckpt, or a compressed model."""
+    import models
+
+    model_path = Path(model_path)
+    if not model_path.exists():
+        raise ConfigError(f"--model: {model_path} does not exist")
+    try:
+        from models.compress import is_compressed_dir, load_compressed
+    except ImportError:
+        is_compressed_dir = None
+    if is_compressed_dir is not None and model_path.is_dir() and is_compressed_dir(model_path):
+        model, tok = load_compressed(model_path)
+    else:
+        model, tok = models.load_model(model_path)
+    model.eval()
+    return model, find_tokenizer(model_path, tok)
+
+
+def generate_text(model_path: Path, prompt: str, max_new_tokens: int = 128, temperature: float = 0.8,
+                  top_k: int = 0, top_p: float = 1.0, seed: int | None = 0) -> str:
+    from tokenizers import Tokenizer
+
+    from models.generate import generate
+
+    model, tok_path = load_any(Path(model_path))
+    tok = Tokenizer.from_file(str(tok_path))
+    ids = tok.encode(prompt).ids
+    eos = tok.token_to_id("<|endoftext|>")
+    out = generate(model, [ids], max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                   eos_id=eos, seed=seed)[0]
+    if eos is not None and out and out[-1] == eos:
+        out = out[:-1]
+    # decode prompt+continuation together so byte-level pieces that span the boundary come out whole
+    full = tok.decode(ids + out)
+    plain_prompt = tok.decode(ids)
+    return full[len(plain_prompt):] if full.startswith(plain_prompt) else full

@@ -1,0 +1,282 @@
+"""Stage orchestration: each stage reads its section of the run config and its upstream outputs, calls one entry
+function of its component, and records a manifest. `run` is every configured stage in pipeline order.
+
+Why here and not in the components: the components know nothing of each other or of the run directory's layout beyond
+the paths they are handed; this module is the one place that wires outputs to inputs (and the only one allowed to import
+every room, see ../shared/DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from launch.config import ConfigError, RunConfig, dump_yaml
+from launch.rundir import RunDir, atomic_write_text, file_fingerprint
+
+
+def log(msg: str) -> None:
+    print(f"[tinyfoundry] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    sections: tuple[str, ...]
+    """Config sections whose values decide the stage's outputs."""
+    fn: Callable[[RunConfig, RunDir], dict[str, Any]]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Upstream identity
+
+
+def _upstream(cfg: RunConfig, rd: RunDir, stage: str) -> dict[str, str]:
+    """What a stage consumes, as identities: upstream stages' run ids, or fingerprints of external files."""
+    deps: dict[str, str] = {}
+
+    def need(up: str) -> None:
+        rid = rd.run_id(up)
+        if rid is None:
+            raise ConfigError(
+                f"{stage} needs the outputs of '{up}' in {rd.root}, which are missing or unfinished: "
+                f"run `tinyfoundry {up}` first, or `tinyfoundry run`"
+            )
+        deps[up] = rid
+
+    if stage == "curate":
+        if cfg.curate.inputs:
+            from data_pipelines.curate import resolve_inputs
+
+            deps["inputs"] = file_fingerprint(resolve_inputs(cfg.curate.inputs)) + "|" + "|".join(cfg.curate.inputs)
+        else:
+            need("synth")
+    elif stage == "tokenize":
+        need("curate")
+    elif stage == "plan":
+        if rd.run_id("tokenize"):
+            deps["tokenize"] = rd.run_id("tokenize")  # unique tokens come from the shards when present
+    elif stage == "train":
+        need("tokenize")
+        if "plan" in cfg.stages or rd.plan_json.is_file():
+            need("plan")
+    elif stage == "compress":
+        need("train")
+        need("tokenize")
+    elif stage == "export":
+        need("train")
+        if "compress" in cfg.stages:
+            need("compress")
+    return deps
+
+
+def run_stage(cfg: RunConfig, rd: RunDir, stage: Stage, force: bool = False) -> dict[str, Any] | None:
+    inputs = _upstream(cfg, rd, stage.name)
+    chash = cfg.section_hash(*stage.sections)
+    if not force and rd.is_current(stage.name, chash, inputs):
+        log(f"{stage.name}: up to date (manifest matches), skipped")
+        return None
+    log(f"{stage.name}: running")
+    rd.begin(stage.name, chash, inputs)
+    t0 = time.time()
+    outputs = stage.fn(cfg, rd)
+    wall = time.time() - t0
+    rd.finish(stage.name, chash, inputs, wall, outputs=_summary(outputs))
+    log(f"{stage.name}: done in {wall:.1f}s")
+    return outputs
+
+
+def _summary(outputs: Any) -> dict[str, Any]:
+    """Small scalar facts of a stage's result for its manifest."""
+    if not isinstance(outputs, dict):
+        return {}
+    return {k: v for k, v in outputs.items() if isinstance(v, (int, float, str, bool)) and not isinstance(v, dict)}
+
+
+def write_config(cfg: RunConfig, rd: RunDir) -> None:
+    rd.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(rd.config_yaml, dump_yaml(cfg))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The stages
+
+
+def stage_synth(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
+    from data_pipelines.synthetic import run_synth
+
+    return run_synth(cfg.synth, rd.synth, seed=cfg.seed)
+
+
+def stage_curate(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
+    from data_pipelines.curate import run_curate
+
+    inputs = list(cfg.curate.inputs) or [str(rd.synth / "*.parquet")]
+    return run_curate(cfg.curate, rd.data, inputs=inputs)
+
+
+def stage_tokenize(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
+    from data_pipelines.tokenize import run_tokenize
+
+    files = sorted(rd.data.glob("*.parquet"))
+    if not files:
+        raise ConfigError(f"tokenize: no curated documents in {rd.data} (*.parquet)")
+    return run_tokenize(cfg.tokenize, files, rd.tokenizer, rd.shards, seed=cfg.seed)
+
+
+def stage_plan(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
+    from train.planner import format_candidates, run_plan
+
+    plan = run_plan(cfg.plan, rd.plan_json, shards_dir=rd.shards if rd.shards.is_dir() else None, model_cfg=cfg.model)
+    print(format_candidates(plan))
+    return plan
+
+
+def _load_plan(cfg: RunConfig, rd: RunDir) -> dict[str, Any] | None:
+    if "plan" not in cfg.stages and not rd.plan_json.is_file():
+        return None
+    import json
+
+    return json.loads(rd.plan_json.read_text())
+
+
+def stage_train(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
+    from train import run_train
+
+    return run_train(cfg.train, cfg.model, rd.shards, rd.root, plan=_load_plan(cfg, rd), tokenizer_file=rd.tokenizer_file)
+
+
+def val_tokens(shards_dir: Path, max_tokens: int = 1_000_000) -> tuple[Any, float]:
+    """The held-out tokens (first `max_tokens`) as a LongTensor, and bytes per token of the val split."""
+    import numpy as np
+    import torch
+
+    from data_pipelines.tokenize.shards import ShardIndex
+
+    idx = ShardIndex.load(shards_dir)
+    parts, n = [], 0
+    for arr in idx.open("val"):
+        take = min(len(arr), max_tokens - n)
+        parts.append(np.asarray(arr[:take], dtype=np.int64))
+        n += take
+        if n >= max_tokens:
+            break
+    if not parts:
+        raise ConfigError(f"no validation tokens in {shards_dir}")
+    return torch.from_numpy(np.concatenate(parts)), float(idx.bytes_per_token("val"))
+
+
+def stage_compress(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
+    from models.compress import run_compress
+
+    tokens, bpt = val_tokens(rd.shards)
+    return run_compress(cfg.compress, rd.final_model, tokens, bpt, rd.compressed, recover=_recover_fn(cfg, rd))
+
+
+def _recover_fn(cfg: RunConfig, rd: RunDir) -> Callable[..., Any] | None:
+    """Short KD recovery training after pruning, using train's distillation (models/ may not import train/)."""
+    try:
+        from train.distill import recover
+    except ImportError:
+        return None
+
+    def fn(student: Any, teacher: Any, **kw: Any) -> Any:
+        return recover(student, teacher, shards_dir=rd.shards, seed=cfg.seed, **kw)
+
+    return fn
+
+
+def stage_export(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
+    import json
+
+    from models.export import run_export
+
+    report = None
+    model_dir = rd.final_model
+    report_path = rd.compressed / "report.json"
+    if report_path.is_file():
+        report = json.loads(report_path.read_text())
+        if report.get("export_model_dir"):
+            model_dir = Path(report["export_model_dir"])
+    return run_export(cfg.export, model_dir, rd.export, report=report)
+
+
+STAGES: dict[str, Stage] = {
+    "synth": Stage("synth", ("synth",), stage_synth),
+    "curate": Stage("curate", ("curate",), stage_curate),
+    "tokenize": Stage("tokenize", ("tokenize",), stage_tokenize),
+    "plan": Stage("plan", ("plan", "model"), stage_plan),
+    "train": Stage("train", ("model", "train"), stage_train),
+    "compress": Stage("compress", ("compress",), stage_compress),
+    "export": Stage("export", ("export",), stage_export),
+}
+
+
+def run_pipeline(cfg: RunConfig, rd: RunDir, force: bool = False) -> None:
+    write_config(cfg, rd)
+    for name in cfg.stages:
+        run_stage(cfg, rd, STAGES[name], force=force)
+    print_run_summary(cfg, rd)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What `run` prints at the end
+
+
+def unigram_baseline(shards_dir: Path) -> float:
+    """Cross-entropy (nats/token) of the val split under the train split's unigram distribution (add-one smoothed):
+    the loss of a model that has learned token frequencies and nothing else."""
+    import numpy as np
+
+    from data_pipelines.tokenize.shards import ShardIndex
+
+    idx = ShardIndex.load(shards_dir)
+    counts = np.ones(idx.vocab_size, dtype=np.float64)
+    for arr in idx.open("train"):
+        counts += np.bincount(np.asarray(arr, dtype=np.int64), minlength=idx.vocab_size)[: idx.vocab_size]
+    logp = np.log(counts / counts.sum())
+    total, n = 0.0, 0
+    for arr in idx.open("val"):
+        ids = np.asarray(arr, dtype=np.int64)
+        total -= float(logp[ids].sum())
+        n += len(ids)
+    return total / max(n, 1)
+
+
+def sample_story(model_dir: Path, prompt: str = "Once upon a time", max_new_tokens: int = 160,
+                 temperature: float = 0.7, seed: int = 0) -> str:
+    from launch.generation import generate_text
+
+    return generate_text(model_dir, prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                         top_k=40)
+
+
+def print_run_summary(cfg: RunConfig, rd: RunDir) -> None:
+    import json
+
+    lines = [f"\nRun directory: {rd.root.resolve()}"]
+    for label, path in [
+        ("config", rd.config_yaml), ("synthetic stories", rd.synth), ("curated data", rd.data),
+        ("tokenizer", rd.tokenizer_file), ("token shards", rd.shards), ("plan", rd.plan_json),
+        ("checkpoints", rd.checkpoints), ("TensorBoard", rd.tb), ("training summary", rd.train_summary),
+        ("compressed", rd.compressed), ("HF export", rd.export / "hf"), ("GGUF export", rd.export / "gguf"),
+    ]:
+        if path.exists():
+            lines.append(f"  {label:<18} {path}")
+    if rd.train_summary.is_file() and rd.shards.is_dir():
+        s = json.loads(rd.train_summary.read_text())
+        base = unigram_baseline(rd.shards)
+        val = s.get("final_val_loss")
+        if isinstance(val, (int, float)) and math.isfinite(val):
+            lines.append(f"\nval loss {val:.3f} nats/token vs unigram baseline {base:.3f} "
+                         f"({val / base:.0%} of it); val bits-per-byte {s.get('val_bpb', float('nan')):.3f}")
+    story_model = rd.export / "hf" if (rd.export / "hf" / "config.json").is_file() else rd.final_model
+    if story_model.is_dir():
+        lines.append(f"\nA story from {story_model}:\n")
+        lines.append("Once upon a time" + sample_story(story_model, seed=cfg.seed))
+    print("\n".join(lines), flush=True)
