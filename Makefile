@@ -1,0 +1,48 @@
+# tinyfoundry — everything a fresh clone needs: `make demo`, `make test`.
+# The venv is made here; torch is installed first and pinned (TORCH_SPEC) so that nothing else pulls another build.
+PY ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip --disable-pip-version-check
+BASE := $(VENV)/.base-installed
+FULL := $(VENV)/.full-installed
+
+.PHONY: install install-full demo test lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# Base install: what `make demo` needs.
+$(BASE): pyproject.toml | $(BIN)/python
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[dev]" "$(TORCH_SPEC)"
+	touch $@
+
+# Full install: every optional part the test suite exercises (transformers parity, the openai client, DeepSpeed,
+# llama.cpp through llama-cpp-python, which compiles llama.cpp from source once: ~6 minutes, then pip's wheel cache).
+# DeepSpeed builds against the torch already installed (--no-build-isolation), never a second one.
+$(FULL): $(BASE)
+	$(PIP) install -q -e ".[dev,hf,teacher]" "$(TORCH_SPEC)"
+	$(PIP) install -q --no-build-isolation "deepspeed>=0.14" "$(TORCH_SPEC)"
+	$(PIP) install -q "llama-cpp-python>=0.3" "$(TORCH_SPEC)"
+	touch $@
+
+install: $(BASE)
+install-full: $(FULL)
+
+demo: $(BASE)
+	$(BIN)/tinyfoundry run --config configs/demo.yaml
+
+test: $(FULL)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: $(BASE)
+	$(BIN)/ruff check .
+
+bench: $(FULL)
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b --quick || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,145 @@
+"""Building blocks of the Llama-style decoder: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU.
+
+Design and invariants
+- Numerics follow Hugging Face `LlamaForCausalLM` exactly, so `models.hf_mapping` is a renaming with no
+  permutation: RoPE uses the "rotate_half" (non-interleaved) layout, where dimension i pairs with i + K/2;
+  RMSNorm normalises in fp32 and casts back before the weight multiply.
+- No biases anywhere. Attention goes through `F.scaled_dot_product_attention`: `is_causal=True` when there is
+  no cache and no padding (the fast path used in training); otherwise an explicit boolean mask.
+- The KV cache is preallocated per generation (`KVCache`); every row of a batch shares the cache slot index
+  while its RoPE positions may differ (left-padded prompts), so padding never shifts positions.
+
+Shape legend: B batch, T query positions, S key positions (cache length), D model dim, H query heads,
+G key/value heads, K head dim, F MLP hidden dim, L layers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight, computed in fp32 (as HF Llama does) and cast back to the input dtype."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
+        dtype = x_BTD.dtype
+        x32_BTD = x_BTD.float()
+        x32_BTD = x32_BTD * torch.rsqrt(x32_BTD.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32_BTD.to(dtype)
+
+
+def rope_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
+    """(K/2,) inverse frequencies theta^(-2i/K), the Llama/HF definition."""
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+
+
+def rope_cos_sin(pos_BT: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """cos, sin of shape (B, T, K) for integer positions, in the rotate_half layout [f, f]."""
+    freqs_BTk = pos_BT.float()[..., None] * inv_freq.to(pos_BT.device)[None, None, :]
+    emb_BTK = torch.cat((freqs_BTk, freqs_BTk), dim=-1)
+    return emb_BTK.cos().to(dtype), emb_BTK.sin().to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x_BHTK: torch.Tensor, cos_BTK: torch.Tensor, sin_BTK: torch.Tensor) -> torch.Tensor:
+    cos_B1TK, sin_B1TK = cos_BTK[:, None], sin_BTK[:, None]
+    return x_BHTK * cos_B1TK + _rotate_half(x_BHTK) * sin_B1TK
+
+
+class KVCache:
+    """Preallocated keys/values for all layers: k, v of shape (L, B, G, S_max, K); `length` slots filled."""
+
+    def __init__(
+        self, cfg: ModelConfig, batch_size: int, max_len: int, device: torch.device | str, dtype: torch.dtype
+    ) -> None:
+        shape = (cfg.num_layers, batch_size, cfg.num_kv_heads, max_len, cfg.head_dim)
+        self.k_LBGSK = torch.zeros(shape, device=device, dtype=dtype)
+        self.v_LBGSK = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+        self.max_len = max_len
+
+    def update(
+        self, layer: int, k_BGTK: torch.Tensor, v_BGTK: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write T new positions at slot `length` (advanced by the model after the last layer); return all keys."""
+        start, end = self.length, self.length + k_BGTK.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KVCache: {end} positions exceed the cache size {self.max_len}")
+        self.k_LBGSK[layer, :, :, start:end] = k_BGTK
+        self.v_LBGSK[layer, :, :, start:end] = v_BGTK
+        return self.k_LBGSK[layer, :, :, :end], self.v_LBGSK[layer, :, :, :end]
+
+
+class Attention(nn.Module):
+    """Grouped-query causal self-attention with RoPE; K/V heads are shared by num_heads / num_kv_heads queries."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.wq = nn.Linear(cfg.dim, cfg.num_heads * cfg.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.dim, cfg.num_kv_heads * cfg.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.dim, cfg.num_kv_heads * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.dropout = cfg.dropout
+
+    def forward(
+        self,
+        x_BTD: torch.Tensor,
+        cos_BTK: torch.Tensor,
+        sin_BTK: torch.Tensor,
+        mask_BTS: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        B, T, _ = x_BTD.shape
+        q_BHTK = self.wq(x_BTD).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        k_BGTK = self.wk(x_BTD).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v_BGTK = self.wv(x_BTD).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q_BHTK, k_BGTK = apply_rope(q_BHTK, cos_BTK, sin_BTK), apply_rope(k_BGTK, cos_BTK, sin_BTK)
+        if cache is not None:
+            k_BGSK, v_BGSK = cache.update(layer, k_BGTK, v_BGTK)
+        else:
+            k_BGSK, v_BGSK = k_BGTK, v_BGTK
+        if self.num_kv_heads != self.num_heads:  # (B, G, S, K) -> (B, H, S, K): each kv head serves H/G queries
+            rep = self.num_heads // self.num_kv_heads
+            k_BGSK = k_BGSK.repeat_interleave(rep, dim=1)
+            v_BGSK = v_BGSK.repeat_interleave(rep, dim=1)
+        dropout_p = self.dropout if self.training else 0.0
+        if mask_BTS is None and cache is None:
+            y_BHTK = F.scaled_dot_product_attention(q_BHTK, k_BGSK, v_BGSK, is_causal=True, dropout_p=dropout_p)
+        else:
+            if mask_BTS is None:  # cache without padding: causal relative to the cache offset
+                S = k_BGSK.shape[2]
+                q_pos_T = torch.arange(S - T, S, device=x_BTD.device)
+                mask_BTS = (torch.arange(S, device=x_BTD.device)[None, :] <= q_pos_T[:, None])[None]
+            y_BHTK = F.scaled_dot_product_attention(
+                q_BHTK, k_BGSK, v_BGSK, attn_mask=mask_BTS[:, None], dropout_p=dropout_p
+            )
+        y_BTD = y_BHTK.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)
+        return self.wo(y_BTD)
+
+
+class SwiGLU(nn.Module):
+    """w_down(silu(w_gate x) * w_up x): the Llama MLP."""
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.w_gate = nn.Linear(dim, hidden_dim, bias=False)
+        self.w_up = nn.Linear(dim, hidden_dim, bias=False)
+        self.w_down = nn.Linear(hidden_dim, dim, bias=False)
+
+    def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
+        return self.w_down(F.silu(self.w_gate(x_BTD)) * self.w_up(x_BTD))

@@ -1,0 +1,81 @@
+"""The config loader on its own: coercion, unknown keys with suggestions, range errors naming `section.key`, field docs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from launch.config import ConfigError, build_dataclass, describe_dataclass, field_docs, parse_overrides
+
+
+@dataclass
+class Inner:
+    width: int = 4
+    """How wide."""
+
+
+@dataclass
+class Toy:
+    lr: float = 3e-4
+    """Peak learning rate."""
+    max_tokens: int = 1000
+    """Tokens to train on."""
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    """Learning-rate schedule."""
+    inputs: list[str] = field(default_factory=list)
+    """Input paths."""
+    out: Path = Path("x")
+    """Output folder."""
+    inner: Inner = field(default_factory=Inner)
+    """Nested options."""
+    compile: bool = False
+    """Use torch.compile."""
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"lr: must be > 0, got {self.lr}")
+
+
+def test_coercion_from_yaml_strings():
+    cfg = build_dataclass(Toy, {"lr": "1e-3", "max_tokens": "2e6", "inputs": "a.txt", "out": "o",
+                                "inner": {"width": 8}}, "train")
+    assert cfg.lr == 1e-3 and cfg.max_tokens == 2_000_000 and isinstance(cfg.max_tokens, int)
+    assert cfg.inputs == ["a.txt"] and cfg.out == Path("o") and cfg.inner.width == 8
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"lrr": 1}, "unknown key 'train.lrr' (did you mean 'lr'?)"),
+        ({"max_tokens": "lots"}, "train.max_tokens: expected an integer, got 'lots'"),
+        ({"max_tokens": 1.5}, "train.max_tokens: expected an integer, got 1.5"),
+        ({"schedule": "cosin"}, "train.schedule: must be one of 'cosine', 'wsd', 'constant', got 'cosin' (did you mean 'cosine'?)"),
+        ({"lr": -1}, "train.lr: must be > 0, got -1.0"),
+        ({"compile": "yes"}, "train.compile: expected true or false, got 'yes'"),
+        ({"inner": {"widht": 2}}, "unknown key 'train.inner.widht' (did you mean 'width'?)"),
+    ],
+)
+def test_errors_name_the_key(data, message):
+    with pytest.raises(ConfigError) as e:
+        build_dataclass(Toy, data, "train")
+    assert str(e.value) == message
+
+
+def test_overrides_parse_dotted_keys_and_yaml_scalars():
+    ov = parse_overrides(["--train.lr=1e-3", "--train.max_tokens", "2000", "--model.preset=1m", "--x.flag=true"])
+    assert ov == {"train": {"lr": "1e-3", "max_tokens": 2000}, "model": {"preset": "1m"}, "x": {"flag": True}}
+    with pytest.raises(ConfigError, match="has no value"):
+        parse_overrides(["--train.lr"])
+    with pytest.raises(ConfigError, match="unexpected argument"):
+        parse_overrides(["train.lr=3"])
+
+
+def test_field_docs_are_read_from_source():
+    docs = field_docs(Toy)
+    assert docs["lr"] == "Peak learning rate." and docs["inner"] == "Nested options."
+    text = describe_dataclass(Toy, "train")
+    assert "--train.lr float  [default: 0.0003]" in text and "Peak learning rate." in text
+    assert "--train.inner.width int" in text

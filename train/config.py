@@ -1,0 +1,155 @@
+"""TrainConfig: everything the training stage needs besides the model shape and the data.
+
+Design and invariants
+- Lengths are in tokens (`max_tokens`, `val_every_tokens`, `ckpt_every_tokens`); the runner turns them
+  into optimizer steps with `tokens_per_step = batch_size * seq_len * num_accum_steps * world_size`, rounding
+  up, so a run never trains on fewer tokens than asked.
+- 0 means "decide for me" for `max_tokens`, `batch_size`, `seq_len` (take the plan's value, else a default)
+  and for the intervals (about ten validations / checkpoints per run). No field is `None`.
+- Strategy and precision are validated here only for being known names; whether the machine can run them
+  (FSDP / DeepSpeed need CUDA, 16-mixed needs a GPU) is checked by the runner before training, so a config
+  written on a laptop for a cluster still loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Precision = Literal["fp32", "bf16-mixed", "16-mixed"]
+Strategy = Literal["auto", "ddp", "fsdp", "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_3"]
+Schedule = Literal["cosine", "wsd", "constant"]
+
+
+@dataclass
+class TrainConfig:
+    """How to train: budget, batch, optimizer, schedule, precision, devices, checkpoints and logging."""
+
+    seed: int = 0
+    """Seed for initialisation and the data order (the same seed gives the same run, bitwise in fp32 on CPU)."""
+    max_tokens: int = 0
+    """Training length in tokens; 0 takes num_tokens from the plan (required without a plan)."""
+    batch_size: int = 0
+    """Sequences per micro-batch per device; 0 takes the plan's batch_size (else 16)."""
+    seq_len: int = 0
+    """Tokens per training sequence; 0 takes the plan's seq_len (else the model's max_seq_len)."""
+    num_accum_steps: int = 1
+    """Micro-batches accumulated per optimizer step (gradient accumulation)."""
+    data_order: Literal["random", "sequential"] = "random"
+    """'random': windows at seeded random offsets; 'sequential': consecutive windows through the shards."""
+    lr: float = 3e-3
+    """Peak learning rate of AdamW."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of lr (cosine and WSD end there)."""
+    schedule: Schedule = "cosine"
+    """Learning-rate schedule: linear warmup then 'cosine' decay, 'wsd' (warmup-stable-decay) or 'constant'."""
+    warmup_frac: float = 0.02
+    """Fraction of the optimizer steps spent in linear warmup."""
+    decay_frac: float = 0.2
+    """WSD only: fraction of the steps spent in the final linear decay."""
+    weight_decay: float = 0.1
+    """AdamW weight decay, applied only to parameters with >= 2 dimensions (not norms or biases)."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.95
+    """AdamW beta2."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+    precision: Precision = "fp32"
+    """'fp32', 'bf16-mixed' (autocast, CPU or GPU) or '16-mixed' (fp16 autocast with loss scaling, GPU only)."""
+    compile: bool = False
+    """Compile the model with torch.compile (slower start, faster steps on GPU)."""
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    """Device kind; 'auto' takes a GPU when one is present."""
+    devices: int = 1
+    """Devices (processes) per node."""
+    num_nodes: int = 1
+    """Nodes (machines) in the job; >1 is launched through torchrun or SLURM (see launch/slurm.py)."""
+    strategy: Strategy = "auto"
+    """Multi-device strategy: 'ddp', 'fsdp' or DeepSpeed ZeRO 'deepspeed_stage_{1,2,3}' (FSDP/DeepSpeed need GPUs)."""
+    val_every_tokens: int = 0
+    """Validate every this many training tokens; 0 means about ten times per run."""
+    num_val_tokens: int = 65536
+    """Validation tokens per evaluation (fixed windows from the val split)."""
+    ckpt_every_tokens: int = 0
+    """Checkpoint every this many training tokens; 0 means about ten times per run."""
+    ckpt_every_minutes: float = 0.0
+    """Also checkpoint when this many minutes passed since the last one; 0 disables."""
+    num_keep_ckpts: int = 3
+    """Periodic checkpoints kept besides last.ckpt and best.ckpt."""
+    log_every_steps: int = 10
+    """Log train loss, lr, grad norm, tokens/s and MFU every this many optimizer steps."""
+    sample_every_steps: int = 0
+    """Log sample generations as text every this many steps; 0 means at each validation."""
+    sample_prompt: str = "Once upon a time"
+    """Prompt for the sample generations."""
+    num_sample_tokens: int = 48
+    """New tokens per sample generation; 0 disables samples."""
+    teacher: str = ""
+    """Distillation teacher (model dir or .ckpt); empty trains on cross-entropy alone."""
+    distill_alpha: float = 0.5
+    """Distillation: loss = alpha * CE + (1 - alpha) * T^2 * KL(teacher || student)."""
+    distill_temperature: float = 2.0
+    """Distillation softmax temperature T."""
+    num_workers: int = 0
+    """DataLoader worker processes (windows are cut from memory-mapped shards, so 0 is usually enough)."""
+    progress_bar: bool = True
+    """Show a tqdm bar (tokens/s, loss, ETA) on stderr."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_tokens", "batch_size", "seq_len", "val_every_tokens", "ckpt_every_tokens",
+                     "sample_every_steps", "num_sample_tokens", "num_workers"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{name}: must be a non-negative integer, got {v!r}")
+        for name in ("num_accum_steps", "devices", "num_nodes", "log_every_steps", "num_keep_ckpts",
+                     "num_val_tokens"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name}: must be a positive integer, got {v!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr: must be positive, got {self.lr}")
+        for name in ("min_lr_ratio", "warmup_frac", "decay_frac", "distill_alpha"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name}: must be in [0, 1], got {v}")
+        if self.warmup_frac + (self.decay_frac if self.schedule == "wsd" else 0.0) > 1.0:
+            raise ValueError(f"warmup_frac: warmup_frac + decay_frac must be <= 1, got {self.warmup_frac}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay: must be >= 0, got {self.weight_decay}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError(f"beta1: beta1 and beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+        if self.eps <= 0:
+            raise ValueError(f"eps: must be positive, got {self.eps}")
+        if self.grad_clip < 0:
+            raise ValueError(f"grad_clip: must be >= 0, got {self.grad_clip}")
+        if self.ckpt_every_minutes < 0:
+            raise ValueError(f"ckpt_every_minutes: must be >= 0, got {self.ckpt_every_minutes}")
+        if self.distill_temperature <= 0:
+            raise ValueError(f"distill_temperature: must be positive, got {self.distill_temperature}")
+        _check_literal(self, "precision", ("fp32", "bf16-mixed", "16-mixed"))
+        _check_literal(self, "schedule", ("cosine", "wsd", "constant"))
+        _check_literal(self, "data_order", ("random", "sequential"))
+        _check_literal(self, "accelerator", ("auto", "cpu", "gpu"))
+        _check_literal(self, "strategy", ("auto", "ddp", "fsdp", "deepspeed_stage_1", "deepspeed_stage_2",
+                                          "deepspeed_stage_3"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"{unknown[0]}: unknown TrainConfig field, got {d[unknown[0]]!r}")
+        return cls(**d)
+
+
+def _check_literal(cfg: Any, name: str, allowed: tuple[str, ...]) -> None:
+    v = getattr(cfg, name)
+    if v not in allowed:
+        raise ValueError(f"{name}: must be one of {', '.join(allowed)}, got {v!r}")
