@@ -11,7 +11,7 @@ order) is kept and every later copy names it.
 MinHash: documents are lower-cased ``\\w+`` tokens; each word is hashed once (xxh3-64, stable across
 processes and machines, unlike ``hash``), a word n-gram's 64-bit hash is a fixed linear combination
 of its word hashes (numpy, uint64 wrap-around), and each of the ``b*r`` permutations is a
-multiply-add-shift hash ``(a*x + c) >> 32``. The minimum over a document's n-grams is its signature
+multiply-shift hash ``(a*x mod 2^64) >> 32``. The minimum over a document's n-grams is its signature
 (uint32[b*r]); a batch of documents is hashed as one flat array and reduced with
 ``np.minimum.reduceat``, so numpy overhead is paid per batch, not per document. LSH folds each band's
 ``r`` values into one 64-bit key; two documents that share any band key are candidates, and the
@@ -32,7 +32,8 @@ import xxhash
 
 WORD_RE = re.compile(r"\w+")
 _NONWORD_RE = re.compile(r"[\W_]+")
-_MAX_SHINGLES_PER_CHUNK = 1 << 16  # bounds the (shingles x permutations) temporary to ~60 MB
+_MAX_SHINGLES_PER_CHUNK = 1 << 13  # (permutations x shingles) uint64 temporary stays ~7 MB, cache-sized
+_MAX_CACHED_WORDS = 1 << 20  # word-hash cache is cleared past this many entries
 
 
 def words(text: str) -> list[str]:
@@ -86,10 +87,10 @@ class MinHashDeduper:
         # odd multipliers keep the multiply-shift hashes bijective on the low bits
         self._gram_mul = rng.integers(1, u64, size=ngram, dtype=np.uint64, endpoint=True) | np.uint64(1)
         self._perm_a = rng.integers(1, u64, size=num_perm, dtype=np.uint64, endpoint=True) | np.uint64(1)
-        self._perm_c = rng.integers(0, u64, size=num_perm, dtype=np.uint64, endpoint=True)
         self._band_mul = rng.integers(1, u64, size=rows_per_band, dtype=np.uint64, endpoint=True) | np.uint64(1)
         self._tables: list[dict[int, str]] = [{} for _ in range(num_bands)]
         self._count = 0
+        self._word_cache: dict[str, int] = {}
 
     @property
     def num_perm(self) -> int:
@@ -105,23 +106,35 @@ class MinHashDeduper:
         return 1.0 - (1.0 - jaccard**self.rows_per_band) ** self.num_bands
 
     # ---- pure part (parallel) ----------------------------------------------------------------
+    def _word_hashes(self, toks: list[str]) -> np.ndarray:
+        cache = self._word_cache
+        try:
+            return np.fromiter(map(cache.__getitem__, toks), dtype=np.uint64, count=len(toks))
+        except KeyError:
+            if len(cache) > _MAX_CACHED_WORDS:
+                cache.clear()
+            h = xxhash.xxh3_64_intdigest
+            for t in toks:
+                if t not in cache:
+                    cache[t] = h(t.encode("utf-8", "surrogatepass"))
+            return np.fromiter(map(cache.__getitem__, toks), dtype=np.uint64, count=len(toks))
+
     def _shingle_hashes(self, text: str) -> np.ndarray:
         toks = words(text)
         if not toks:
             return np.empty(0, dtype=np.uint64)
-        h = xxhash.xxh3_64_intdigest
-        wh = np.fromiter(map(h, map(str.encode, toks)), dtype=np.uint64, count=len(toks))
+        wh = self._word_hashes(toks)
         n = min(self.ngram, len(toks))
         num = len(toks) - n + 1
         with np.errstate(over="ignore"):
             acc = wh[:num] * self._gram_mul[0]
             for k in range(1, n):
-                acc = acc + wh[k : k + num] * self._gram_mul[k]
+                acc += wh[k : k + num] * self._gram_mul[k]
         return acc
 
     def signatures(self, texts: Sequence[str]) -> np.ndarray:
         """uint32[N, b*r] signatures; rows of documents without words are all 0xFFFFFFFF."""
-        out = np.full((len(texts), self.num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
+        out_NP = np.full((len(texts), self.num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
         parts = [self._shingle_hashes(t) for t in texts]
         start = 0
         while start < len(parts):
@@ -134,11 +147,14 @@ class MinHashDeduper:
             if rows:
                 flat_S = np.concatenate([parts[i] for i in rows])
                 offsets = np.cumsum([0] + [len(parts[i]) for i in rows[:-1]])
+                # multiply-shift hashing: the top 32 bits of a*x (a odd) are a universal hash, and
+                # taking them is monotonic, so the min is taken on the full product, then shifted.
                 with np.errstate(over="ignore"):
-                    hv_SP = ((flat_S[:, None] * self._perm_a[None, :] + self._perm_c[None, :]) >> np.uint64(32))
-                out[rows] = np.minimum.reduceat(hv_SP, offsets, axis=0).astype(np.uint32)
+                    hv_PS = self._perm_a[:, None] * flat_S[None, :]
+                min_PD = np.minimum.reduceat(hv_PS, offsets, axis=1) >> np.uint64(32)
+                out_NP[rows] = min_PD.T.astype(np.uint32)
             start = end
-        return out
+        return out_NP
 
     def signature(self, text: str) -> np.ndarray:
         """uint32[b*r] signature of one document."""

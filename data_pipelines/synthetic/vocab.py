@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 
 NOUN_KINDS = ("person", "animal", "thing", "food", "stuff", "place", "nature", "time", "vehicle")
-VERB_FRAMES = ("alone", "with")
+VERB_FRAMES = ("alone", "with", "other")
 ADJECTIVE_KINDS = ("feeling", "look")
 
 IRREGULAR_PAST: dict[str, str] = {
@@ -161,7 +161,7 @@ class Word:
 
 def _read_list(path: Path | None, name: str, default_kind: str, kinds: tuple[str, ...]) -> list[Word]:
     if path is None:
-        text = resources.files(__package__).joinpath("vocab", name).read_text(encoding="utf-8")
+        text = resources.files(__package__).joinpath("vocab").joinpath(name).read_text(encoding="utf-8")
     else:
         text = Path(path).read_text(encoding="utf-8")
     words: dict[str, Word] = {}
@@ -203,7 +203,7 @@ class Vocabulary:
         verbs_file: Path | None = None,
         adjectives_file: Path | None = None,
     ) -> Vocabulary:
-        fw = resources.files(__package__).joinpath("vocab", "function_words.txt").read_text("utf-8")
+        fw = resources.files(__package__).joinpath("vocab").joinpath("function_words.txt").read_text("utf-8")
         function_words = [w for line in fw.splitlines() if not line.startswith("#") for w in line.split()]
         from .grammar import NAMES  # names the grammar uses count as simple
 
@@ -226,8 +226,8 @@ class Vocabulary:
         for lemma in self.lemmas | set(self.function_words):
             for part in re.split(r"[\s]+", lemma):
                 out |= forms(part)
-            for w in self.verbs:
-                out.update(x.lower() for x in tokenize_words(w.obj))
+        for w in self.verbs:
+            out.update(x.lower() for x in tokenize_words(w.obj))
         return frozenset(out)
 
     def sampling_lists(self) -> tuple[list[str], list[str], list[str]]:

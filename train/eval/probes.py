@@ -222,8 +222,9 @@ def continue_prompts(
                        top_p=cfg.top_p, eos_id=eos, seed=seed + b0)
         for prompt, toks in zip(batch, new):
             toks = list(toks)
-            ended = eos is not None and eos in toks
-            if ended:
+            # generate() drops the EOS it stops at: a row shorter than the budget ended with EOS
+            ended = eos is not None and (len(toks) < budget or eos in toks)
+            if eos is not None and eos in toks:
                 toks = toks[: toks.index(eos)]
             text = tokenizer.decode(toks, skip_special_tokens=True)
             out.append({"prompt": prompt, "text": text, "ended": ended})

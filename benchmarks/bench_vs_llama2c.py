@@ -1,0 +1,366 @@
+"""Our default recipe vs a tuned llama2.c-style baseline at equal training FLOPs (6N per token).
+
+Both models train on the same 90% of ../shared/data/tinystories (split by story, seeded) and are scored on the
+other 10% in held-out bits per byte by the same code (train.eval.loss), so the tokenizers may differ.
+
+Baseline (a plain PyTorch loop, as in karpathy/llama2.c train.py, its stories260K shape):
+  dim 64, 5 layers, 8 heads, 4 kv heads, SwiGLU hidden 172 (multiple_of 4), vocab 512 (byte-level BPE trained on the
+  training split), tied embeddings, init N(0, 0.02) with residual projections 0.02/sqrt(2L); AdamW weight decay 0.1 on
+  matrices, betas (0.9, 0.95), linear warmup (10% of steps, llama2.c's 1000 iters scaled to the run) + cosine to 0,
+  grad clip 1.0, batch 32 x 256. Its learning rate is swept over --lrs (>= 4 values) and the best held-out bpb kept.
+
+Ours ("pipeline", the default when the rooms are present): our tokenizer (data_pipelines.tokenize defaults), the
+planner's choice of shape/tokens/batch/lr for the same FLOPs (train.planner.run_plan), trained by train.run_train.
+"plain" instead trains models.Transformer with our recipe in a plain loop here (used when the trainer or the planner
+is missing, or asked for with --ours plain).
+
+FLOPs = 6 * N * tokens with N = all parameters counted once (tied embedding included: the output projection's matmul
+is real work), so a bigger vocabulary is paid for.
+
+    .venv/bin/python benchmarks/bench_vs_llama2c.py            # ~1e13 FLOPs per run (about 8 min each on a free 2-core CPU)
+    .venv/bin/python benchmarks/bench_vs_llama2c.py --quick    # 2e12 FLOPs per run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from train.eval.loss import build_stream, encode_documents, eos_id_of, read_documents, stream_nats  # noqa: E402
+
+DATA = (ROOT / ".." / "shared" / "data" / "tinystories" / "tinystories_2000.txt").resolve()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# llama2.c model (model.py, trimmed): B batch, T time, D dim, H heads, K kv heads, E head dim, V vocab
+
+
+@dataclass
+class L2CArgs:
+    dim: int = 64
+    n_layers: int = 5
+    n_heads: int = 8
+    n_kv_heads: int = 4
+    vocab_size: int = 512
+    multiple_of: int = 4
+    max_seq_len: int = 256
+    norm_eps: float = 1e-5
+
+
+def _rope(E: int, T: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    freqs = 1.0 / theta ** (torch.arange(0, E, 2).float() / E)
+    ang_TE = torch.outer(torch.arange(T).float(), freqs)
+    return ang_TE.cos(), ang_TE.sin()
+
+
+def _apply_rope(x_BTHE: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    T = x_BTHE.shape[1]
+    x1, x2 = x_BTHE[..., 0::2], x_BTHE[..., 1::2]
+    c, s = cos[:T, None, :], sin[:T, None, :]
+    out = torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1)
+    return out.flatten(-2)
+
+
+class L2CBlock(nn.Module):
+    def __init__(self, a: L2CArgs) -> None:
+        super().__init__()
+        self.H, self.K, self.E = a.n_heads, a.n_kv_heads, a.dim // a.n_heads
+        hidden = int(2 * (4 * a.dim) / 3)
+        hidden = a.multiple_of * ((hidden + a.multiple_of - 1) // a.multiple_of)
+        self.wq = nn.Linear(a.dim, self.H * self.E, bias=False)
+        self.wk = nn.Linear(a.dim, self.K * self.E, bias=False)
+        self.wv = nn.Linear(a.dim, self.K * self.E, bias=False)
+        self.wo = nn.Linear(self.H * self.E, a.dim, bias=False)
+        self.w1 = nn.Linear(a.dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, a.dim, bias=False)
+        self.w3 = nn.Linear(a.dim, hidden, bias=False)
+        self.attn_norm = nn.RMSNorm(a.dim, eps=a.norm_eps)
+        self.ffn_norm = nn.RMSNorm(a.dim, eps=a.norm_eps)
+
+    def forward(self, x_BTD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x_BTD.shape
+        h = self.attn_norm(x_BTD)
+        q = _apply_rope(self.wq(h).view(B, T, self.H, self.E), cos, sin).transpose(1, 2)
+        k = _apply_rope(self.wk(h).view(B, T, self.K, self.E), cos, sin).transpose(1, 2)
+        v = self.wv(h).view(B, T, self.K, self.E).transpose(1, 2)
+        k = k.repeat_interleave(self.H // self.K, dim=1)
+        v = v.repeat_interleave(self.H // self.K, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, -1)
+        x_BTD = x_BTD + self.wo(y)
+        h = self.ffn_norm(x_BTD)
+        return x_BTD + self.w2(F.silu(self.w1(h)) * self.w3(h))
+
+
+class L2CTransformer(nn.Module):
+    def __init__(self, a: L2CArgs) -> None:
+        super().__init__()
+        self.args = a
+        self.tok_embeddings = nn.Embedding(a.vocab_size, a.dim)
+        self.layers = nn.ModuleList(L2CBlock(a) for _ in range(a.n_layers))
+        self.norm = nn.RMSNorm(a.dim, eps=a.norm_eps)
+        self.output = nn.Linear(a.dim, a.vocab_size, bias=False)
+        self.output.weight = self.tok_embeddings.weight  # tied, as in llama2.c
+        cos, sin = _rope(a.dim // a.n_heads, a.max_seq_len)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+        self.apply(self._init)
+        for name, p in self.named_parameters():
+            if name.endswith(("w3.weight", "wo.weight")):  # llama2.c's scaled init of residual projections
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * a.n_layers))
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx_BT: torch.Tensor) -> torch.Tensor:
+        x = self.tok_embeddings(idx_BT)
+        for layer in self.layers:
+            x = layer(x, self.cos, self.sin)
+        return self.output(self.norm(x))
+
+
+def num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data and the plain training loop
+
+
+def split_stories(seed: int = 0) -> tuple[list[str], list[str]]:
+    docs = read_documents(DATA)
+    order = list(range(len(docs)))
+    random.Random(seed).shuffle(order)
+    n_val = len(docs) // 10
+    val = [docs[i] for i in sorted(order[:n_val])]
+    train = [docs[i] for i in sorted(order[n_val:])]
+    return train, val
+
+
+def train_bpe(docs: list[str], vocab_size: int, path: Path) -> Path:
+    """Byte-level BPE (the stand-in for llama2.c's sentencepiece tok512 with byte fallback), specials 0..2."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|pad|>", "<|bos|>", "<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(docs, trainer)
+    tok.save(str(path))
+    return path
+
+
+def token_stream(tok, docs: list[str]) -> tuple[torch.Tensor, int]:
+    ids = encode_documents(tok, docs)
+    stream, nbytes, _ = build_stream(ids, docs, eos_id_of(tok))
+    return stream, nbytes
+
+
+def heldout_bpb(model: nn.Module, val_stream: torch.Tensor, val_bytes: int, seq_len: int) -> float:
+    model.eval()
+    nats, _ = stream_nats(model, val_stream, seq_len, batch_size=16)
+    return nats / math.log(2) / val_bytes
+
+
+def lr_at(step: int, steps: int, warmup: int, lr: float, min_lr: float) -> float:
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - warmup)
+    return min_lr + 0.5 * (1 + math.cos(math.pi * min(1.0, t))) * (lr - min_lr)
+
+
+def plain_train(
+    model: nn.Module, train_stream: torch.Tensor, steps: int, lr: float, batch: int, seq_len: int, *,
+    warmup_frac: float = 0.1, min_lr_frac: float = 0.0, wd: float = 0.1, betas=(0.9, 0.95), clip: float = 1.0,
+    z_loss: float = 0.0, seed: int = 0, desc: str = "",
+) -> float:
+    """Random windows of the training stream, AdamW (decay on matrices), warmup + cosine; returns the last loss."""
+    from tqdm import tqdm
+
+    g = torch.Generator().manual_seed(seed)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=lr, betas=betas, fused=False)
+    warmup = max(1, int(warmup_frac * steps))
+    model.train()
+    n = train_stream.numel() - seq_len - 1
+    loss_val = float("nan")
+    bar = tqdm(range(steps), desc=desc, unit="step", file=sys.stderr, leave=False, mininterval=5)
+    for step in bar:
+        for grp in opt.param_groups:
+            grp["lr"] = lr_at(step, steps, warmup, lr, lr * min_lr_frac)
+        ix = torch.randint(0, n, (batch,), generator=g)
+        x_BT = torch.stack([train_stream[i : i + seq_len] for i in ix])
+        y_BT = torch.stack([train_stream[i + 1 : i + 1 + seq_len] for i in ix])
+        out = model(x_BT)
+        logits = out if isinstance(out, torch.Tensor) else out.logits
+        logits = logits.float()
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y_BT.view(-1))
+        total = loss + z_loss * torch.logsumexp(logits, dim=-1).pow(2).mean() if z_loss else loss
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        loss_val = loss.item()
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss_val:.3f}")
+    return loss_val
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The two sides
+
+
+def run_baseline(train_docs, val_docs, flops: float, lrs: list[float], work: Path, seed: int) -> list[dict]:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(train_bpe(train_docs, 512, work / "baseline_tok512.json")))
+    tr, _ = token_stream(tok, train_docs)
+    va, va_bytes = token_stream(tok, val_docs)
+    rows = []
+    for lr in lrs:
+        torch.manual_seed(seed)
+        model = L2CTransformer(L2CArgs())
+        n = num_params(model)
+        tokens_per_step = 32 * 256
+        steps = max(1, int(flops / (6 * n * tokens_per_step)))
+        t0 = time.time()
+        last = plain_train(model, tr, steps, lr, 32, 256, seed=seed, desc=f"llama2.c lr={lr:g}")
+        bpb = heldout_bpb(model, va, va_bytes, 256)
+        rows.append({"run": f"llama2.c lr={lr:g}", "params": n, "vocab": 512, "steps": steps,
+                     "tokens": steps * tokens_per_step, "flops": 6 * n * steps * tokens_per_step, "lr": lr,
+                     "train_loss": last, "bpb": bpb, "wall_s": time.time() - t0,
+                     "train_bytes_per_token": sum(len(d.encode()) for d in train_docs) / tr.numel()})
+        print(f"  {rows[-1]['run']:<28} steps {steps:5d}  bpb {bpb:.4f}  ({rows[-1]['wall_s']:.0f}s)", flush=True)
+    return rows
+
+
+# Our recipe when the planner/trainer are not used (see --ours plain). Chosen by the measurements in the docstring of
+# the report (LOG notes): a bigger vocabulary, a wider model, higher peak lr, short warmup, cosine to 10%, z-loss.
+PLAIN_RECIPE = {"vocab": 2048, "dim": 128, "num_layers": 4, "num_heads": 4, "num_kv_heads": 4, "lr": 6e-3,
+                "batch": 32, "seq_len": 256, "warmup_frac": 0.05, "min_lr_frac": 0.1, "wd": 0.1, "z_loss": 1e-4}
+
+
+def run_ours_plain(train_docs, val_docs, flops: float, work: Path, seed: int, recipe: dict | None = None) -> dict:
+    from tokenizers import Tokenizer
+
+    from models import ModelConfig, Transformer
+
+    r = {**PLAIN_RECIPE, **(recipe or {})}
+    tok = Tokenizer.from_file(str(train_bpe(train_docs, r["vocab"], work / f"ours_tok{r['vocab']}.json")))
+    tr, _ = token_stream(tok, train_docs)
+    va, va_bytes = token_stream(tok, val_docs)
+    torch.manual_seed(seed)
+    mcfg = ModelConfig(vocab_size=tok.get_vocab_size(), dim=r["dim"], num_layers=r["num_layers"],
+                       num_heads=r["num_heads"], num_kv_heads=r["num_kv_heads"], max_seq_len=r["seq_len"])
+    model = Transformer(mcfg)
+    n = num_params(model)
+    tokens_per_step = r["batch"] * r["seq_len"]
+    steps = max(1, int(flops / (6 * n * tokens_per_step)))
+    t0 = time.time()
+    last = plain_train(model, tr, steps, r["lr"], r["batch"], r["seq_len"], warmup_frac=r["warmup_frac"],
+                       min_lr_frac=r["min_lr_frac"], wd=r["wd"], z_loss=r["z_loss"], seed=seed, desc="ours (plain)")
+    bpb = heldout_bpb(model, va, va_bytes, r["seq_len"])
+    return {"run": "ours (plain loop)", "params": n, "vocab": tok.get_vocab_size(), "steps": steps,
+            "tokens": steps * tokens_per_step, "flops": 6 * n * steps * tokens_per_step, "lr": r["lr"],
+            "train_loss": last, "bpb": bpb, "wall_s": time.time() - t0, "recipe": r,
+            "train_bytes_per_token": sum(len(d.encode()) for d in train_docs) / tr.numel()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smaller budget (2e12 FLOPs per run)")
+    ap.add_argument("--flops", type=float, default=None, help="training FLOPs per run (default 1e13, quick 2e12)")
+    ap.add_argument("--lrs", type=str, default="5e-4,1e-3,3e-3,6e-3,1e-2", help="baseline learning rates to sweep")
+    ap.add_argument("--ours", choices=["auto", "pipeline", "plain", "none"], default="auto")
+    ap.add_argument("--skip-baseline", action="store_true", help="only train ours")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    flops = args.flops or (2e12 if args.quick else 1e13)
+    lrs = [float(x) for x in args.lrs.split(",") if x]
+    train_docs, val_docs = split_stories(args.seed)
+    print(f"data: {len(train_docs)} train / {len(val_docs)} held-out stories; budget {flops:.2g} FLOPs per run")
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if not args.skip_baseline:
+            rows += run_baseline(train_docs, val_docs, flops, lrs, work, args.seed)
+        mode = args.ours
+        if mode == "auto":
+            mode = "pipeline" if _pipeline_ready() else "plain"
+        if mode == "pipeline":
+            rows.append(run_ours_pipeline(train_docs, val_docs, flops, work, args.seed))
+        elif mode == "plain":
+            rows.append(run_ours_plain(train_docs, val_docs, flops, work, args.seed))
+        if rows and rows[-1]["run"].startswith("ours"):
+            print(f"  {rows[-1]['run']:<28} steps {rows[-1]['steps']:5d}  bpb {rows[-1]['bpb']:.4f}  "
+                  f"({rows[-1]['wall_s']:.0f}s)", flush=True)
+    report(rows)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2, default=str))
+
+
+def report(rows: list[dict]) -> None:
+    base = [r for r in rows if r["run"].startswith("llama2.c")]
+    best = min(base, key=lambda r: r["bpb"]) if base else None
+    print()
+    print(f"| {'run':<28} | {'params':>8} | {'vocab':>5} | {'tokens':>9} | {'FLOPs':>8} | {'B/tok':>5} | "
+          f"{'held-out bpb':>12} | {'vs tuned':>8} |")
+    print("|" + "|".join("-" * (w + 2) for w in (28, 8, 5, 9, 8, 5, 12, 8)) + "|")
+    for r in rows:
+        ratio = f"{r['bpb'] / best['bpb']:.3f}x" if best else "-"
+        print(f"| {r['run']:<28} | {r['params']:>8,} | {r['vocab']:>5} | {r['tokens']:>9,} | {r['flops']:>8.2e} | "
+              f"{r['train_bytes_per_token']:>5.2f} | {r['bpb']:>12.4f} | {ratio:>8} |")
+    ours = [r for r in rows if r["run"].startswith("ours")]
+    if best and ours:
+        ratio = ours[0]["bpb"] / best["bpb"]
+        verdict = "MET" if ratio <= 0.85 else "NOT met"
+        print(f"\nours / tuned baseline ({best['run']}) = {ratio:.3f}  (target <= 0.85: {verdict})")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ours through the real rooms: tokenizer -> planner -> trainer
+
+
+def _pipeline_ready() -> bool:
+    try:
+        from data_pipelines.tokenize import run_tokenize  # noqa: F401
+        from train import run_train  # noqa: F401
+        from train.planner import run_plan  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_ours_pipeline(train_docs, val_docs, flops: float, work: Path, seed: int) -> dict:
+    raise NotImplementedError("filled in once the planner and trainer are in the tree")
+
+
+if __name__ == "__main__":
+    np.random.seed(0)
+    main()

@@ -1,0 +1,221 @@
+"""Typed config for `synth`: which teacher, how many stories, the prompt recipe and the quality gates.
+
+Every field carries a one-line docstring (the CLI's --help reads them with `ast`); `__post_init__`
+validates and raises `ValueError("<field>: ...")`. Nested sections (`openai`, `local`, `gates`)
+accept plain dicts too, so the config can be built from YAML without the lead's loader.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from .grammar import FEATURES
+
+DEFAULT_TEMPLATE = (
+    "Write a short story (3-5 paragraphs) which only uses very simple words that a 3 year old child "
+    'would likely understand. The story should use the verb "{verb}", the noun "{noun}" and the '
+    'adjective "{adjective}". {features_sentence}Remember to only use simple words!'
+)
+TEMPLATE_FIELDS = frozenset({"verb", "noun", "adjective", "features", "features_sentence"})
+
+
+def _nested(cls: type, value: Any, name: str) -> Any:
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        known = {f.name for f in fields(cls)}
+        bad = [k for k in value if k not in known]
+        if bad:
+            raise ValueError(f"{name}.{bad[0]}: unknown key")
+        return cls(**value)
+    raise ValueError(f"{name}: expected a mapping, got {type(value).__name__}")
+
+
+@dataclass
+class OpenAITeacherConfig:
+    """An OpenAI-compatible server (vLLM, llama.cpp server, Ollama, OpenAI, `tinyfoundry serve`)."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    """Server base URL including /v1."""
+    model: str = ""
+    """Model name sent with each request; empty = the first model the server lists at /v1/models."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Name of the environment variable that holds the API key (unset = a dummy key for local servers)."""
+    api: Literal["chat", "completions"] = "chat"
+    """Endpoint: /v1/chat/completions (instruction models) or /v1/completions (base models)."""
+    num_concurrent: int = 8
+    """Requests in flight at once."""
+    timeout_s: float = 120.0
+    """Per-request timeout in seconds."""
+    max_retries: int = 5
+    """Retries per request on 429, 5xx, timeouts and connection errors (exponential backoff)."""
+    backoff_s: float = 1.0
+    """First backoff delay in seconds; doubles each retry (with jitter), capped at 60 s."""
+    max_tokens: int = 700
+    """Most tokens a story may use."""
+    temperature: float = 1.0
+    """Sampling temperature sent to the server."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold sent to the server."""
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url: must start with http:// or https://, got {self.base_url!r}")
+        if self.num_concurrent < 1:
+            raise ValueError(f"num_concurrent: must be >= 1, got {self.num_concurrent}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s: must be > 0, got {self.timeout_s}")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries: must be >= 0, got {self.max_retries}")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens: must be >= 1, got {self.max_tokens}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class LocalTeacherConfig:
+    """A model run in this process: a transformers causal LM (`hf`) or a tinyfoundry model (`tinyfoundry`)."""
+
+    model_path: str = ""
+    """Model folder: an HF model dir for `hf`; a tinyfoundry model dir, export or .ckpt for `tinyfoundry`."""
+    prefix: Literal["prompt", "instruct", "once"] = "prompt"
+    """What the model is given: the prompt (chat template if the tokenizer has one), a TinyStories-Instruct header, or 'Once upon a time'."""
+    device: str = "cpu"
+    """torch device."""
+    batch_size: int = 8
+    """Prompts generated together."""
+    max_new_tokens: int = 400
+    """Most new tokens per story."""
+    temperature: float = 0.8
+    """Sampling temperature (0 = greedy)."""
+    top_k: int = 0
+    """Top-k sampling (0 = off)."""
+    top_p: float = 0.95
+    """Nucleus sampling threshold."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size: must be >= 1, got {self.batch_size}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens: must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature: must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class GateConfig:
+    """Quality gates every story passes before it is kept; each rejection is counted by reason."""
+
+    require_words: bool = True
+    """Reject stories that miss the sampled noun, verb or adjective (any inflection counts)."""
+    max_unknown_share: float = 0.05
+    """Most share of words outside the simple vocabulary (names and inflections count as simple)."""
+    min_words: int = 50
+    """Fewest words in a story."""
+    max_words: int = 700
+    """Most words in a story."""
+    max_repeated_share: float = 0.35
+    """Most share of repeated word 3-grams (catches loops and garbage)."""
+    dedup: Literal["none", "exact", "near"] = "near"
+    """Drop exact copies ("exact") or exact and MinHash near-duplicates ("near")."""
+    near_ngram: int = 5
+    """Word n-gram size for MinHash."""
+    near_num_bands: int = 14
+    """LSH bands (more bands = lower Jaccard threshold)."""
+    near_rows_per_band: int = 8
+    """Rows per LSH band (effective Jaccard threshold = (1/bands)^(1/rows), 0.72 at 14x8)."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_unknown_share <= 1:
+            raise ValueError(f"max_unknown_share: must be in [0, 1], got {self.max_unknown_share}")
+        if self.min_words < 0 or self.max_words < self.min_words:
+            raise ValueError(f"max_words: must be >= min_words >= 0, got {self.min_words}..{self.max_words}")
+        if not 0 < self.max_repeated_share <= 1:
+            raise ValueError(f"max_repeated_share: must be in (0, 1], got {self.max_repeated_share}")
+        for name in ("near_ngram", "near_num_bands", "near_rows_per_band"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class SynthConfig:
+    """Synthetic TinyStories-style stories (Eldan & Li 2023): prompt recipe, teacher, quality gates."""
+
+    teacher: Literal["grammar", "openai", "hf", "tinyfoundry"] = "grammar"
+    """Who writes the stories: the offline grammar (no model), an OpenAI-compatible server, a transformers model, or a tinyfoundry model."""
+    num_stories: int = 2000
+    """Stories to keep (after the quality gates)."""
+    max_attempts_factor: float = 3.0
+    """Give up after num_stories * this many prompts (a teacher that fails every gate cannot loop forever)."""
+    nouns_file: str = ""
+    """Own noun list (one word per line, optional '## kind' headers); empty = the built-in list."""
+    verbs_file: str = ""
+    """Own verb list (one per line, optional 'verb: usual object'); empty = the built-in list."""
+    adjectives_file: str = ""
+    """Own adjective list (one per line); empty = the built-in list."""
+    features: list[str] = field(default_factory=lambda: list(FEATURES))
+    """Story features to sample from (subset of: dialogue, bad ending, moral value, plot twist, foreshadowing, conflict)."""
+    min_features: int = 0
+    """Fewest features per story."""
+    max_features: int = 2
+    """Most features per story."""
+    prompt_templates: list[str] = field(default_factory=lambda: [DEFAULT_TEMPLATE])
+    """Prompt templates (one drawn per story); fields {verb} {noun} {adjective} {features} {features_sentence}."""
+    system_prompt: str = ""
+    """System message for chat teachers (empty = none)."""
+    instruct_format: bool = False
+    """Write `text` in the TinyStories-Instruct format (Features / Words / Summary / Story) instead of the bare story."""
+    stories_per_file: int = 20000
+    """Stories per output parquet file."""
+    grammar_workers: int = 1
+    """Processes for the offline grammar (it writes ~thousands of stories/s per process)."""
+    openai: OpenAITeacherConfig = field(default_factory=OpenAITeacherConfig)
+    """OpenAI-compatible teacher settings (teacher: openai)."""
+    local: LocalTeacherConfig = field(default_factory=LocalTeacherConfig)
+    """Local model teacher settings (teacher: hf or tinyfoundry)."""
+    gates: GateConfig = field(default_factory=GateConfig)
+    """Quality gates."""
+
+    def __post_init__(self) -> None:
+        self.openai = _nested(OpenAITeacherConfig, self.openai, "openai")
+        self.local = _nested(LocalTeacherConfig, self.local, "local")
+        self.gates = _nested(GateConfig, self.gates, "gates")
+        if self.teacher not in ("grammar", "openai", "hf", "tinyfoundry"):
+            raise ValueError(f"teacher: must be grammar, openai, hf or tinyfoundry, got {self.teacher!r}")
+        if self.num_stories < 1:
+            raise ValueError(f"num_stories: must be >= 1, got {self.num_stories}")
+        if self.max_attempts_factor < 1:
+            raise ValueError(f"max_attempts_factor: must be >= 1, got {self.max_attempts_factor}")
+        self.features = list(self.features)
+        bad = [f for f in self.features if f not in FEATURES]
+        if bad:
+            raise ValueError(f"features: unknown feature {bad[0]!r}, expected some of {list(FEATURES)}")
+        if not 0 <= self.min_features <= self.max_features:
+            raise ValueError(f"min_features: must be in [0, max_features], got {self.min_features}")
+        if self.max_features > len(self.features):
+            raise ValueError(f"max_features: must be <= len(features) = {len(self.features)}, got {self.max_features}")
+        if isinstance(self.prompt_templates, str):
+            self.prompt_templates = [self.prompt_templates]
+        if not self.prompt_templates:
+            raise ValueError("prompt_templates: need at least one template, got []")
+        for t in self.prompt_templates:
+            try:
+                names = {f for _, f, _, _ in string.Formatter().parse(t) if f is not None}
+            except ValueError as e:
+                raise ValueError(f"prompt_templates: cannot parse template ({e}), got {t!r}") from None
+            unknown = names - TEMPLATE_FIELDS
+            if unknown:
+                raise ValueError(
+                    f"prompt_templates: unknown field {{{sorted(unknown)[0]}}}, allowed {sorted(TEMPLATE_FIELDS)}"
+                )
+        if self.stories_per_file < 1:
+            raise ValueError(f"stories_per_file: must be >= 1, got {self.stories_per_file}")
+        if self.grammar_workers < 1:
+            raise ValueError(f"grammar_workers: must be >= 1, got {self.grammar_workers}")
+        if self.teacher in ("hf", "tinyfoundry") and not self.local.model_path:
+            raise ValueError(f"local.model_path: teacher {self.teacher} needs a model path, got ''")

@@ -1,0 +1,133 @@
+"""Quality gates: a story is kept only if it passes every gate; each rejection names one reason.
+
+Design
+- Gates run cheapest-first and the first failure is the reason (datatrove's habit: tests assert
+  the reason, stats count by reason). Order: teacher_error, empty, refusal, garbage, truncated,
+  too_short, too_long, repetitive, missing_words, not_simple, duplicate_exact, duplicate_near.
+- Required words match any inflection generated from the lemma (`vocab.forms`), so "jumped",
+  "ran" and "bunnies" count for jump, run and bunny.
+- Simplicity is the share of word tokens outside the simple vocabulary. A capitalised word that
+  does not start a sentence is a name and is skipped; the sampled words always count as simple
+  (the prompt asked for them).
+- Refusals are looked for at the start of the answer only: "I am sorry," inside a story's dialogue
+  is not a refusal; "as an AI" / "language model" anywhere is.
+- Dedup uses curation's ExactDeduper / MinHashDeduper, so synth and curate agree on what a
+  duplicate is; the first story wins and later copies are rejected.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from .config import GateConfig
+from .prompts import StoryRequest
+from .vocab import Vocabulary, forms, tokenize_words
+
+REASONS = (
+    "teacher_error", "empty", "refusal", "garbage", "truncated", "too_short", "too_long",
+    "repetitive", "missing_words", "not_simple", "duplicate_exact", "duplicate_near",
+)
+_REFUSAL_START = re.compile(
+    r"^\s*(?:i['’]?m sorry|i am sorry|sorry,? but|i (?:cannot|can['’]?t|can not|won['’]?t|am unable)"
+    r"|unfortunately,? i|as an ai)",
+    re.IGNORECASE,
+)
+_REFUSAL_ANYWHERE = re.compile(r"\b(?:as an ai\b|ai language model|language model\b|openai)", re.IGNORECASE)
+_ENDS_WELL = re.compile(r"[.!?][\"'”’)]*\s*$")
+_SENTENCE_END = re.compile(r"[.!?][\"'”’)]*$")
+
+
+def unknown_share(text: str, simple: frozenset[str], allowed: set[str] = frozenset()) -> float:
+    """Share of word tokens that are not simple (names and `allowed` words skipped/counted simple)."""
+    total = unknown = 0
+    start = True  # next token starts a sentence
+    for m in re.finditer(r"[A-Za-z]+(?:['’-][A-Za-z]+)*|[.!?]", text):
+        tok = m.group(0)
+        if tok in ".!?":
+            start = True
+            continue
+        low = tok.lower()
+        is_name = tok[0].isupper() and not start and low not in simple
+        start = False
+        if is_name:
+            continue
+        total += 1
+        if low not in simple and low not in allowed:
+            unknown += 1
+    return unknown / total if total else 1.0
+
+
+def repeated_trigram_share(words: Sequence[str]) -> float:
+    grams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
+    if not grams:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+class QualityGates:
+    """Stateful (dedup tables): call `check_batch` in story order."""
+
+    def __init__(self, cfg: GateConfig, vocab: Vocabulary) -> None:
+        self.cfg = cfg
+        self.simple = vocab.simple_forms
+        self.exact = self.near = None
+        if cfg.dedup in ("exact", "near"):
+            from data_pipelines.curate.dedup import ExactDeduper
+
+            self.exact = ExactDeduper(normalize=True)
+        if cfg.dedup == "near":
+            from data_pipelines.curate.dedup import MinHashDeduper
+
+            self.near = MinHashDeduper(
+                ngram=cfg.near_ngram, num_bands=cfg.near_num_bands, rows_per_band=cfg.near_rows_per_band
+            )
+
+    def check_text(self, req: StoryRequest, text: str | None) -> str | None:
+        """The first gate (not dedup) the story fails, or None."""
+        if text is None:
+            return "teacher_error"
+        if not text.strip():
+            return "empty"
+        head = text.lstrip()[:200]
+        if _REFUSAL_START.search(head) or _REFUSAL_ANYWHERE.search(text):
+            return "refusal"
+        nonspace = [c for c in text if not c.isspace()]
+        alpha = sum(c.isalpha() for c in nonspace)
+        words = [w.lower() for w in tokenize_words(text)]
+        if alpha < 0.7 * len(nonspace) or any(len(w) > 30 for w in words):
+            return "garbage"
+        if not _ENDS_WELL.search(text):
+            return "truncated"
+        if len(words) < self.cfg.min_words:
+            return "too_short"
+        if len(words) > self.cfg.max_words:
+            return "too_long"
+        if repeated_trigram_share(words) > self.cfg.max_repeated_share:
+            return "repetitive"
+        required = [req.verb.text, req.noun.text, req.adjective.text]
+        allowed: set[str] = set()
+        for lemma in required:
+            fs = {f for part in lemma.split() for f in forms(part)}
+            allowed |= fs
+            if self.cfg.require_words and not (fs & set(words)):
+                return "missing_words"
+        if unknown_share(text, self.simple, allowed) > self.cfg.max_unknown_share:
+            return "not_simple"
+        return None
+
+    def check_batch(self, reqs: Sequence[StoryRequest], texts: Sequence[str | None]) -> list[str | None]:
+        """Reason per story (None = keep); dedup tables remember the kept ones."""
+        reasons = [self.check_text(r, t) for r, t in zip(reqs, texts)]
+        if self.exact is not None:
+            for i, (r, t) in enumerate(zip(reqs, texts)):
+                if reasons[i] is None and self.exact.is_duplicate(r.id, t) is not None:
+                    reasons[i] = "duplicate_exact"
+        if self.near is not None:
+            idx = [i for i, why in enumerate(reasons) if why is None]
+            if idx:
+                keys = self.near.band_keys([texts[i] for i in idx]).tolist()
+                for i, k in zip(idx, keys):
+                    if self.near.check_keys(reqs[i].id, k) is not None:
+                        reasons[i] = "duplicate_near"
+        return reasons

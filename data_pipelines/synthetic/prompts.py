@@ -1,0 +1,114 @@
+"""The prompt builder: one verb, one noun, one adjective and a few features per story.
+
+Design
+- Request `i` of a run is a pure function of (seed, i): its own `random.Random(f"{seed}:{i}")`
+  draws the words, the features, the template and the grammar's choices. So a run is
+  deterministic, shards (i mod n) never overlap, and a resumed run rebuilds exactly the prompts
+  it had already sent — the journal matches on the request id.
+- Features are phrased as the TinyStories paper's instructions ("the story should contain at
+  least one dialogue"); templates are user-overridable strings with named fields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+
+from .config import SynthConfig
+from .vocab import Vocabulary, Word
+
+FEATURE_INSTRUCTIONS = {
+    "dialogue": "the story should contain at least one dialogue",
+    "bad ending": "the story has a bad ending",
+    "moral value": "the story has a moral value",
+    "plot twist": "something unexpected happens or there is a plot twist",
+    "foreshadowing": "the narrative uses foreshadowing or setup and payoff",
+    "conflict": "the story has some sort of conflict",
+}
+# TinyStories-Instruct spells features as single words
+INSTRUCT_NAMES = {
+    "dialogue": "Dialogue", "bad ending": "BadEnding", "moral value": "MoralValue",
+    "plot twist": "Twist", "foreshadowing": "Foreshadowing", "conflict": "Conflict",
+}
+
+
+@dataclass(frozen=True)
+class StoryRequest:
+    """Everything a teacher needs for one story, and the metadata the story keeps."""
+
+    id: str
+    index: int
+    noun: Word
+    verb: Word
+    adjective: Word
+    features: tuple[str, ...]
+    prompt: str
+    seed: int
+
+    @property
+    def words(self) -> list[str]:
+        """Verb, noun, adjective: the order the prompt names them."""
+        return [self.verb.text, self.noun.text, self.adjective.text]
+
+    def rng(self) -> random.Random:
+        """A private generator for whatever else this request needs (the grammar's choices)."""
+        return random.Random(f"{self.seed}:{self.index}:story")
+
+
+def request_id(seed: int, index: int) -> str:
+    return hashlib.sha1(f"tinyfoundry-synth:{seed}:{index}".encode()).hexdigest()[:16]
+
+
+def features_sentence(features: tuple[str, ...]) -> str:
+    if not features:
+        return ""
+    return "The story should have the following features: " + ", ".join(
+        FEATURE_INSTRUCTIONS[f] for f in features
+    ) + ". "
+
+
+class PromptBuilder:
+    """Deterministic prompts for a seed: `build(i)` is the same on every machine and every rerun."""
+
+    def __init__(self, cfg: SynthConfig, vocab: Vocabulary, seed: int) -> None:
+        self.cfg = cfg
+        self.seed = seed
+        self.vocab = vocab
+        self.nouns = vocab.nouns
+        self.adjectives = vocab.adjectives
+        # a verb listed both alone and with an object is one lemma; both frames stay sampleable
+        self.verbs = vocab.verbs
+
+    def build(self, index: int) -> StoryRequest:
+        rng = random.Random(f"{self.seed}:{index}")
+        noun = rng.choice(self.nouns)
+        verb = rng.choice(self.verbs)
+        adjective = rng.choice(self.adjectives)
+        k = rng.randint(self.cfg.min_features, self.cfg.max_features)
+        # keep the configured order so the same set always reads the same way
+        chosen = set(rng.sample(self.cfg.features, k))
+        features = tuple(f for f in self.cfg.features if f in chosen)
+        template = rng.choice(self.cfg.prompt_templates)
+        prompt = template.format(
+            verb=verb.text,
+            noun=noun.text,
+            adjective=adjective.text,
+            features=", ".join(features),
+            features_sentence=features_sentence(features),
+        )
+        return StoryRequest(
+            id=request_id(self.seed, index), index=index, noun=noun, verb=verb, adjective=adjective,
+            features=features, prompt=prompt, seed=self.seed,
+        )
+
+
+def instruct_header(req: StoryRequest) -> str:
+    """The TinyStories-Instruct header without summary: what a self-generating model is given."""
+    feats = ", ".join(INSTRUCT_NAMES[f] for f in req.features)
+    return f"Features: {feats}\nWords: {', '.join(req.words)}\n"
+
+
+def instruct_text(req: StoryRequest, story: str, summary: str) -> str:
+    """TinyStories-Instruct format: Features / Words / Summary / Story."""
+    return f"{instruct_header(req)}Summary: {summary}\nStory: {story}"

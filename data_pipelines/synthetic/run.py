@@ -1,0 +1,182 @@
+"""`run_synth`: prompts -> teacher -> quality gates -> parquet + stats.json.
+
+Design
+- Prompts are drawn by index (see prompts.py), so the run is deterministic for a seed and shard
+  i of n takes the indices congruent to i mod n. Requests go to the teacher in batches; the loop
+  stops when `num_stories` (this shard's share) are kept or `num_stories * max_attempts_factor`
+  prompts were tried.
+- Outputs are written atomically (temp file + os.replace) only at the end: `synth-*.parquet`
+  (text, words, features, teacher, model, prompt, id, summary, plot), `rejected/rejected-*.parquet`
+  (the same plus `reason`) and `stats.json`. A killed run leaves no final-named half file; a model
+  teacher's journal (journal.jsonl) makes the rerun skip prompts already answered.
+- Progress: a tqdm bar on stderr counting kept stories, with stories/s and acceptance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from .config import SynthConfig
+from .gates import REASONS, QualityGates
+from .prompts import INSTRUCT_NAMES, PromptBuilder, instruct_text
+from .teachers import make_teacher
+from .vocab import Vocabulary
+
+SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("text", pa.string()),
+    ("words", pa.list_(pa.string())),
+    ("features", pa.list_(pa.string())),
+    ("teacher", pa.string()),
+    ("model", pa.string()),
+    ("prompt", pa.string()),
+    ("summary", pa.string()),
+])
+REJECTED_SCHEMA = SCHEMA.append(pa.field("reason", pa.string()))
+
+
+def _atomic_parquet(rows: list[dict[str, Any]], schema: pa.Schema, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(rows, schema=schema)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _atomic_json(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _fallback_summary(story: str) -> str:
+    first = story.strip().split("\n")[0]
+    for end in (". ", "! ", "? "):
+        if end in first:
+            first = first[: first.index(end) + 1]
+            break
+    return first
+
+
+def run_synth(cfg: SynthConfig, out_dir: Path, seed: int, shard: tuple[int, int] | None = None) -> dict:
+    """Write `num_stories` gated stories to out_dir/*.parquet and return the stats (also stats.json)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shard_i, shard_n = shard or (0, 1)
+    if not 0 <= shard_i < shard_n:
+        raise ValueError(f"shard: need 0 <= i < n, got {shard}")
+    target = cfg.num_stories // shard_n + (1 if shard_i < cfg.num_stories % shard_n else 0)
+    max_prompts = max(target, int(target * cfg.max_attempts_factor))
+    t0 = time.time()
+
+    vocab = Vocabulary.load(
+        Path(cfg.nouns_file) if cfg.nouns_file else None,
+        Path(cfg.verbs_file) if cfg.verbs_file else None,
+        Path(cfg.adjectives_file) if cfg.adjectives_file else None,
+    )
+    builder = PromptBuilder(cfg, vocab, seed)
+    gates = QualityGates(cfg.gates, vocab)
+    teacher = make_teacher(cfg, out_dir, seed)
+    batch_size = 256 if cfg.teacher == "grammar" else (
+        4 * cfg.openai.num_concurrent if cfg.teacher == "openai" else cfg.local.batch_size
+    )
+
+    kept: list[dict[str, Any]] = []
+    rejected: list[dict[str, Any]] = []
+    reasons: Counter[str] = Counter()
+    tried = 0
+    next_k = 0  # k-th prompt of this shard -> global index shard_i + k * shard_n
+    bar = tqdm(total=target, desc=f"synth[{cfg.teacher}]", unit="story", file=sys.stderr,
+               dynamic_ncols=True, disable=None)
+    try:
+        while len(kept) < target and tried < max_prompts:
+            n = min(batch_size, max_prompts - tried)
+            if cfg.teacher != "grammar":  # a model's answers cost: ask for about what is still needed
+                n = min(n, target - len(kept))
+            reqs = [builder.build(shard_i + (next_k + j) * shard_n) for j in range(n)]
+            next_k += n
+            answers = teacher.generate(reqs)
+            verdicts = gates.check_batch(reqs, [a.text for a in answers])
+            tried += n
+            for req, ans, why in zip(reqs, answers, verdicts):
+                story = ans.text or ""
+                summary = ans.summary or (_fallback_summary(story) if story else "")
+                row = {
+                    "id": req.id,
+                    "text": instruct_text(req, story, summary) if cfg.instruct_format else story,
+                    "words": req.words,
+                    "features": list(req.features),
+                    "teacher": teacher.name,
+                    "model": teacher.model,
+                    "prompt": req.prompt,
+                    "summary": summary,
+                }
+                if why is None and len(kept) < target:
+                    kept.append(row)
+                    bar.update(1)
+                elif why is not None:
+                    reasons[why] += 1
+                    rejected.append(row | {"reason": why})
+            bar.set_postfix(accept=f"{len(kept) / max(1, tried):.0%}", tried=tried, refresh=False)
+    finally:
+        bar.close()
+        teacher.close()
+
+    per_file = cfg.stories_per_file
+    prefix = f"synth-{shard_i:05d}" if shard_n > 1 else "synth"
+    files = []
+    for k in range(0, max(1, len(kept)), per_file):
+        path = out_dir / f"{prefix}-{k // per_file:05d}.parquet"
+        _atomic_parquet(kept[k : k + per_file], SCHEMA, path)
+        files.append(path.name)
+    if rejected:
+        _atomic_parquet(rejected, REJECTED_SCHEMA, out_dir / "rejected" / f"rejected-{shard_i:05d}.parquet")
+    wall = time.time() - t0
+    words = [len(r["text"].split()) for r in kept]
+    stats = {
+        "teacher": teacher.name,
+        "model": teacher.model,
+        "seed": seed,
+        "shard": [shard_i, shard_n],
+        "num_prompts": tried,
+        "num_accepted": len(kept),
+        "num_rejected": sum(reasons.values()),
+        "acceptance": len(kept) / tried if tried else 0.0,
+        "rejected": {r: reasons[r] for r in REASONS if reasons[r]},
+        "num_replayed_from_journal": getattr(teacher, "num_replayed", 0),
+        "features": dict(Counter(f for r in kept for f in r["features"])),
+        "words_mean": sum(words) / len(words) if words else 0.0,
+        "words_min": min(words, default=0),
+        "words_max": max(words, default=0),
+        "vocabulary_size": len(vocab),
+        "instruct_format": cfg.instruct_format,
+        "instruct_feature_names": INSTRUCT_NAMES if cfg.instruct_format else {},
+        "files": files,
+        "wall_s": wall,
+        "stories_per_s": len(kept) / wall if wall > 0 else 0.0,
+        "complete": len(kept) >= target,
+    }
+    stats_name = "stats.json" if shard_n == 1 else f"stats-{shard_i:05d}.json"
+    _atomic_json(stats, out_dir / stats_name)
+    if len(kept) < target:
+        print(f"synth: kept only {len(kept)}/{target} stories after {tried} prompts; "
+              f"rejections: {dict(reasons)}", file=sys.stderr)
+    return stats

@@ -1,0 +1,437 @@
+"""Teachers: who writes the stories. All return one `Answer` per request, in request order.
+
+Design
+- `GrammarTeacher` needs no model (the default, and the demo's). It ignores the prompt text and
+  writes from the request's words and features directly; with several workers it fans out over
+  processes (requests are small and picklable).
+- `OpenAITeacher` talks to any OpenAI-compatible server through the official `openai` client, on a
+  thread pool (`num_concurrent` requests in flight). The client's own retries are off: we retry
+  429 / 408 / 409 / 5xx / timeouts / connection errors with exponential backoff + jitter, and fail
+  fast on other 4xx (a wrong model name or key would fail every request). A request that still
+  fails yields `Answer(text=None)` and is counted as `teacher_error`.
+- Resumability is the `Journal`: every answer is appended (one JSON line, flushed) the moment it
+  arrives, keyed by request id and prompt hash; a rerun replays journaled answers instead of
+  sending those prompts again. A torn last line (crash mid-write) is ignored.
+- `HFTeacher` (transformers causal LM from a folder) and `TinyfoundryTeacher` (our own model dir,
+  export or checkpoint, via models.load_model + models.generate) generate in batches in-process.
+  `TinyfoundryLM` is shared with `launch/serve.py`.
+- API keys are read from the environment variable the config names and never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from .config import LocalTeacherConfig, OpenAITeacherConfig, SynthConfig
+from .grammar import write_story
+from .prompts import StoryRequest, instruct_header
+
+SUMMARY_INSTRUCTION = (
+    "\nAfter the story, write one line that starts with 'Summary:' and sums up the story in one sentence."
+)
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str | None
+    summary: str = ""
+    error: str = ""
+
+
+class Teacher(Protocol):
+    name: str
+    model: str
+
+    def generate(self, reqs: Sequence[StoryRequest]) -> list[Answer]: ...
+
+    def close(self) -> None: ...
+
+
+_PREAMBLE = re.compile(r"^\s*(?:sure|certainly|of course|okay|here(?:'s| is)|title)\b[^\n]*\n+", re.IGNORECASE)
+_SUMMARY_LINE = re.compile(r"\n\s*\**summary\**\s*:\s*(.+?)\s*$", re.IGNORECASE | re.DOTALL)
+
+
+def clean_answer(raw: str) -> tuple[str, str]:
+    """(story, summary): strip a chatty first line ("Sure! Here is a story:"), a leading 'Story:',
+    and a trailing 'Summary: ...' line (returned separately)."""
+    text = raw.replace("\r\n", "\n").strip()
+    summary = ""
+    m = _SUMMARY_LINE.search(text)
+    if m:
+        summary = " ".join(m.group(1).split())
+        text = text[: m.start()].rstrip()
+    for _ in range(2):
+        m2 = _PREAMBLE.match(text)
+        if m2 and len(m2.group(0)) < 120:
+            text = text[m2.end() :]
+    text = re.sub(r"^\s*\**story\**\s*:\s*", "", text, flags=re.IGNORECASE)
+    return text.strip(), summary
+
+
+# ------------------------------------------------------------------------------------------------
+# Journal
+
+
+def prompt_hash(prompt: str) -> str:
+    return hashlib.sha1(prompt.encode("utf-8")).hexdigest()[:12]
+
+
+class Journal:
+    """Append-only JSONL of answered requests: {"id", "prompt_sha", "text", "summary", "model"}."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self.answers: dict[str, dict[str, Any]] = {}
+        if path.is_file():
+            with path.open("r", encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        row = json.loads(line)
+                        self.answers[row["id"]] = row
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        continue  # torn last line after a crash
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = path.open("a", encoding="utf-8")
+
+    def get(self, req: StoryRequest) -> Answer | None:
+        row = self.answers.get(req.id)
+        if row is None or row.get("prompt_sha") != prompt_hash(req.prompt):
+            return None
+        return Answer(text=row["text"], summary=row.get("summary", ""))
+
+    def record(self, req: StoryRequest, ans: Answer, model: str) -> None:
+        if ans.text is None:
+            return  # failures are retried on the next run
+        row = {"id": req.id, "prompt_sha": prompt_hash(req.prompt), "text": ans.text,
+               "summary": ans.summary, "model": model}
+        with self._lock:
+            self._f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self._f.flush()
+            self.answers[req.id] = row
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._f.closed:
+                self._f.flush()
+                os.fsync(self._f.fileno())
+                self._f.close()
+
+
+class JournaledTeacher:
+    """Wraps a model teacher: journaled answers are replayed, the rest sent and journaled."""
+
+    def __init__(self, inner: Any, journal: Journal) -> None:
+        self.inner = inner
+        self.journal = journal
+        self.name = inner.name
+        self.model = inner.model
+        self.num_replayed = 0
+
+    def generate(self, reqs: Sequence[StoryRequest]) -> list[Answer]:
+        out: list[Answer | None] = [self.journal.get(r) for r in reqs]
+        todo = [i for i, a in enumerate(out) if a is None]
+        self.num_replayed += len(reqs) - len(todo)
+        if todo:
+            fresh = self.inner.generate([reqs[i] for i in todo],
+                                        on_answer=lambda r, a: self.journal.record(r, a, self.model))
+            for i, a in zip(todo, fresh):
+                out[i] = a
+        return [a for a in out if a is not None]
+
+    def close(self) -> None:
+        self.inner.close()
+        self.journal.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# Offline grammar
+
+
+def _grammar_one(req: StoryRequest) -> Answer:
+    story = write_story(req.noun, req.verb, req.adjective, req.features, req.rng())
+    return Answer(text=story.text, summary=story.summary)
+
+
+class GrammarTeacher:
+    name = "grammar"
+    model = "tinyfoundry-grammar-v1"
+
+    def __init__(self, num_workers: int = 1) -> None:
+        self.pool = ProcessPoolExecutor(num_workers) if num_workers > 1 else None
+
+    def generate(self, reqs: Sequence[StoryRequest], on_answer: Callable | None = None) -> list[Answer]:
+        if self.pool is None:
+            return [_grammar_one(r) for r in reqs]
+        chunk = max(1, len(reqs) // (4 * (self.pool._max_workers or 1)))
+        return list(self.pool.map(_grammar_one, reqs, chunksize=chunk))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+# ------------------------------------------------------------------------------------------------
+# OpenAI-compatible server
+
+
+class TeacherConfigError(RuntimeError):
+    """The server refuses every request the same way (bad key, unknown model, wrong URL path)."""
+
+
+class OpenAITeacher:
+    name = "openai"
+
+    def __init__(self, cfg: OpenAITeacherConfig, system_prompt: str = "", want_summary: bool = False) -> None:
+        import openai
+
+        self.cfg = cfg
+        self.openai = openai
+        self.system_prompt = system_prompt
+        self.want_summary = want_summary
+        key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+        self.client = openai.OpenAI(
+            base_url=cfg.base_url, api_key=key or "not-needed", timeout=cfg.timeout_s, max_retries=0
+        )
+        self.model = cfg.model or self._first_model()
+        self.pool = ThreadPoolExecutor(cfg.num_concurrent, thread_name_prefix="synth-openai")
+        self.num_retries = 0
+
+    def _first_model(self) -> str:
+        models = self._with_retries(lambda: list(self.client.models.list()))
+        if not models:
+            raise TeacherConfigError(f"openai.model: the server at {self.cfg.base_url} lists no models; set one")
+        return models[0].id
+
+    def _retryable(self, e: Exception) -> bool:
+        o = self.openai
+        if isinstance(e, (o.APITimeoutError, o.APIConnectionError, o.RateLimitError, o.InternalServerError)):
+            return True
+        if isinstance(e, o.APIStatusError):
+            return e.status_code in (408, 409, 429) or e.status_code >= 500
+        return False
+
+    def _with_retries(self, fn: Callable[[], Any]) -> Any:
+        delay = self.cfg.backoff_s
+        for attempt in range(self.cfg.max_retries + 1):
+            try:
+                return fn()
+            except Exception as e:  # noqa: BLE001 - classified below
+                if not self._retryable(e):
+                    if isinstance(e, self.openai.APIStatusError):
+                        raise TeacherConfigError(
+                            f"openai: {self.cfg.base_url} answered {e.status_code} ({type(e).__name__}); "
+                            "check openai.base_url, openai.model and the API key variable"
+                        ) from None
+                    raise
+                if attempt == self.cfg.max_retries:
+                    raise
+                self.num_retries += 1
+                retry_after = None
+                resp = getattr(e, "response", None)
+                if resp is not None:
+                    try:
+                        retry_after = float(resp.headers.get("retry-after", ""))
+                    except (TypeError, ValueError):
+                        retry_after = None
+                time.sleep(min(60.0, retry_after if retry_after is not None else delay * (1 + random.random())))
+                delay *= 2
+
+    def _ask(self, req: StoryRequest) -> Answer:
+        prompt = req.prompt + (SUMMARY_INSTRUCTION if self.want_summary else "")
+        c = self.cfg
+        if c.api == "chat":
+            messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else [])
+            messages.append({"role": "user", "content": prompt})
+            resp = self._with_retries(lambda: self.client.chat.completions.create(
+                model=self.model, messages=messages, max_tokens=c.max_tokens,
+                temperature=c.temperature, top_p=c.top_p))
+            raw = resp.choices[0].message.content or ""
+        else:
+            resp = self._with_retries(lambda: self.client.completions.create(
+                model=self.model, prompt=prompt, max_tokens=c.max_tokens,
+                temperature=c.temperature, top_p=c.top_p))
+            raw = resp.choices[0].text or ""
+        story, summary = clean_answer(raw)
+        return Answer(text=story, summary=summary)
+
+    def generate(self, reqs: Sequence[StoryRequest], on_answer: Callable | None = None) -> list[Answer]:
+        def one(req: StoryRequest) -> Answer:
+            try:
+                ans = self._ask(req)
+            except TeacherConfigError:
+                raise
+            except Exception as e:  # noqa: BLE001 - after retries: count it, keep going
+                return Answer(text=None, error=type(e).__name__)
+            if on_answer is not None:
+                on_answer(req, ans)
+            return ans
+
+        return list(self.pool.map(one, reqs))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.client.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# Local models
+
+
+def local_prefix(cfg: LocalTeacherConfig, req: StoryRequest) -> str:
+    if cfg.prefix == "instruct":
+        return instruct_header(req) + "Story: "
+    if cfg.prefix == "once":
+        return "Once upon a time"
+    return req.prompt
+
+
+class TinyfoundryLM:
+    """A tinyfoundry model + its tokenizer: text in, text out (used by the teacher and the server)."""
+
+    def __init__(self, path: str | Path, device: str = "cpu") -> None:
+        import torch
+        from tokenizers import Tokenizer
+
+        from models import load_model
+
+        self.path = Path(path)
+        self.model, tok_path = load_model(self.path, device=device, dtype=torch.float32)
+        self.model.eval()
+        if tok_path is None or not Path(tok_path).is_file():
+            raise ValueError(f"{self.path}: no tokenizer.json travels with this model")
+        self.tokenizer = Tokenizer.from_file(str(tok_path))
+        self.eos_id = self.tokenizer.token_to_id("<|endoftext|>")
+        self.context = int(getattr(self.model.cfg if hasattr(self.model, "cfg") else self.model.config,
+                                   "max_seq_len", 0) or 0)
+        self.lock = threading.Lock()  # one forward at a time per model
+
+    def encode(self, text: str) -> list[int]:
+        start = [self.eos_id] if self.eos_id is not None else []  # training saw documents after EOS
+        return start + self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def complete(
+        self, prompts: Sequence[str], max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
+        top_p: float = 1.0, seed: int | None = None,
+    ) -> list[tuple[str, int, int, str]]:
+        """(text, prompt_tokens, completion_tokens, finish_reason) per prompt."""
+        import torch
+
+        from models.generate import generate
+
+        ids = [self.encode(p) for p in prompts]
+        with self.lock, torch.no_grad():
+            outs = generate(self.model, ids, max_new_tokens=max_new_tokens, temperature=temperature,
+                            top_k=top_k, top_p=top_p, eos_id=self.eos_id, seed=seed)
+        return [
+            (self.decode(o), len(i), len(o), "length" if len(o) >= max_new_tokens else "stop")
+            for i, o in zip(ids, outs)
+        ]
+
+
+class TinyfoundryTeacher:
+    name = "tinyfoundry"
+
+    def __init__(self, cfg: LocalTeacherConfig, seed: int) -> None:
+        self.cfg = cfg
+        self.seed = seed
+        self.lm = TinyfoundryLM(cfg.model_path, cfg.device)
+        self.model = str(Path(cfg.model_path).resolve().name)
+
+    def generate(self, reqs: Sequence[StoryRequest], on_answer: Callable | None = None) -> list[Answer]:
+        out: list[Answer] = []
+        c = self.cfg
+        for s in range(0, len(reqs), c.batch_size):
+            batch = reqs[s : s + c.batch_size]
+            prefixes = [local_prefix(c, r) for r in batch]
+            res = self.lm.complete(prefixes, c.max_new_tokens, c.temperature, c.top_k, c.top_p,
+                                   seed=hash((self.seed, batch[0].index)) & 0x7FFFFFFF)
+            for r, p, (text, *_rest) in zip(batch, prefixes, res):
+                story = ("Once upon a time" + text) if c.prefix == "once" else text
+                ans = Answer(text=clean_answer(story)[0])
+                if on_answer is not None:
+                    on_answer(r, ans)
+                out.append(ans)
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+class HFTeacher:
+    name = "hf"
+
+    def __init__(self, cfg: LocalTeacherConfig, seed: int) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.cfg = cfg
+        self.torch = torch
+        torch.manual_seed(seed)
+        self.tok = AutoTokenizer.from_pretrained(cfg.model_path)
+        self.tok.padding_side = "left"
+        if self.tok.pad_token is None:
+            self.tok.pad_token = self.tok.eos_token
+        self.lm = AutoModelForCausalLM.from_pretrained(cfg.model_path).to(cfg.device).eval()
+        self.model = str(Path(cfg.model_path).resolve().name)
+
+    def _text_in(self, req: StoryRequest) -> str:
+        text = local_prefix(self.cfg, req)
+        if self.cfg.prefix == "prompt" and getattr(self.tok, "chat_template", None):
+            return self.tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                add_generation_prompt=True)
+        return text
+
+    def generate(self, reqs: Sequence[StoryRequest], on_answer: Callable | None = None) -> list[Answer]:
+        out: list[Answer] = []
+        c = self.cfg
+        for s in range(0, len(reqs), c.batch_size):
+            batch = reqs[s : s + c.batch_size]
+            enc = self.tok([self._text_in(r) for r in batch], return_tensors="pt", padding=True).to(c.device)
+            kw: dict[str, Any] = {"max_new_tokens": c.max_new_tokens, "pad_token_id": self.tok.pad_token_id}
+            if c.temperature > 0:
+                kw |= {"do_sample": True, "temperature": c.temperature, "top_p": c.top_p, "top_k": c.top_k}
+            else:
+                kw |= {"do_sample": False}
+            with self.torch.no_grad():
+                gen = self.lm.generate(**enc, **kw)
+            new = gen[:, enc["input_ids"].shape[1] :]
+            for r, row in zip(batch, new):
+                text = self.tok.decode(row, skip_special_tokens=True)
+                if c.prefix == "once":
+                    text = "Once upon a time" + text
+                ans = Answer(text=clean_answer(text)[0])
+                if on_answer is not None:
+                    on_answer(r, ans)
+                out.append(ans)
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def make_teacher(cfg: SynthConfig, out_dir: Path, seed: int) -> Teacher:
+    """The configured teacher; model teachers are wrapped in the resumable journal."""
+    if cfg.teacher == "grammar":
+        return GrammarTeacher(cfg.grammar_workers)
+    if cfg.teacher == "openai":
+        inner: Any = OpenAITeacher(cfg.openai, cfg.system_prompt, want_summary=cfg.instruct_format)
+    elif cfg.teacher == "hf":
+        inner = HFTeacher(cfg.local, seed)
+    else:
+        inner = TinyfoundryTeacher(cfg.local, seed)
+    return JournaledTeacher(inner, Journal(out_dir / "journal.jsonl"))

@@ -1,0 +1,453 @@
+"""The tokenize stage: scan the corpus, train (or reuse) the BPE, pack documents into token shards.
+
+Design and invariants
+- Three streaming passes, each in bounded memory (one encode batch of text + per-document bookkeeping of
+  24 bytes: two 64-bit hashes and a length):
+  1. scan: every document's key (id column, else `<file>:<row>`) is hashed with the seed (blake2b-128). The
+     corpus is cut into work units of ~`shard_bytes` text bytes that never span files.
+  2. train: the BPE learns from an even hash sample of the train split, capped at `max_train_bytes`.
+  3. pack: each unit is read, encoded by the Rust encoder (`encode_batch_fast`, parallel over all cores),
+     and written as `train_<unit>.bin` / `val_<unit>.bin`; then a completion record is written.
+- Split: the `round(val_fraction * N)` documents with the smallest first hash go to val (at least one when
+  N >= 2). The split depends only on (seed, document keys), not on file order or batch sizes, and a document
+  (or a duplicate carrying the same id) is in exactly one split.
+- Packing rule: `[<|bos|>] ids <|endoftext|>` per document, documents back to back, a shard ends at a
+  document boundary. Literal special-token strings inside documents are encoded as text.
+- Resume: a unit is finished when `.progress/unit_<n>.json` exists with the current fingerprint (tokenizer
+  sha256, inputs' names/sizes/mtimes, the fields that change the bytes written) and its files have the
+  recorded sizes. Such units are skipped after a kill; the others are rewritten from scratch (temp file +
+  os.replace). index.json is written last, so its presence means the folder is complete; stale shards and
+  records from an earlier, different run are deleted.
+- Parallelism: measured on 2 cores (benchmarks/bench_tokenize.py, LOG notes): the Rust encoder already uses
+  every core, and overlapping read/convert/write with it (a background encode thread) hides our Python work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from data_pipelines.tokenize import sources
+from data_pipelines.tokenize.bpe import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    TOKENIZER_FILE,
+    check_special_tokens,
+    file_sha256,
+    load_tokenizer,
+    save_tokenizer,
+    train_tokenizer,
+)
+from data_pipelines.tokenize.config import TokenizeConfig
+from data_pipelines.tokenize.shards import FORMAT, INDEX_FILE, SPLITS, VERSION
+
+PROGRESS_DIR = ".progress"
+TOKENIZER_RECORD = ".tokenize_record.json"
+_U64_MAX = float(2**64 - 1)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A work unit: consecutive rows of one input file; writes one shard per split."""
+
+    index: int
+    file: int
+    start: sources.Position
+    num_rows: int
+    num_bytes: int
+    first_doc: int
+
+
+@dataclass
+class Corpus:
+    """What the scan learned: work units and per-document hashes, lengths and split."""
+
+    files: list[Path]
+    units: list[Unit]
+    hash_split: np.ndarray  # (N,) uint64: decides the split
+    hash_sample: np.ndarray  # (N,) uint64: decides the tokenizer-training sample
+    num_bytes: np.ndarray  # (N,) int64 UTF-8 bytes per document
+    is_val: np.ndarray  # (N,) bool
+
+    @property
+    def total_bytes(self) -> int:
+        return int(self.num_bytes.sum())
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _files_signature(files: list[Path]) -> list[list[Any]]:
+    out = []
+    for f in files:
+        st = f.stat()
+        out.append([str(f.resolve()), st.st_size, st.st_mtime_ns])
+    return out
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- pass 1: scan
+
+
+def scan_corpus(cfg: TokenizeConfig, files: list[Path], seed: int, progress: bool = False) -> Corpus:
+    """Hash every document, choose the split, and cut the corpus into work units (see module doc)."""
+    units: list[Unit] = []
+    digests: list[bytes] = []
+    lengths: list[np.ndarray] = []
+    salt = f"{seed}\x00".encode()
+    n_docs = 0
+    bar = tqdm(total=sum(f.stat().st_size for f in files), unit="B", unit_scale=True, desc="tokenize: scan",
+               disable=not progress, file=sys.stderr)
+    for fi, path in enumerate(files):
+        start: sources.Position | None = None
+        rows = nbytes = 0
+        first = n_docs
+        for keys, lens, positions in sources.scan(path, cfg.text_field, cfg.id_field):
+            digests.extend(hashlib.blake2b(salt + k.encode(), digest_size=16).digest() for k in keys)
+            lengths.append(lens)
+            for pos, ln in zip(positions, lens.tolist()):
+                if start is None:
+                    start, rows, nbytes, first = pos, 0, 0, n_docs
+                rows += 1
+                nbytes += ln
+                n_docs += 1
+                if nbytes >= cfg.shard_bytes:
+                    units.append(Unit(len(units), fi, start, rows, nbytes, first))
+                    start = None
+        if start is not None:
+            units.append(Unit(len(units), fi, start, rows, nbytes, first))
+        bar.update(path.stat().st_size)
+    bar.close()
+    hashes = np.frombuffer(b"".join(digests), dtype="<u8").reshape(-1, 2) if digests else np.zeros((0, 2), np.uint64)
+    num_bytes = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    is_val = np.zeros(n_docs, dtype=bool)
+    if cfg.val_fraction > 0 and n_docs >= 2:
+        n_val = int(min(max(round(cfg.val_fraction * n_docs), 1), n_docs - 1))
+        threshold = np.partition(hashes[:, 0], n_val - 1)[n_val - 1]
+        is_val = hashes[:, 0] <= threshold  # `<=`: documents sharing an id share a split
+    return Corpus(list(files), units, hashes[:, 0].copy(), hashes[:, 1].copy(), num_bytes, is_val)
+
+
+def _read_unit(corpus: Corpus, unit: Unit, cfg: TokenizeConfig) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
+    """(texts, is_val, num_bytes) batches of about `cfg.batch_bytes` text bytes, in row order."""
+    row = 0
+    texts: list[str] = []
+    first = 0
+    batch_bytes = 0
+    for chunk in sources.read(corpus.files[unit.file], unit.start, unit.num_rows, cfg.text_field, cfg.id_field):
+        for text in chunk:
+            texts.append(text)
+            batch_bytes += int(corpus.num_bytes[unit.first_doc + row])
+            row += 1
+            if batch_bytes >= cfg.batch_bytes:
+                sl = slice(unit.first_doc + first, unit.first_doc + row)
+                yield texts, corpus.is_val[sl], corpus.num_bytes[sl]
+                texts, first, batch_bytes = [], row, 0
+    if row != unit.num_rows:
+        raise ValueError(f"{corpus.files[unit.file]}: expected {unit.num_rows} rows from row {unit.start.row}, "
+                         f"read {row} (file changed during the stage?)")
+    if texts:
+        sl = slice(unit.first_doc + first, unit.first_doc + row)
+        yield texts, corpus.is_val[sl], corpus.num_bytes[sl]
+
+
+# ---------------------------------------------------------------- pass 2: tokenizer
+
+
+def _training_batches(corpus: Corpus, cfg: TokenizeConfig, progress: bool) -> Iterator[list[str]]:
+    train_bytes = int(corpus.num_bytes[~corpus.is_val].sum())
+    fraction = min(1.0, cfg.max_train_bytes / max(train_bytes, 1))
+    take = ~corpus.is_val
+    if fraction < 1.0:
+        take &= corpus.hash_sample <= np.uint64(fraction * _U64_MAX)
+    budget = min(int(corpus.num_bytes[take].sum()), cfg.max_train_bytes)
+    bar = tqdm(total=budget, unit="B", unit_scale=True, desc="tokenize: train BPE (read)", disable=not progress,
+               file=sys.stderr)
+    used = 0
+    for unit in corpus.units:
+        sl = slice(unit.first_doc, unit.first_doc + unit.num_rows)
+        if not take[sl].any():
+            continue
+        row = unit.first_doc
+        for chunk in sources.read(corpus.files[unit.file], unit.start, unit.num_rows, cfg.text_field, cfg.id_field):
+            mask = take[row:row + len(chunk)]
+            batch = [t for t, keep in zip(chunk, mask) if keep]
+            row += len(chunk)
+            if batch:
+                n = int(corpus.num_bytes[row - len(chunk):row][mask].sum())
+                yield batch
+                used += n
+                bar.update(n)
+                if used >= cfg.max_train_bytes:
+                    bar.close()
+                    return
+    bar.close()
+
+
+def _prepare_tokenizer(cfg: TokenizeConfig, corpus: Corpus, tokenizer_dir: Path, seed: int) -> tuple[str, bool]:
+    """Write tokenizer_dir/tokenizer.json (trained, reused, or copied from cfg.tokenizer_file); (sha256, trained?)."""
+    target = tokenizer_dir / TOKENIZER_FILE
+    record_path = tokenizer_dir / TOKENIZER_RECORD
+    if cfg.tokenizer_file:
+        src = Path(cfg.tokenizer_file)
+        tok = load_tokenizer(src)  # validates it
+        if src.is_dir():
+            src = src / TOKENIZER_FILE
+        if not target.exists() or file_sha256(target) != file_sha256(src):
+            tokenizer_dir.mkdir(parents=True, exist_ok=True)
+            save_tokenizer(tok, tokenizer_dir)  # HF side files (and a re-serialised tokenizer.json)...
+            tmp = target.with_name(f".{target.name}.copy.tmp")
+            shutil.copyfile(src, tmp)  # ...replaced by the exact source bytes so the sha256 matches the source
+            os.replace(tmp, target)
+        return file_sha256(target), False
+    fingerprint = _digest({
+        "kind": "bpe", "vocab_size": cfg.vocab_size, "min_frequency": cfg.min_frequency,
+        "max_train_bytes": cfg.max_train_bytes, "val_fraction": cfg.val_fraction, "seed": seed,
+        "text_field": cfg.text_field, "id_field": cfg.id_field, "files": _files_signature(corpus.files),
+    })
+    record = _read_json(record_path)
+    if record and record.get("fingerprint") == fingerprint and target.is_file() and file_sha256(target) == record.get("sha256"):
+        return record["sha256"], False
+    total = int(corpus.num_bytes[~corpus.is_val].sum())
+    if total == 0:
+        raise ValueError("data_files: no text in the train split to train the tokenizer on")
+    tok = train_tokenizer(_training_batches(corpus, cfg, cfg.progress), cfg.vocab_size, cfg.min_frequency,
+                          show_progress=cfg.progress)
+    sha = save_tokenizer(tok, tokenizer_dir)
+    _write_json_atomic(record_path, {"fingerprint": fingerprint, "sha256": sha, "vocab_size": tok.get_vocab_size()})
+    return sha, True
+
+
+# ---------------------------------------------------------------- pass 3: pack
+
+
+def _encode_stream(tok, batches: Iterator[tuple[list[str], np.ndarray, np.ndarray]]):
+    """Read + encode in a background thread (the Rust encoder releases the GIL), one batch ahead of the consumer."""
+    q: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for texts, is_val, nbytes in batches:
+                if not put((tok.encode_batch_fast(texts, add_special_tokens=False), is_val, nbytes)):
+                    return
+            put(None)
+        except BaseException as e:  # re-raised in the consumer
+            put(e)
+
+    t = threading.Thread(target=work, name="tokenize-encode", daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        t.join()
+
+
+def _unit_done(record: dict[str, Any] | None, fingerprint: str, shards_dir: Path, itemsize: int) -> bool:
+    if not record or record.get("fingerprint") != fingerprint:
+        return False
+    for split in SPLITS:
+        s = record[split]
+        if s["file"] is not None:
+            f = shards_dir / s["file"]
+            if not f.is_file() or f.stat().st_size != s["num_tokens"] * itemsize:
+                return False
+    return True
+
+
+def _pack_unit(tok, corpus: Corpus, unit: Unit, cfg: TokenizeConfig, dtype: np.dtype, shards_dir: Path,
+               fingerprint: str, bar: tqdm) -> dict[str, Any]:
+    names = {split: f"{split}_{unit.index:05d}.bin" for split in SPLITS}
+    tmps = {split: shards_dir / f".{names[split]}.tmp" for split in SPLITS}
+    stats = {split: {"num_tokens": 0, "num_docs": 0, "num_bytes": 0} for split in SPLITS}
+    prefix = [BOS_ID] if cfg.add_bos else []
+    handles = {split: open(tmps[split], "wb") for split in SPLITS}
+    try:
+        for encs, is_val, nbytes in _encode_stream(tok, _read_unit(corpus, unit, cfg)):
+            bufs: dict[str, list[int]] = {"train": [], "val": []}
+            for enc, v in zip(encs, is_val.tolist()):
+                buf = bufs["val" if v else "train"]
+                buf.extend(prefix)
+                buf.extend(enc.ids)
+                buf.append(EOS_ID)
+            for split, buf in bufs.items():
+                if buf:
+                    handles[split].write(np.array(buf, dtype=dtype).tobytes())
+                    stats[split]["num_tokens"] += len(buf)
+            n_val = int(is_val.sum())
+            stats["val"]["num_docs"] += n_val
+            stats["train"]["num_docs"] += len(encs) - n_val
+            stats["val"]["num_bytes"] += int(nbytes[is_val].sum())
+            stats["train"]["num_bytes"] += int(nbytes[~is_val].sum())
+            bar.update(int(nbytes.sum()))
+        for h in handles.values():
+            h.flush()
+            os.fsync(h.fileno())
+    finally:
+        for h in handles.values():
+            h.close()
+    record: dict[str, Any] = {"fingerprint": fingerprint, "unit": asdict(unit)}
+    for split in SPLITS:
+        if stats[split]["num_docs"]:
+            os.replace(tmps[split], shards_dir / names[split])
+            record[split] = {"file": names[split], **stats[split]}
+        else:
+            tmps[split].unlink()
+            (shards_dir / names[split]).unlink(missing_ok=True)
+            record[split] = {"file": None, **stats[split]}
+    _write_json_atomic(shards_dir / PROGRESS_DIR / f"unit_{unit.index:05d}.json", record)
+    return record
+
+
+def _build_index(records: list[dict[str, Any]], vocab_size: int, dtype: np.dtype, sha: str, cfg: TokenizeConfig,
+                 seed: int) -> dict[str, Any]:
+    splits = {}
+    for split in SPLITS:
+        rs = [r[split] for r in records]
+        shards = [{"file": r["file"], "num_tokens": r["num_tokens"], "num_docs": r["num_docs"]} for r in rs if r["file"]]
+        num_tokens = sum(r["num_tokens"] for r in rs)
+        num_bytes = sum(r["num_bytes"] for r in rs)
+        splits[split] = {
+            "num_docs": sum(r["num_docs"] for r in rs),
+            "num_tokens": num_tokens,
+            "num_bytes": num_bytes,
+            "bytes_per_token": num_bytes / num_tokens if num_tokens else 0.0,
+            "shards": shards,
+        }
+    return {
+        "format": FORMAT, "version": VERSION, "dtype": dtype.name, "vocab_size": vocab_size,
+        "eos_id": EOS_ID, "bos_id": BOS_ID, "pad_id": PAD_ID, "add_bos": cfg.add_bos,
+        "tokenizer_sha256": sha, "seed": seed, "val_fraction": cfg.val_fraction, "splits": splits,
+    }
+
+
+def run_tokenize(cfg: TokenizeConfig, data_files: list[Path], tokenizer_dir: Path, shards_dir: Path,
+                 seed: int) -> dict[str, Any]:
+    """Train/reuse the tokenizer and pack `data_files` into `shards_dir`; returns stats (see module doc)."""
+    t0 = time.perf_counter()
+    files = [Path(f) for f in data_files]
+    if not files:
+        raise ValueError("data_files: no input files given")
+    for f in files:
+        if not f.is_file():
+            raise ValueError(f"{f}: input file not found")
+        sources.file_format(f)
+    tokenizer_dir, shards_dir = Path(tokenizer_dir), Path(shards_dir)
+    shards_dir.mkdir(parents=True, exist_ok=True)
+    (shards_dir / PROGRESS_DIR).mkdir(exist_ok=True)
+    for tmp in shards_dir.glob(".*.tmp"):
+        tmp.unlink()
+
+    corpus = scan_corpus(cfg, files, seed, cfg.progress)
+    if not corpus.units:
+        raise ValueError(f"data_files: no documents found in {len(files)} file(s)")
+    t_scan = time.perf_counter()
+    sha, trained = _prepare_tokenizer(cfg, corpus, tokenizer_dir, seed)
+    t_tok = time.perf_counter()
+
+    tok = load_tokenizer(tokenizer_dir / TOKENIZER_FILE)
+    check_special_tokens(tok, tokenizer_dir / TOKENIZER_FILE)
+    vocab_size = tok.get_vocab_size()
+    if cfg.shard_dtype == "auto":
+        dtype = np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)
+    else:
+        dtype = np.dtype(cfg.shard_dtype)
+        if vocab_size > np.iinfo(dtype).max + 1:
+            raise ValueError(f"shard_dtype: {cfg.shard_dtype} cannot hold vocab size {vocab_size}")
+    fingerprint = _digest({
+        "format": FORMAT, "version": VERSION, "tokenizer_sha256": sha, "dtype": dtype.name, "add_bos": cfg.add_bos,
+        "val_fraction": cfg.val_fraction, "seed": seed, "shard_bytes": cfg.shard_bytes,
+        "text_field": cfg.text_field, "id_field": cfg.id_field, "files": _files_signature(files),
+    })
+
+    records: list[dict[str, Any]] = []
+    todo: list[Unit] = []
+    for unit in corpus.units:
+        rec = _read_json(shards_dir / PROGRESS_DIR / f"unit_{unit.index:05d}.json")
+        if _unit_done(rec, fingerprint, shards_dir, dtype.itemsize):
+            records.append(rec)
+        else:
+            records.append({})
+            todo.append(unit)
+    if todo:
+        (shards_dir / INDEX_FILE).unlink(missing_ok=True)  # incomplete until every unit is done again
+    done_bytes = corpus.total_bytes - sum(u.num_bytes for u in todo)
+    bar = tqdm(total=corpus.total_bytes, initial=done_bytes, unit="B", unit_scale=True, desc="tokenize: pack",
+               disable=not cfg.progress, file=sys.stderr, smoothing=0.1)
+    t_pack = time.perf_counter()
+    for unit in todo:
+        records[unit.index] = _pack_unit(tok, corpus, unit, cfg, dtype, shards_dir, fingerprint, bar)
+    bar.close()
+    pack_s = time.perf_counter() - t_pack
+
+    index = _build_index(records, vocab_size, dtype, sha, cfg, seed)
+    keep = {sh["file"] for s in index["splits"].values() for sh in s["shards"]}
+    for f in shards_dir.glob("*.bin"):
+        if f.name not in keep:
+            f.unlink()
+    keep_records = {f"unit_{u.index:05d}.json" for u in corpus.units}
+    for f in (shards_dir / PROGRESS_DIR).glob("unit_*.json"):
+        if f.name not in keep_records:
+            f.unlink()
+    _write_json_atomic(shards_dir / INDEX_FILE, index)
+
+    packed_bytes = sum(u.num_bytes for u in todo)
+    return {
+        "vocab_size": vocab_size,
+        "dtype": dtype.name,
+        "tokenizer_sha256": sha,
+        "tokenizer_trained": trained,
+        "num_units": len(corpus.units),
+        "num_units_skipped": len(corpus.units) - len(todo),
+        "train": {k: v for k, v in index["splits"]["train"].items() if k != "shards"},
+        "val": {k: v for k, v in index["splits"]["val"].items() if k != "shards"},
+        "scan_s": t_scan - t0,
+        "tokenizer_s": t_tok - t_scan,
+        "pack_s": pack_s,
+        "pack_mb_per_s": packed_bytes / 1e6 / pack_s if pack_s > 0 and packed_bytes else 0.0,
+        "wall_s": time.perf_counter() - t0,
+    }

@@ -1,0 +1,94 @@
+"""GPTQ (Frantar et al. 2022): int4 group-wise quantization that corrects each column's rounding error
+with the inverse Hessian of the layer's reconstruction loss ||WX - QX||^2, H = 2 X X^T.
+
+Design and invariants (following the reference implementation, IST-DASLab/gptq `gptq.py`)
+- Dampening: H += damp * mean(diag(H)) * I (damp = 1% by default); columns never activated (diag 0)
+  get H_jj = 1 and weight 0, so they neither break the Cholesky nor carry error.
+- We need only the upper Cholesky factor U of H^-1 (H^-1 = U^T U): row i of U gives, in one step, the
+  optimal update of the not-yet-quantized columns after quantizing column i.
+- Lazy batch updates: columns are processed in blocks of `block_size` (128); inside a block the error
+  is propagated column by column, to the columns after the block once per block (one matmul).
+- Groups: the scale/zero of a group are fitted when its first column is reached, on the weights as
+  updated by the errors of all earlier columns (what the reference does), so they describe what is
+  actually rounded. With `act_order` columns are visited by decreasing H_jj and groups are "static"
+  (fitted on the original weights), which keeps groups contiguous in the stored format.
+- The returned codes/scales are in exactly the `QTensor` format round-to-nearest produces, so the
+  checkpoint, the loader and the runtimes do not know which algorithm made them.
+
+Shape legend: O output rows, I input columns, B columns in a lazy block, N groups per row.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from models.compress.quantize import (
+    QTensor,
+    effective_group_size,
+    int4_from_codes,
+    int4_params,
+    quantize_with,
+)
+
+
+@torch.no_grad()
+def gptq_quantize(
+    w_OI: torch.Tensor,
+    gram_II: torch.Tensor,
+    group_size: int = 128,
+    sym: bool = False,
+    damp: float = 0.01,
+    block_size: int = 128,
+    act_order: bool = False,
+) -> QTensor:
+    """Quantize one weight matrix to int4 with GPTQ given the Gram matrix of its inputs (sum x x^T)."""
+    O, I = w_OI.shape  # noqa: E741 (shape legend names)
+    g = effective_group_size(I, group_size)
+    W = w_OI.detach().float().clone()
+    H = gram_II.detach().float().clone()
+    dead = H.diagonal() == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+
+    perm = invperm = None
+    if act_order:
+        scale_ON, zero_ON = int4_params(W.reshape(O, I // g, g), sym)  # static groups, original order
+        perm = torch.argsort(H.diagonal(), descending=True)
+        invperm = torch.argsort(perm)
+        W, H = W[:, perm], H[perm][:, perm]
+    else:
+        scale_ON = torch.zeros(O, I // g)
+        zero_ON = torch.zeros(O, I // g)
+
+    H.diagonal().add_(damp * H.diagonal().mean())
+    L = torch.linalg.cholesky(H.double())
+    Hinv_U = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True).float()
+
+    Q = torch.zeros_like(W)
+    for i1 in range(0, I, block_size):
+        i2 = min(i1 + block_size, I)
+        W_OB = W[:, i1:i2].clone()
+        Err_OB = torch.zeros_like(W_OB)
+        Hinv_BB = Hinv_U[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            orig_col = int(perm[col]) if perm is not None else col
+            grp = orig_col // g
+            if perm is None and col % g == 0:
+                # fit the group on current weights: this block's updated columns, then later ones
+                cur = torch.cat((W_OB[:, i:], W[:, i2:]), dim=1)[:, :g]
+                s, z = int4_params(cur[:, None, :], sym)
+                scale_ON[:, grp], zero_ON[:, grp] = s[:, 0], z[:, 0]
+            w_O = W_OB[:, i]
+            s_O, z_O = scale_ON[:, grp], zero_ON[:, grp]
+            q_O = quantize_with(w_O, s_O, z_O)
+            Q[:, col] = q_O
+            deq_O = (q_O - z_O) * s_O
+            err_O = (w_O - deq_O) / Hinv_BB[i, i]
+            W_OB[:, i:] -= err_O[:, None] * Hinv_BB[i, i:][None, :]
+            Err_OB[:, i] = err_O
+        W[:, i2:] -= Err_OB @ Hinv_U[i1:i2, i2:]
+
+    if invperm is not None:
+        Q = Q[:, invperm]
+    return int4_from_codes(Q, scale_ON, None if sym else zero_ON, g)

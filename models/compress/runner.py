@@ -1,0 +1,236 @@
+"""run_compress: the compress stage. Loads the trained model, runs the configured passes in order,
+measures each and writes compressed/<pass>/ checkpoints, compressed/report.json and report.png.
+
+Design and invariants
+- Inputs arrive ready-made (models/ never reads shards): val tokens as a 1-D LongTensor, bytes per
+  token as a float, and recovery training as a callable `recover(student, teacher) -> student`
+  (train's distillation, wired by the lead). Without `recover`, pruning passes run without recovery and
+  the report says so.
+- Calibration and evaluation tokens are disjoint when the val split is long enough: the first
+  `num_eval_tokens` are scored, calibration windows come from the tokens after them (else from the
+  end of the split, and the report notes the overlap).
+- Calibration data from another tokenizer is refused: ids must be < vocab_size, and when the caller
+  passes the shards' tokenizer hash it must equal the hash of the model dir's tokenizer.json.
+- Each pass's output is complete or absent: its files are written atomically, compression.json last.
+  report.json is rewritten after every pass, so an interrupted stage still reports what it finished.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from models.compress.calibration import calibration_stages, run_sequential, windows
+from models.compress.config import CompressConfig, PassConfig
+from models.compress.gptq import gptq_quantize
+from models.compress.prune import masked_training, prunable_weights, prune, sparsity_of
+from models.compress.quantize import QTensor, is_embedding, quantizable_weights, quantize_int4, quantize_int8
+from models.compress.report import eval_bpb, sample, tokens_per_s, write_plot
+from models.compress.storage import (
+    atomic_write_json,
+    dir_weight_bytes,
+    load_compressed,
+    save_compressed,
+)
+from models.compress.structured import structured_prune
+from models.transformer import Transformer
+
+Recover = Callable[[nn.Module, nn.Module], nn.Module]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_tokens(
+    val_tokens: torch.Tensor, vocab_size: int, tokenizer_file: Path | None, tokenizer_sha256: str | None
+) -> None:
+    """Refuse token ids the model cannot embed, or tokens made by a different tokenizer."""
+    if not isinstance(val_tokens, torch.Tensor) or val_tokens.ndim != 1:
+        raise ValueError(f"val_tokens: must be a 1-D LongTensor, got {type(val_tokens).__name__}"
+                         f"{tuple(getattr(val_tokens, 'shape', ()))}")
+    if val_tokens.numel() and (int(val_tokens.max()) >= vocab_size or int(val_tokens.min()) < 0):
+        raise ValueError(
+            f"val_tokens: ids must lie in [0, vocab_size={vocab_size}) — made with a different tokenizer? "
+            f"got ids in [{int(val_tokens.min())}, {int(val_tokens.max())}]"
+        )
+    if tokenizer_sha256 and tokenizer_file is not None and Path(tokenizer_file).is_file():
+        have = sha256_file(Path(tokenizer_file))
+        if have != tokenizer_sha256:
+            raise ValueError(
+                f"val_tokens: made with a different tokenizer (shards' tokenizer sha256 {tokenizer_sha256[:12]}…, "
+                f"model's {Path(tokenizer_file)} {have[:12]}…), got mismatched calibration data"
+            )
+
+
+@torch.no_grad()
+def quantize_model(model: Transformer, p: PassConfig, calib_NT: torch.Tensor | None, batch_size: int) -> dict[str, QTensor]:
+    """Quantize in place (weights replaced by their dequantized values); returns the codes by name."""
+    qt: dict[str, QTensor] = {}
+    if p.method == "gptq":
+        assert calib_NT is not None
+
+        def on_stage(stage) -> None:
+            for mod_name, lin in stage.linears.items():
+                q = gptq_quantize(lin.weight.data, stage.stats[mod_name].gram_II, p.group_size, p.sym, p.damp,
+                                  p.block_size, p.act_order)
+                lin.weight.data.copy_(q.dequantize(lin.weight.dtype))
+                qt[mod_name + ".weight"] = q
+
+        run_sequential(model, calib_NT, calibration_stages(model, include_head=False), on_stage, batch_size,
+                       desc="gptq")
+    block_weights = set(prunable_weights(model))
+    for name, w in quantizable_weights(model).items():
+        if name in qt:
+            continue
+        outer = name not in block_weights or is_embedding(model, name)
+        kind = p.embeddings if outer else ("int8" if p.method == "int8" else "int4")
+        if kind == "fp32":
+            continue
+        q = quantize_int8(w.data) if kind == "int8" else quantize_int4(w.data, p.group_size, p.sym)
+        w.data.copy_(q.dequantize(w.dtype))
+        qt[name] = q
+    return qt
+
+
+def _count(model: nn.Module) -> tuple[int, int]:
+    params = list(model.parameters())
+    return sum(t.numel() for t in params), sum(int((t != 0).sum()) for t in params)
+
+
+def run_compress(
+    cfg: CompressConfig,
+    model_dir: Path,
+    val_tokens: torch.Tensor,
+    bytes_per_token: float,
+    out_dir: Path,
+    recover: Recover | None = None,
+    tokenizer_sha256: str | None = None,
+) -> dict:
+    """Run every pass of `cfg` on the model in `model_dir`; returns (and writes) the report dict."""
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    if not bytes_per_token > 0:
+        raise ValueError(f"bytes_per_token: must be positive, got {bytes_per_token}")
+    base_model, tokenizer_file = load_compressed(model_dir)
+    base_model.eval()
+    mcfg = base_model.cfg
+    check_tokens(val_tokens, mcfg.vocab_size, tokenizer_file, tokenizer_sha256)
+    val_tokens = val_tokens.long().cpu()
+
+    eval_seq = min(cfg.eval_seq_len or mcfg.max_seq_len, mcfg.max_seq_len)
+    calib_seq = min(cfg.calib_seq_len, mcfg.max_seq_len)
+    eval_tokens = val_tokens[: cfg.num_eval_tokens]
+    notes: list[str] = []
+    rest = val_tokens[eval_tokens.numel():]
+    if rest.numel() >= min(cfg.num_calib_tokens, 8 * calib_seq):
+        calib_src = rest
+    else:
+        calib_src = val_tokens[-cfg.num_calib_tokens:]
+        notes.append("calibration tokens overlap the scored tokens (val split too short)")
+    calib_NT = windows(calib_src, calib_seq, cfg.num_calib_tokens)
+    prompt = val_tokens[: cfg.num_prompt_tokens].tolist()
+
+    def measure(model: nn.Module, speed_model: nn.Module | None = None) -> dict:
+        params, nonzero = _count(model)
+        return {
+            "params": params,
+            "nonzero_params": nonzero,
+            "val_bpb": eval_bpb(model, eval_tokens, bytes_per_token, eval_seq, cfg.batch_size),
+            "tokens_per_s": tokens_per_s(speed_model or model, prompt, cfg.num_gen_tokens, cfg.gen_batch_size),
+            "sample": sample(model, prompt, 32, tokenizer_file),
+        }
+
+    t0 = time.perf_counter()
+    baseline = {"name": "baseline", "method": "fp32", "model_dir": str(model_dir),
+                "bytes": dir_weight_bytes(model_dir), "sparsity": sparsity_of(base_model), **measure(base_model)}
+    if baseline["bytes"] == 0:  # e.g. a Lightning .ckpt: the fp32 safetensors size it would have
+        baseline["bytes"] = sum(t.numel() * 4 for t in base_model.state_dict().values())
+    baseline["wall_s"] = round(time.perf_counter() - t0, 2)
+    report: dict = {
+        "baseline": baseline,
+        "passes": [],
+        "bytes_per_token": bytes_per_token,
+        "num_eval_tokens": int(eval_tokens.numel() // eval_seq * eval_seq),
+        "num_calib_tokens": int(calib_NT.numel()),
+        "notes": notes,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    models: dict[str, nn.Module] = {"baseline": base_model}
+    bpbs: dict[str, float] = {"baseline": baseline["val_bpb"]}
+    for p in cfg.passes:
+        t0 = time.perf_counter()
+        teacher = models[p.input]
+        model = copy.deepcopy(teacher)
+        pass_dir = out_dir / p.name
+        entry: dict = {"name": p.name, "method": p.method, "input": p.input, "options": p.options()}
+        if p.is_quant:
+            qt = quantize_model(model, p, calib_NT if p.method == "gptq" else None, cfg.batch_size)
+            save_compressed(pass_dir, model, qt, tokenizer_file, {"name": p.name, "method": p.method, **p.options()})
+            speed_model, _ = load_compressed(pass_dir, runtime=p.runtime if p.method == "int8" else "dequant")
+            entry["runtime"] = getattr(speed_model, "compress_runtime", "dequant")
+            entry["quantized_tensors"] = len(qt)
+        else:
+            masks: dict[str, torch.Tensor] = {}
+            if p.method == "structured":
+                model, entry["structured"] = structured_prune(
+                    model, calib_NT, p.heads_fraction, p.mlp_fraction, p.experts_fraction, cfg.batch_size)
+            else:
+                masks = prune(model, p.method, p.sparsity, p.metric, p.per_row, calib_NT, cfg.batch_size)
+            entry["recovered"] = False
+            if p.recover and recover is not None:
+                entry["val_bpb_before_recovery"] = eval_bpb(model, eval_tokens, bytes_per_token, eval_seq,
+                                                            cfg.batch_size)
+                teacher.eval()
+                with masked_training(model, masks):
+                    model = recover(model, teacher)
+                with torch.no_grad():
+                    for name, keep in masks.items():
+                        model.get_parameter(name).mul_(keep)
+                entry["recovered"] = True
+            model.eval()
+            _save_plain(pass_dir, model, tokenizer_file, {"name": p.name, "method": p.method, **p.options()})
+            speed_model = model
+        models[p.name] = model
+        entry.update(
+            bytes=dir_weight_bytes(pass_dir), sparsity=sparsity_of(model), **measure(model, speed_model),
+        )
+        bpbs[p.name] = entry["val_bpb"]
+        entry["val_bpb_before"] = bpbs[p.input]
+        entry["bpb_increase_pct"] = 100.0 * (entry["val_bpb"] / baseline["val_bpb"] - 1.0)
+        entry["size_ratio"] = baseline["bytes"] / max(entry["bytes"], 1)
+        entry["speedup"] = entry["tokens_per_s"] / max(baseline["tokens_per_s"], 1e-9)
+        entry["wall_s"] = round(time.perf_counter() - t0, 2)
+        report["passes"].append(entry)
+        atomic_write_json(out_dir / "report.json", report)
+    atomic_write_json(out_dir / "report.json", report)
+    if cfg.plot:
+        write_plot(report, out_dir / "report.png")
+    return report
+
+
+def _save_plain(path: Path, model: Transformer, tokenizer_file: Path | None, pass_info: dict) -> None:
+    """A pruned model is an ordinary model dir (models.save_model_dir), marked with compression.json."""
+    from models import save_model_dir
+
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "compression.json").unlink(missing_ok=True)
+    save_model_dir(path, model, tokenizer_file=tokenizer_file, extra={"compression": pass_info})
+    atomic_write_json(
+        path / "compression.json",
+        {"format": "tinyfoundry-compressed", "version": 1, "pass": pass_info, "quantized": {}},
+    )
+
+
+def load_report(out_dir: Path) -> dict:
+    return json.loads((Path(out_dir) / "report.json").read_text())

@@ -1,0 +1,95 @@
+"""Named model presets, from llama2.c's 260K toy to its 110M model, plus mixture-of-experts variants.
+
+Design and invariants
+- A preset is a complete `ModelConfig`, including a default vocabulary. The name is the total parameter count
+  *at that default vocabulary*: llama2.c's shapes (15m, 42m, 110m: dim 288/6L/6H, 512/8L/8H, 768/12L/12H) keep
+  its 32000-token Llama-2 vocabulary so the names stay true; the small presets assume a 4096-token TinyStories
+  tokenizer (the 0.3m toy keeps llama2.c's 512). A run config overrides `vocab_size` to its tokenizer's
+  (`dataclasses.replace(preset, **overrides)`), which changes `total` but not `non_embedding`, the column
+  scaling laws use; `tinyfoundry models` prints both.
+- Small models are deep and narrow (MobileLLM's finding for sub-billion models); MHA except where llama2.c
+  used GQA.
+- MoE names read total-active (Qwen's "30B-A3B" style). `moe-20m-a8m` is the 8m model with each MLP split
+  into 8 experts top-2 of half width (same active params as 8m). `moe-fg-23m-a7m` is the fine-grained
+  variant (DeepSeekMoE): 32 narrow experts, top-6, plus one always-on shared expert, same active width.
+  `moe-3m-a1m` is a demo-size MoE for CPU smoke runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from models.config import ModelConfig
+
+_PRESETS: dict[str, ModelConfig] = {
+    "0.3m": ModelConfig(vocab_size=512, dim=64, num_layers=5, num_heads=8, num_kv_heads=4, max_seq_len=512),
+    "1m": ModelConfig(vocab_size=4096, dim=96, num_layers=6, num_heads=6, max_seq_len=512),
+    "3m": ModelConfig(vocab_size=4096, dim=128, num_layers=12, num_heads=4, max_seq_len=512),
+    "8m": ModelConfig(vocab_size=4096, dim=256, num_layers=8, num_heads=8, max_seq_len=512),
+    "15m": ModelConfig(vocab_size=32000, dim=288, num_layers=6, num_heads=6, max_seq_len=256),
+    "33m": ModelConfig(vocab_size=4096, dim=512, num_layers=10, num_heads=8, max_seq_len=1024),
+    "42m": ModelConfig(vocab_size=32000, dim=512, num_layers=8, num_heads=8, max_seq_len=1024),
+    "110m": ModelConfig(vocab_size=32000, dim=768, num_layers=12, num_heads=12, max_seq_len=1024),
+    "moe-3m-a1m": ModelConfig(
+        vocab_size=4096, dim=96, num_layers=6, num_heads=6, max_seq_len=512,
+        num_experts=8, num_experts_per_tok=2, moe_hidden_dim=128,
+    ),
+    "moe-20m-a8m": ModelConfig(
+        vocab_size=4096, dim=256, num_layers=8, num_heads=8, max_seq_len=512,
+        num_experts=8, num_experts_per_tok=2, moe_hidden_dim=352,
+    ),
+    "moe-fg-23m-a7m": ModelConfig(
+        vocab_size=4096, dim=256, num_layers=8, num_heads=8, max_seq_len=512,
+        num_experts=32, num_experts_per_tok=6, moe_hidden_dim=96, num_shared_experts=1,
+    ),
+}  # fmt: skip
+
+
+def list_presets() -> list[str]:
+    """Preset names, smallest first (dense, then MoE)."""
+    return list(_PRESETS)
+
+
+def get_preset(name: str, **overrides: object) -> ModelConfig:
+    """A fresh copy of preset `name`, with optional field overrides (validated)."""
+    if name not in _PRESETS:
+        raise ValueError(f"preset: unknown model preset, got {name!r} (choose from {', '.join(_PRESETS)})")
+    return dataclasses.replace(_PRESETS[name], **overrides)  # type: ignore[arg-type]
+
+
+def _human(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def format_table(names: list[str] | None = None) -> str:
+    """Plain-text table for `tinyfoundry models`: shape, params (total/active/non-embedding), FLOPs/token."""
+    from models.accounting import count_params, flops_per_token
+
+    header = ("name", "vocab", "dim", "layers", "heads/kv", "mlp", "experts", "total", "active", "non-emb",
+              "train FLOPs/tok")  # fmt: skip
+    rows = [header]
+    for name in names or list_presets():
+        cfg = get_preset(name)
+        p = count_params(cfg)
+        experts = "-"
+        if cfg.is_moe:
+            experts = f"{cfg.num_experts}x{cfg.moe_hidden_dim} top{cfg.num_experts_per_tok}"
+            if cfg.num_shared_experts:
+                experts += f" +{cfg.num_shared_experts}sh"
+        rows.append((
+            name, str(cfg.vocab_size), str(cfg.dim), str(cfg.num_layers), f"{cfg.num_heads}/{cfg.num_kv_heads}",
+            str(cfg.hidden_dim) if not cfg.is_moe else "-", experts, _human(p["total"]), _human(p["active"]),
+            _human(p["non_embedding"]), f"{_human(flops_per_token(cfg))} @T={cfg.max_seq_len}",
+        ))  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    note = (
+        "total counts tied weights once; active = params one token uses; non-emb excludes embedding and "
+        "output head;\nFLOPs/token = 6*N_matmul + 12*L*H*K*T (fwd+bwd, PaLM convention). Presets' vocab is "
+        "overridden by the run's tokenizer."
+    )
+    return "\n".join(lines) + "\n\n" + note

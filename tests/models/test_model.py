@@ -1,0 +1,193 @@
+"""ModelConfig validation and round-trips, presets, and the dense transformer's invariants."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from models import ModelConfig, Transformer, get_preset, list_presets
+from models.accounting import count_params
+
+
+def tiny(**kw) -> ModelConfig:
+    base = dict(vocab_size=97, dim=64, num_layers=2, num_heads=4, num_kv_heads=2, max_seq_len=32)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def test_derived_fields_filled_and_roundtrip_json_yaml():
+    cfg = ModelConfig(dim=96, num_heads=6)
+    assert cfg.num_kv_heads == 6 and cfg.hidden_dim == 256 and cfg.head_dim == 16
+    d = cfg.to_dict()
+    assert ModelConfig.from_dict(json.loads(json.dumps(d))) == cfg
+    assert ModelConfig.from_dict(yaml.safe_load(yaml.safe_dump(d))) == cfg
+    moe = ModelConfig(num_experts=4)
+    assert moe.moe_hidden_dim == moe.hidden_dim
+
+
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        (dict(dim=100), "dim"),
+        (dict(dim=64, num_heads=3), "num_heads"),
+        (dict(dim=96, num_heads=32), "num_heads"),  # head_dim 3 is odd
+        (dict(num_heads=4, num_kv_heads=3), "num_kv_heads"),
+        (dict(hidden_dim=100), "hidden_dim"),
+        (dict(vocab_size=0), "vocab_size"),
+        (dict(num_layers=-1), "num_layers"),
+        (dict(dropout=1.0), "dropout"),
+        (dict(num_experts=4, num_experts_per_tok=5), "num_experts_per_tok"),
+        (dict(num_experts=4, moe_hidden_dim=48), "moe_hidden_dim"),
+        (dict(num_shared_experts=1), "num_shared_experts"),
+        (dict(moe_impl="fast"), "moe_impl"),
+    ],
+)
+def test_validation_names_the_field(kw, field):
+    with pytest.raises(ValueError, match=rf"^{field}: .*got"):
+        ModelConfig(**kw)
+
+
+def test_unknown_key_rejected():
+    with pytest.raises(ValueError, match="^n_layer: unknown"):
+        ModelConfig.from_dict({"n_layer": 3})
+
+
+def test_vocab_size_not_constrained_to_32():
+    assert ModelConfig(vocab_size=4099).vocab_size == 4099
+
+
+def test_every_preset_builds_and_row_lengths_are_gguf_blockable():
+    assert len(list_presets()) >= 11
+    for name in list_presets():
+        cfg = get_preset(name)
+        with torch.device("meta"):
+            model = Transformer(cfg)
+        for pname, p in model.named_parameters():
+            if p.dim() >= 2:
+                assert p.shape[-1] % 32 == 0, (name, pname, tuple(p.shape))
+        total = count_params(cfg)["total"]
+        label = name.split("-")[-2] if cfg.is_moe else name  # moe-20m-a8m -> 20m
+        expect = float(label.rstrip("m")) * 1e6
+        assert abs(total - expect) / expect < 0.15, (name, total)
+
+
+def test_small_presets_run_forward():
+    for name in ("0.3m", "moe-3m-a1m"):
+        cfg = get_preset(name)
+        model = Transformer(cfg)
+        out = model(torch.randint(0, cfg.vocab_size, (1, 16)), torch.randint(0, cfg.vocab_size, (1, 16)))
+        assert torch.isfinite(out.loss)
+
+
+def test_preset_overrides_validate_and_copy():
+    cfg = get_preset("15m", vocab_size=4096)
+    assert cfg.vocab_size == 4096 and get_preset("15m").vocab_size == 32000
+    assert dataclasses.replace(get_preset("1m"), max_seq_len=128).max_seq_len == 128
+    with pytest.raises(ValueError, match="^preset: unknown"):
+        get_preset("7b")
+
+
+def test_llama2c_shapes():
+    for name, (dim, layers, heads) in {"15m": (288, 6, 6), "42m": (512, 8, 8), "110m": (768, 12, 12)}.items():
+        cfg = get_preset(name)
+        assert (cfg.dim, cfg.num_layers, cfg.num_heads) == (dim, layers, heads)
+
+
+@pytest.mark.parametrize("moe", [False, True])
+def test_causality(moe):
+    torch.manual_seed(0)
+    cfg = tiny(num_experts=4 if moe else 0, moe_hidden_dim=64 if moe else 0)
+    model = Transformer(cfg).eval()
+    idx = torch.randint(0, cfg.vocab_size, (2, 20))
+    logits = model(idx).logits
+    idx2 = idx.clone()
+    idx2[:, 12:] = torch.randint(0, cfg.vocab_size, (2, 8))
+    logits2 = model(idx2).logits
+    torch.testing.assert_close(logits[:, :12], logits2[:, :12], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(logits[:, 12:], logits2[:, 12:])
+
+
+def test_loss_matches_cross_entropy_and_ignore_index():
+    torch.manual_seed(0)
+    cfg = tiny()
+    model = Transformer(cfg)
+    idx = torch.randint(0, cfg.vocab_size, (2, 10))
+    tgt = torch.randint(0, cfg.vocab_size, (2, 10))
+    tgt[0, :5] = -100
+    out = model(idx, tgt)
+    keep = tgt != -100
+    ref = torch.nn.functional.cross_entropy(out.logits[keep], tgt[keep])
+    torch.testing.assert_close(out.ce_loss, ref)
+    assert out.aux_loss.item() == 0.0 and out.loss is not None
+    assert model(idx).loss is None
+    # an untrained model predicts about uniformly
+    assert abs(model(idx, torch.randint(0, cfg.vocab_size, (2, 10))).ce_loss.item() - math.log(97)) < 0.3
+
+
+def test_tied_and_untied_param_counts():
+    tied, untied = Transformer(tiny()), Transformer(tiny(tie_embeddings=False))
+    assert tied.lm_head.weight is tied.tok_emb.weight
+    assert untied.num_params() - tied.num_params() == 97 * 64
+    assert tied.num_params(non_embedding=True) == untied.num_params(non_embedding=True)
+
+
+def test_scaled_residual_init():
+    torch.manual_seed(0)
+    cfg = tiny(dim=256, num_layers=8, num_heads=4, num_kv_heads=4)
+    model = Transformer(cfg)
+    wq, wo = model.layers[0].attn.wq.weight, model.layers[0].attn.wo.weight
+    assert abs(wq.std().item() - 0.02) < 0.002
+    assert abs(wo.std().item() - 0.02 / math.sqrt(16)) < 0.001
+    assert torch.all(model.layers[0].attn_norm.weight == 1)
+
+
+def test_gqa_equals_mha_with_repeated_kv_heads():
+    torch.manual_seed(0)
+    gqa = Transformer(tiny(num_kv_heads=2)).eval()
+    mha = Transformer(tiny(num_kv_heads=4)).eval()
+    sd = gqa.state_dict()
+    K = 16
+    for i in range(2):
+        for w in ("wk", "wv"):
+            wt = sd[f"layers.{i}.attn.{w}.weight"].view(2, K, 64)
+            sd[f"layers.{i}.attn.{w}.weight"] = wt.repeat_interleave(2, dim=0).reshape(4 * K, 64)
+    mha.load_state_dict(sd)
+    idx = torch.randint(0, 97, (2, 12))
+    torch.testing.assert_close(gqa(idx).logits, mha(idx).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_autocast_trains():
+    torch.manual_seed(0)
+    cfg = tiny(num_experts=4, moe_hidden_dim=64)
+    model = Transformer(cfg)
+    idx = torch.randint(0, cfg.vocab_size, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(idx, idx)
+    assert out.logits.dtype == torch.bfloat16 and out.loss.dtype == torch.float32
+    out.loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_overfits_one_batch():
+    torch.manual_seed(0)
+    cfg = tiny()
+    model = Transformer(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    idx = torch.randint(0, cfg.vocab_size, (4, 17))
+    for _ in range(60):
+        loss = model(idx[:, :-1], idx[:, 1:]).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5
+
+
+def test_too_long_sequence_rejected():
+    model = Transformer(tiny())
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model(torch.zeros(1, 33, dtype=torch.long))

@@ -1,0 +1,182 @@
+"""LMSystem: the LightningModule that trains a models.Transformer (the plain nn.Module stays in models/).
+
+Design and invariants
+- `save_hyperparameters()` stores plain dicts only (`model_config`, `train_config`, numbers), so
+  `ckpt["hyper_parameters"]["model_config"]` rebuilds the model and every checkpoint loads with
+  `torch.load(weights_only=True)` (models.load_model relies on both). State-dict keys are `model.<name>`.
+- One optimizer step consumes `num_accum_steps` micro-batches; the data position (`datamodule.next_index`)
+  is advanced in `training_step` from the index each batch carries, so it counts consumed batches only.
+- AdamW: weight decay only on parameters with >= 2 dims; fused kernels when the device has them.
+  The schedule is a LambdaLR stepped every optimizer step (see schedules.py).
+- The NaN guard raises `NonFiniteLossError` *before* backward, so no update and no checkpoint ever sees a
+  non-finite loss; the last checkpoint on disk is the last good one.
+- The teacher (distillation) is not a submodule: it is neither saved, optimised, nor wrapped by DDP.
+- Torch RNG states are saved in the checkpoint and restored on resume (dropout > 0 stays reproducible).
+
+Shape legend: B batch, T sequence, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from models import ModelConfig, Transformer
+from train.config import TrainConfig
+from train.distill import distill_loss
+from train.schedules import build_scheduler
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training loss became NaN or inf; the message names the step and the last good checkpoint."""
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on >= 2-D tensors (matmul weights, embeddings), none on norms and biases."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_adamw(model: torch.nn.Module, cfg: TrainConfig, device_type: str) -> torch.optim.AdamW:
+    groups = param_groups(model, cfg.weight_decay)
+    kwargs: dict[str, Any] = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2), "eps": cfg.eps}
+    if device_type in ("cuda", "cpu"):
+        try:
+            return torch.optim.AdamW(groups, fused=True, **kwargs)
+        except (RuntimeError, TypeError, ValueError):
+            pass
+    return torch.optim.AdamW(groups, foreach=True, **kwargs)
+
+
+class LMSystem(L.LightningModule):
+    """Next-token training of a Transformer, optionally distilled from a teacher."""
+
+    def __init__(self, model_config: dict[str, Any], train_config: dict[str, Any], total_steps: int,
+                 bytes_per_token: float = 0.0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_cfg = ModelConfig.from_dict(model_config)
+        self.cfg = TrainConfig.from_dict(train_config)
+        self.total_steps = int(total_steps)
+        self.bytes_per_token = float(bytes_per_token)
+        self.model = Transformer(self.model_cfg)
+        if self.cfg.compile:
+            self.model.compile()
+        self._teacher: list[torch.nn.Module] = []  # a list so Lightning/DDP never see it as a submodule
+        # running values read by callbacks (tensors stay on device; read them only when logging)
+        self.last_loss: torch.Tensor | None = None
+        self.last_aux: torch.Tensor | None = None
+        self.last_grad_norm: torch.Tensor | None = None
+        self.last_good_ckpt: str = ""
+        self._val_sum: torch.Tensor | None = None
+        self._val_count: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ teacher
+    def set_teacher(self, teacher: torch.nn.Module) -> None:
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        self._teacher = [teacher]
+
+    @property
+    def teacher(self) -> torch.nn.Module | None:
+        return self._teacher[0] if self._teacher else None
+
+    def on_fit_start(self) -> None:
+        if self.teacher is not None:
+            self.teacher.to(self.device)
+
+    # ------------------------------------------------------------------ steps
+    def forward(self, idx_BT: torch.Tensor, targets_BT: torch.Tensor | None = None) -> Any:
+        return self.model(idx_BT, targets_BT=targets_BT)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor, int], batch_idx: int) -> torch.Tensor:
+        x_BT, y_BT, index = batch
+        out = self.model(x_BT, targets_BT=y_BT)
+        if self.teacher is not None:
+            with torch.no_grad():
+                t_logits_BTV = self.teacher(x_BT).logits
+            loss, ce, _ = distill_loss(out.logits, t_logits_BTV, y_BT, self.cfg.distill_alpha,
+                                       self.cfg.distill_temperature)
+            if out.aux_loss is not None:
+                loss = loss + out.aux_loss
+        else:
+            loss = out.loss
+        if not bool(torch.isfinite(loss.detach())):
+            step = self.trainer.global_step if self._trainer is not None else -1
+            where = f"; the last good checkpoint is {self.last_good_ckpt}" if self.last_good_ckpt else \
+                "; no checkpoint was written yet"
+            raise NonFiniteLossError(
+                f"non-finite training loss ({float(loss.detach())}) at optimizer step {step} "
+                f"(micro-batch {int(index)}){where}. Lower lr, raise warmup_frac or enable grad_clip."
+            )
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "next_index"):
+            dm.next_index = int(index) + 1
+        self.last_loss = loss.detach()
+        self.last_aux = out.aux_loss.detach() if out.aux_loss is not None else None
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x_BT, y_BT = batch
+        out = self.model(x_BT, targets_BT=None)
+        logits_BTV = out.logits
+        ce_sum = F.cross_entropy(logits_BTV.float().reshape(-1, logits_BTV.shape[-1]), y_BT.reshape(-1),
+                                 reduction="sum")
+        n = torch.tensor(float(y_BT.numel()), device=ce_sum.device)
+        self._val_sum = ce_sum.detach() if self._val_sum is None else self._val_sum + ce_sum.detach()
+        self._val_count = n if self._val_count is None else self._val_count + n
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sum, self._val_count = None, None
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val_sum is None:
+            return
+        total = self.trainer.strategy.reduce(self._val_sum.double(), reduce_op="sum")
+        count = self.trainer.strategy.reduce(self._val_count.double(), reduce_op="sum")
+        val_loss = (total / count).float()
+        self.log("val/loss", val_loss, sync_dist=False, prog_bar=False)
+        if self.bytes_per_token > 0:
+            self.log("val/bpb", val_loss / (math.log(2) * self.bytes_per_token))
+        self._val_sum, self._val_count = None, None
+
+    # ------------------------------------------------------------------ optimizer
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt = make_adamw(self.model, self.cfg, self.device.type)
+        sched = build_scheduler(opt, self.cfg.schedule, self.total_steps, self.cfg.warmup_frac,
+                                self.cfg.min_lr_ratio, self.cfg.decay_frac)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: Any = None,
+                                    gradient_clip_algorithm: Any = None) -> None:
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        self.last_grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True).detach()
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint["rng_states"] = rng
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        old = checkpoint.get("hyper_parameters", {}).get("model_config")
+        if old is not None and ModelConfig.from_dict(old).to_dict() != self.model_cfg.to_dict():
+            raise ValueError(
+                "model: the checkpoint was trained with a different model config; resuming needs the same "
+                "model (use a new run directory)"
+            )
+        rng = checkpoint.get("rng_states")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
