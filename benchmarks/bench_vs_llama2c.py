@@ -18,7 +18,7 @@ FLOPs = 6 * N * tokens with N = all parameters counted once (tied embedding incl
 is real work), so a bigger vocabulary is paid for.
 
     .venv/bin/python benchmarks/bench_vs_llama2c.py            # ~1e13 FLOPs per run (about 8 min each on a free 2-core CPU)
-    .venv/bin/python benchmarks/bench_vs_llama2c.py --quick    # 2e12 FLOPs per run
+    .venv/bin/python benchmarks/bench_vs_llama2c.py --quick    # 5e11 FLOPs per run
 """
 
 from __future__ import annotations
@@ -256,44 +256,123 @@ def run_baseline(train_docs, val_docs, flops: float, lrs: list[float], work: Pat
     return rows
 
 
-# Our recipe when the planner/trainer are not used (see --ours plain). Chosen by the measurements in the docstring of
-# the report (LOG notes): a bigger vocabulary, a wider model, higher peak lr, short warmup, cosine to 10%, z-loss.
-PLAIN_RECIPE = {"vocab": 2048, "dim": 128, "num_layers": 4, "num_heads": 4, "num_kv_heads": 4, "lr": 6e-3,
-                "batch": 32, "seq_len": 256, "warmup_frac": 0.05, "min_lr_frac": 0.1, "wd": 0.1, "z_loss": 1e-4}
+def critical_batch_tokens(flops: float) -> float:
+    """DeepSeek LLM (2024) fit of the compute-optimal batch: B = 0.292 * C^0.3271 tokens."""
+    return 0.292 * flops**0.3271
 
 
-def run_ours_plain(train_docs, val_docs, flops: float, work: Path, seed: int, recipe: dict | None = None) -> dict:
+def optimal_lr(flops: float) -> float:
+    """DeepSeek LLM (2024) fit of the compute-optimal peak lr: 0.3118 * C^-0.125 (capped at 1e-2 here)."""
+    return min(1e-2, 0.3118 * flops**-0.125)
+
+
+def fallback_plan(flops: float, seq_len: int = 256) -> dict:
+    """Our recipe's shape when train.planner is not in the tree: Chinchilla N = sqrt(C / 120) (20 tokens/param),
+    vocab 1024 below 3e12 FLOPs else 2048, dim 64, as many 64-wide layers as the non-embedding budget allows
+    (2..8), DeepSeek's batch and lr fits."""
+    vocab = 1024 if flops < 3e12 else 2048
+    n_opt = math.sqrt(flops / 120)
+    per_layer = 4 * 64 * 64 + 3 * 64 * 192
+    layers = int(min(8, max(2, round((n_opt - vocab * 64) / per_layer))))
+    seqs = 2 ** max(2, round(math.log2(critical_batch_tokens(flops) / seq_len)))
+    return {"vocab": vocab, "dim": 64, "num_layers": layers, "num_heads": 4, "num_kv_heads": 4, "batch": seqs,
+            "seq_len": seq_len, "lr": optimal_lr(flops), "source": "benchmark fallback (Chinchilla + DeepSeek fits)"}
+
+
+OURS_SCHEDULE = {"warmup_frac": 0.05, "min_lr_frac": 0.1, "wd": 0.1, "z_loss": 1e-4}
+
+
+def run_ours(train_docs, val_docs, flops: float, work: Path, seed: int, use_rooms: bool = True,
+             trainer: str = "plain") -> dict:
+    """Our recipe: our tokenizer, our planner's shape/batch/lr (fallbacks named in the row), a plain loop or
+    train.run_train (trainer="rooms": the trainer's own schedule defaults, peak lr from the planner)."""
     from tokenizers import Tokenizer
 
     from models import ModelConfig, Transformer
 
-    r = {**PLAIN_RECIPE, **(recipe or {})}
-    tok = Tokenizer.from_file(str(train_bpe(train_docs, r["vocab"], work / f"ours_tok{r['vocab']}.json")))
+    used: dict[str, str] = {}
+    r = fallback_plan(flops)
+    plan = _room_plan(flops, r["vocab"], work) if use_rooms else None
+    tok_file = _room_tokenizer(train_docs, r["vocab"], work, seed) if use_rooms else None
+    if tok_file is None:
+        tok_file = train_bpe(train_docs, r["vocab"], work / f"ours_tok{r['vocab']}.json")
+        used["tokenizer"] = f"byte-level BPE {r['vocab']} (benchmark)"
+    else:
+        used["tokenizer"] = f"data_pipelines.tokenize BPE {r['vocab']}"
+    tok = Tokenizer.from_file(str(tok_file))
     tr, _ = token_stream(tok, train_docs)
     va, va_bytes = token_stream(tok, val_docs)
     torch.manual_seed(seed)
-    mcfg = ModelConfig(vocab_size=tok.get_vocab_size(), dim=r["dim"], num_layers=r["num_layers"],
-                       num_heads=r["num_heads"], num_kv_heads=r["num_kv_heads"], max_seq_len=r["seq_len"])
+    if plan is not None:
+        mcfg = ModelConfig.from_dict({**plan["model"], "vocab_size": tok.get_vocab_size(), "max_seq_len": 256})
+        r.update(batch=int(plan.get("batch_size") or r["batch"]),
+                 lr=min(1e-2, float(plan.get("lr") or plan.get("lr_hint") or r["lr"])))
+        used["shape"] = "train.planner.run_plan"
+    else:
+        mcfg = ModelConfig(vocab_size=tok.get_vocab_size(), dim=r["dim"], num_layers=r["num_layers"],
+                           num_heads=r["num_heads"], num_kv_heads=r["num_kv_heads"], max_seq_len=r["seq_len"])
+        used["shape"] = r["source"]
     model = Transformer(mcfg)
     n = num_params(model)
     tokens_per_step = r["batch"] * r["seq_len"]
     steps = max(1, int(flops / (6 * n * tokens_per_step)))
     t0 = time.time()
-    last = plain_train(model, tr, steps, r["lr"], r["batch"], r["seq_len"], warmup_frac=r["warmup_frac"],
-                       min_lr_frac=r["min_lr_frac"], wd=r["wd"], z_loss=r["z_loss"], seed=seed, desc="ours (plain)")
+    schedule = dict(OURS_SCHEDULE)
+    if trainer == "rooms" and (work / "shards").is_dir():
+        from models import load_model
+        from train import TrainConfig, run_train
+
+        tcfg = TrainConfig(seed=seed, max_tokens=steps * tokens_per_step, batch_size=r["batch"], seq_len=r["seq_len"],
+                           lr=r["lr"], num_threads=torch.get_num_threads(), progress_bar=False)
+        summary = run_train(tcfg, mcfg, work / "shards", work / "run", plan=plan, tokenizer_file=tok_file)
+        model, _ = load_model(work / "run" / "checkpoints" / "final")
+        last = float(summary.get("final_train_loss") or float("nan"))
+        used["trainer"] = "train.run_train (Lightning)"
+        schedule = {k: getattr(tcfg, k) for k in ("schedule", "warmup_frac", "min_lr_ratio", "weight_decay")}
+    else:
+        last = plain_train(model, tr, steps, r["lr"], r["batch"], r["seq_len"], seed=seed, desc="ours", **schedule)
+        used["trainer"] = "plain loop (models.Transformer)"
     bpb = heldout_bpb(model, va, va_bytes, r["seq_len"])
-    return {"run": "ours (plain loop)", "params": n, "vocab": tok.get_vocab_size(), "steps": steps,
+    shape = f"dim {mcfg.dim}, {mcfg.num_layers} layers, {mcfg.num_heads} heads, batch {r['batch']}x{r['seq_len']}"
+    return {"run": "ours", "params": n, "vocab": tok.get_vocab_size(), "steps": steps,
             "tokens": steps * tokens_per_step, "flops": 6 * n * steps * tokens_per_step, "lr": r["lr"],
-            "train_loss": last, "bpb": bpb, "wall_s": time.time() - t0, "recipe": r,
-            "train_bytes_per_token": sum(len(d.encode()) for d in train_docs) / tr.numel()}
+            "train_loss": last, "bpb": bpb, "wall_s": time.time() - t0, "shape": shape, "used": used,
+            "schedule": schedule, "train_bytes_per_token": sum(len(d.encode()) for d in train_docs) / tr.numel()}
+
+
+def _room_tokenizer(train_docs, vocab: int, work: Path, seed: int) -> Path | None:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from data_pipelines.tokenize import TokenizeConfig, run_tokenize
+    except ImportError:
+        return None
+    pq.write_table(pa.table({"text": train_docs, "id": [str(i) for i in range(len(train_docs))]}),
+                   work / "train.parquet")
+    cfg = TokenizeConfig(vocab_size=vocab, progress=False)
+    run_tokenize(cfg, [work / "train.parquet"], work / "tokenizer", work / "shards", seed)
+    return work / "tokenizer" / "tokenizer.json"
+
+
+def _room_plan(flops: float, vocab: int, work: Path) -> dict | None:
+    try:
+        from train.planner import PlanConfig, run_plan
+    except ImportError:
+        return None
+    cfg = PlanConfig(flops=flops, vocab_size=vocab, seq_len=256)
+    return run_plan(cfg, work / "plan.json")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="smaller budget (2e12 FLOPs per run)")
-    ap.add_argument("--flops", type=float, default=None, help="training FLOPs per run (default 1e13, quick 2e12)")
-    ap.add_argument("--lrs", type=str, default="5e-4,1e-3,3e-3,6e-3,1e-2", help="baseline learning rates to sweep")
-    ap.add_argument("--ours", choices=["auto", "pipeline", "plain", "none"], default="auto")
+    ap.add_argument("--quick", action="store_true", help="smaller budget (5e11 FLOPs per run)")
+    ap.add_argument("--flops", type=float, default=None, help="training FLOPs per run (default 1e13, quick 5e11)")
+    ap.add_argument("--lrs", type=str, default="", help="baseline learning rates to sweep (default: 5 full, 4 quick)")
+    ap.add_argument("--ours", choices=["rooms", "plain", "none"], default="rooms",
+                    help="rooms: our tokenizer and planner when present (fallbacks named in the output); plain: neither")
+    ap.add_argument("--trainer", choices=["plain", "rooms"], default="plain",
+                    help="train ours with the plain loop here, or with train.run_train (Lightning)")
     ap.add_argument("--skip-baseline", action="store_true", help="only train ours")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
@@ -301,8 +380,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    flops = args.flops or (2e12 if args.quick else 1e13)
-    lrs = [float(x) for x in args.lrs.split(",") if x]
+    flops = args.flops or (5e11 if args.quick else 1e13)
+    lrs = [float(x) for x in (args.lrs or ("3e-3,6e-3,1.2e-2,2.4e-2" if args.quick else "5e-4,1e-3,3e-3,6e-3,1e-2")).split(",")]
     train_docs, val_docs = split_stories(args.seed)
     print(f"data: {len(train_docs)} train / {len(val_docs)} held-out stories; budget {flops:.2g} FLOPs per run")
     rows: list[dict] = []
@@ -310,16 +389,12 @@ def main() -> None:
         work = Path(tmp)
         if not args.skip_baseline:
             rows += run_baseline(train_docs, val_docs, flops, lrs, work, args.seed)
-        mode = args.ours
-        if mode == "auto":
-            mode = "pipeline" if _pipeline_ready() else "plain"
-        if mode == "pipeline":
-            rows.append(run_ours_pipeline(train_docs, val_docs, flops, work, args.seed))
-        elif mode == "plain":
-            rows.append(run_ours_plain(train_docs, val_docs, flops, work, args.seed))
-        if rows and rows[-1]["run"].startswith("ours"):
-            print(f"  {rows[-1]['run']:<28} steps {rows[-1]['steps']:5d}  bpb {rows[-1]['bpb']:.4f}  "
-                  f"({rows[-1]['wall_s']:.0f}s)", flush=True)
+        if args.ours != "none":
+            rows.append(run_ours(train_docs, val_docs, flops, work, args.seed, use_rooms=args.ours == "rooms",
+                                 trainer=args.trainer))
+            o = rows[-1]
+            print(f"  {'ours':<28} steps {o['steps']:5d}  bpb {o['bpb']:.4f}  ({o['wall_s']:.0f}s)  "
+                  f"{o['shape']}, lr {o['lr']:.2g}; {o['used']}", flush=True)
     report(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2, default=str))
@@ -341,24 +416,6 @@ def report(rows: list[dict]) -> None:
         ratio = ours[0]["bpb"] / best["bpb"]
         verdict = "MET" if ratio <= 0.85 else "NOT met"
         print(f"\nours / tuned baseline ({best['run']}) = {ratio:.3f}  (target <= 0.85: {verdict})")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Ours through the real rooms: tokenizer -> planner -> trainer
-
-
-def _pipeline_ready() -> bool:
-    try:
-        from data_pipelines.tokenize import run_tokenize  # noqa: F401
-        from train import run_train  # noqa: F401
-        from train.planner import run_plan  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def run_ours_pipeline(train_docs, val_docs, flops: float, work: Path, seed: int) -> dict:
-    raise NotImplementedError("filled in once the planner and trainer are in the tree")
 
 
 if __name__ == "__main__":

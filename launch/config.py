@@ -69,6 +69,8 @@ class RunConfig:
     """Stages that `tinyfoundry run` executes, in pipeline order."""
     sections: dict[str, Any] = field(default_factory=dict)
     """The typed section configs by name (synth, curate, tokenize, plan, model, train, compress, export)."""
+    explicit: dict[str, list[str]] = field(default_factory=dict)
+    """Keys the user set in each section (file or override), as opposed to defaults and preset values."""
 
     def __getattr__(self, item: str) -> Any:
         sections = self.__dict__.get("sections", {})
@@ -194,7 +196,8 @@ def build_run_config(data: dict[str, Any], name: str, source: str = "<config>") 
             sections[sec] = build_model_config(raw)
         else:
             sections[sec] = build_dataclass(section_class(sec), raw, sec)
-    return RunConfig(name=name, seed=seed, stages=stages, sections=sections)
+    explicit = {sec: sorted((data.get(sec) or {}).keys()) for sec in SECTION_CLASSES}
+    return RunConfig(name=name, seed=seed, stages=stages, sections=sections, explicit=explicit)
 
 
 def build_model_config(raw: dict[str, Any]) -> Any:

@@ -52,6 +52,10 @@ def generate_text(model_path: Path, prompt: str, max_new_tokens: int = 128, temp
     tok = Tokenizer.from_file(str(tok_path))
     ids = tok.encode(prompt).ids
     eos = tok.token_to_id("<|endoftext|>")
+    # the context holds prompt + continuation: keep the prompt's tail and shorten the continuation to fit
+    ctx = int(model.cfg.max_seq_len)
+    max_new_tokens = max(1, min(max_new_tokens, ctx - 1 - min(len(ids), ctx // 2)))
+    ids = ids[-(ctx - 1 - max_new_tokens):] if len(ids) > ctx - 1 - max_new_tokens else ids
     out = generate(model, [ids], max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                    eos_id=eos, seed=seed)[0]
     if eos is not None and out and out[-1] == eos:

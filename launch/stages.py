@@ -145,10 +145,26 @@ def _load_plan(cfg: RunConfig, rd: RunDir) -> dict[str, Any] | None:
     return json.loads(rd.plan_json.read_text())
 
 
+def model_for_data(cfg: RunConfig, rd: RunDir) -> Any:
+    """The model config with its vocabulary taken from the tokenizer, unless the user set `model.vocab_size`
+    (then a mismatch is refused by training, before it starts)."""
+    import dataclasses
+
+    from data_pipelines.tokenize.shards import ShardIndex
+
+    model = cfg.model
+    if "vocab_size" not in cfg.explicit.get("model", []) and (rd.shards / "index.json").is_file():
+        vocab = ShardIndex.load(rd.shards).vocab_size
+        if vocab != model.vocab_size:
+            model = dataclasses.replace(model, vocab_size=vocab)
+    return model
+
+
 def stage_train(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
     from train import run_train
 
-    return run_train(cfg.train, cfg.model, rd.shards, rd.root, plan=_load_plan(cfg, rd), tokenizer_file=rd.tokenizer_file)
+    return run_train(cfg.train, model_for_data(cfg, rd), rd.shards, rd.root, plan=_load_plan(cfg, rd),
+                     tokenizer_file=rd.tokenizer_file)
 
 
 def val_tokens(shards_dir: Path, max_tokens: int = 1_000_000) -> tuple[Any, float]:

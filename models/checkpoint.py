@@ -97,6 +97,10 @@ def _load_hf_dir(path: Path) -> Transformer:
     from models.hf_mapping import config_from_hf, state_dict_from_hf
 
     hf_cfg = _read_json(path / "config.json")
+    try:
+        cfg = config_from_hf(hf_cfg)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"{path}: not a loadable Llama/Mixtral export ({e})") from e
     index = path / "model.safetensors.index.json"
     if (path / WEIGHTS).exists():
         sd = _load_safetensors(path / WEIGHTS)
@@ -107,10 +111,9 @@ def _load_hf_dir(path: Path) -> Transformer:
     else:
         raise ValueError(f"{path}: HF export dir without model.safetensors")
     try:
-        cfg = config_from_hf(hf_cfg)
         return Transformer.from_state_dict(cfg, state_dict_from_hf(cfg, sd))
     except (ValueError, TypeError, RuntimeError, KeyError) as e:
-        raise ValueError(f"{path}: not a loadable Llama/Mixtral export ({e})") from e
+        raise ValueError(f"{path}: weights do not match the Llama/Mixtral config ({e})") from e
 
 
 def _load_ckpt(path: Path) -> Transformer:

@@ -89,13 +89,13 @@ class ModelConfig:
         if self.dim % self.num_heads:
             raise ValueError(f"num_heads: must divide dim={self.dim}, got {self.num_heads}")
         if self.head_dim % 2:
-            raise ValueError(f"num_heads: head_dim = dim / num_heads must be even for RoPE, got {self.head_dim}")
+            raise ValueError(
+                f"num_heads: head_dim = dim / num_heads must be even for RoPE, got {self.head_dim}"
+            )
         if self.num_kv_heads == 0:
             self.num_kv_heads = self.num_heads
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(
-                f"num_kv_heads: must divide num_heads={self.num_heads}, got {self.num_kv_heads}"
-            )
+            raise ValueError(f"num_kv_heads: must divide num_heads={self.num_heads}, got {self.num_kv_heads}")
         if self.hidden_dim == 0:
             self.hidden_dim = _round_up(int(8 * self.dim / 3), GGUF_BLOCK)
         if self.hidden_dim % GGUF_BLOCK:

@@ -147,8 +147,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
             num_experts=hf["num_local_experts"],
             num_experts_per_tok=hf["num_experts_per_tok"],
             moe_hidden_dim=hf["intermediate_size"],
-            hidden_dim=hf["intermediate_size"],
-        )
+        )  # hidden_dim (unused by an all-MoE model) is left to derive from dim
     else:
         kw["hidden_dim"] = hf["intermediate_size"]
     return ModelConfig(**kw)

@@ -42,7 +42,9 @@ def rope_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
     return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
 
 
-def rope_cos_sin(pos_BT: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+def rope_cos_sin(
+    pos_BT: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, ...]:
     """cos, sin of shape (B, T, K) for integer positions, in the rotate_half layout [f, f]."""
     freqs_BTk = pos_BT.float()[..., None] * inv_freq.to(pos_BT.device)[None, None, :]
     emb_BTK = torch.cat((freqs_BTk, freqs_BTk), dim=-1)
@@ -55,8 +57,9 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x_BHTK: torch.Tensor, cos_BTK: torch.Tensor, sin_BTK: torch.Tensor) -> torch.Tensor:
+    """Rotate in the precision of cos/sin (fp32) and return in x's dtype (bf16 under autocast)."""
     cos_B1TK, sin_B1TK = cos_BTK[:, None], sin_BTK[:, None]
-    return x_BHTK * cos_B1TK + _rotate_half(x_BHTK) * sin_B1TK
+    return (x_BHTK * cos_B1TK + _rotate_half(x_BHTK) * sin_B1TK).to(x_BHTK.dtype)
 
 
 class KVCache:
@@ -113,13 +116,17 @@ class Attention(nn.Module):
             k_BGSK, v_BGSK = cache.update(layer, k_BGTK, v_BGTK)
         else:
             k_BGSK, v_BGSK = k_BGTK, v_BGTK
-        if self.num_kv_heads != self.num_heads:  # (B, G, S, K) -> (B, H, S, K): each kv head serves H/G queries
+        if (
+            self.num_kv_heads != self.num_heads
+        ):  # (B, G, S, K) -> (B, H, S, K): each kv head serves H/G queries
             rep = self.num_heads // self.num_kv_heads
             k_BGSK = k_BGSK.repeat_interleave(rep, dim=1)
             v_BGSK = v_BGSK.repeat_interleave(rep, dim=1)
         dropout_p = self.dropout if self.training else 0.0
         if mask_BTS is None and cache is None:
-            y_BHTK = F.scaled_dot_product_attention(q_BHTK, k_BGSK, v_BGSK, is_causal=True, dropout_p=dropout_p)
+            y_BHTK = F.scaled_dot_product_attention(
+                q_BHTK, k_BGSK, v_BGSK, is_causal=True, dropout_p=dropout_p
+            )
         else:
             if mask_BTS is None:  # cache without padding: causal relative to the cache offset
                 S = k_BGSK.shape[2]

@@ -46,7 +46,13 @@ def _grouped_mm_ok(x: torch.Tensor) -> bool:
 
 
 def grouped_linear(x_AI: torch.Tensor, w_EOI: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
-    """Rows of x sorted by expert (counts_E of each, in order) times that expert's weight^T: (A, I) -> (A, O)."""
+    """Rows of x sorted by expert (counts_E of each, in order) times that expert's weight^T: (A, I) -> (A, O).
+
+    Under autocast both operands are cast to the autocast dtype by hand (the private op has no autocast rule).
+    """
+    dev = x_AI.device.type
+    if torch.is_autocast_enabled(dev):
+        x_AI = x_AI.to(torch.get_autocast_dtype(dev))
     w_EOI = w_EOI.to(x_AI.dtype)
     if _grouped_mm_ok(x_AI):
         offs_E = counts_E.cumsum(0).to(torch.int32)
@@ -105,7 +111,7 @@ class MoE(nn.Module):
         h_AF = F.silu(grouped_linear(x_AD, self.w_gate, counts_E)) * grouped_linear(x_AD, self.w_up, counts_E)
         y_AD = grouped_linear(h_AF, self.w_down, counts_E)
         y_AD = y_AD * w_Nk.reshape(-1)[order_A, None].to(y_AD.dtype)
-        return torch.zeros_like(x_ND).index_add_(0, tok_A, y_AD)  # scatter-add combine
+        return torch.zeros_like(x_ND).index_add_(0, tok_A, y_AD.to(x_ND.dtype))  # scatter-add combine
 
     def forward(self, x_BTD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (output B,T,D, auxiliary loss scalar fp32 = balance + z-loss, already weighted)."""

@@ -12,33 +12,32 @@ Design and invariants
 - MoE names read total-active (Qwen's "30B-A3B" style). `moe-20m-a8m` is the 8m model with each MLP split
   into 8 experts top-2 of half width (same active params as 8m). `moe-fg-23m-a7m` is the fine-grained
   variant (DeepSeekMoE): 32 narrow experts, top-6, plus one always-on shared expert, same active width.
-  `moe-3m-a1m` is a demo-size MoE for CPU smoke runs.
+  `moe-2m-a1m` is a demo-size MoE for CPU smoke runs.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 from models.config import ModelConfig
 
-_PRESETS: dict[str, ModelConfig] = {
-    "0.3m": ModelConfig(vocab_size=512, dim=64, num_layers=5, num_heads=8, num_kv_heads=4, max_seq_len=512),
-    "1m": ModelConfig(vocab_size=4096, dim=96, num_layers=6, num_heads=6, max_seq_len=512),
-    "3m": ModelConfig(vocab_size=4096, dim=128, num_layers=12, num_heads=4, max_seq_len=512),
-    "8m": ModelConfig(vocab_size=4096, dim=256, num_layers=8, num_heads=8, max_seq_len=512),
-    "15m": ModelConfig(vocab_size=32000, dim=288, num_layers=6, num_heads=6, max_seq_len=256),
-    "33m": ModelConfig(vocab_size=4096, dim=512, num_layers=10, num_heads=8, max_seq_len=1024),
-    "42m": ModelConfig(vocab_size=32000, dim=512, num_layers=8, num_heads=8, max_seq_len=1024),
-    "110m": ModelConfig(vocab_size=32000, dim=768, num_layers=12, num_heads=12, max_seq_len=1024),
-    "moe-3m-a1m": ModelConfig(
+# Raw keyword arguments, not built configs: get_preset(name, dim=...) must re-derive hidden_dim etc.
+_PRESETS: dict[str, dict] = {
+    "0.3m": dict(vocab_size=512, dim=64, num_layers=5, num_heads=8, num_kv_heads=4, max_seq_len=512),
+    "1m": dict(vocab_size=4096, dim=96, num_layers=6, num_heads=6, max_seq_len=512),
+    "3m": dict(vocab_size=4096, dim=128, num_layers=12, num_heads=4, max_seq_len=512),
+    "8m": dict(vocab_size=4096, dim=256, num_layers=8, num_heads=8, max_seq_len=512),
+    "15m": dict(vocab_size=32000, dim=288, num_layers=6, num_heads=6, max_seq_len=256),
+    "33m": dict(vocab_size=4096, dim=512, num_layers=10, num_heads=8, max_seq_len=1024),
+    "42m": dict(vocab_size=32000, dim=512, num_layers=8, num_heads=8, max_seq_len=1024),
+    "110m": dict(vocab_size=32000, dim=768, num_layers=12, num_heads=12, max_seq_len=1024),
+    "moe-2m-a1m": dict(
         vocab_size=4096, dim=96, num_layers=6, num_heads=6, max_seq_len=512,
-        num_experts=8, num_experts_per_tok=2, moe_hidden_dim=128,
+        num_experts=8, num_experts_per_tok=2, moe_hidden_dim=96,
     ),
-    "moe-20m-a8m": ModelConfig(
+    "moe-20m-a8m": dict(
         vocab_size=4096, dim=256, num_layers=8, num_heads=8, max_seq_len=512,
         num_experts=8, num_experts_per_tok=2, moe_hidden_dim=352,
     ),
-    "moe-fg-23m-a7m": ModelConfig(
+    "moe-fg-23m-a7m": dict(
         vocab_size=4096, dim=256, num_layers=8, num_heads=8, max_seq_len=512,
         num_experts=32, num_experts_per_tok=6, moe_hidden_dim=96, num_shared_experts=1,
     ),
@@ -51,10 +50,12 @@ def list_presets() -> list[str]:
 
 
 def get_preset(name: str, **overrides: object) -> ModelConfig:
-    """A fresh copy of preset `name`, with optional field overrides (validated)."""
+    """Preset `name` with optional field overrides, validated. Derived fields (hidden_dim, num_kv_heads,
+    moe_hidden_dim) are derived again after the overrides: get_preset("1m", dim=128) gets the 128-wide MLP,
+    whereas dataclasses.replace(get_preset("1m"), dim=128) would keep the 96-wide model's hidden_dim."""
     if name not in _PRESETS:
         raise ValueError(f"preset: unknown model preset, got {name!r} (choose from {', '.join(_PRESETS)})")
-    return dataclasses.replace(_PRESETS[name], **overrides)  # type: ignore[arg-type]
+    return ModelConfig(**{**_PRESETS[name], **overrides})  # type: ignore[arg-type]
 
 
 def _human(n: float) -> str:

@@ -82,6 +82,8 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
+        if self.tok_emb.weight.is_meta:  # accounting / from_state_dict: nothing to initialise
+            return
         std, resid_std = self.cfg.init_std, self.cfg.init_std / math.sqrt(2 * self.cfg.num_layers)
         for name, p in self.named_parameters():
             if name.endswith("norm.weight"):

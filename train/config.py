@@ -94,6 +94,8 @@ class TrainConfig:
     """Distillation: loss = alpha * CE + (1 - alpha) * T^2 * KL(teacher || student)."""
     distill_temperature: float = 2.0
     """Distillation softmax temperature T."""
+    num_threads: int = 0
+    """CPU threads for torch (torch.set_num_threads); 0 keeps torch's default (one per core)."""
     num_workers: int = 0
     """DataLoader worker processes (windows are cut from memory-mapped shards, so 0 is usually enough)."""
     progress_bar: bool = True
@@ -101,7 +103,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_tokens", "batch_size", "seq_len", "val_every_tokens", "ckpt_every_tokens",
-                     "sample_every_steps", "num_sample_tokens", "num_workers"):
+                     "sample_every_steps", "num_sample_tokens", "num_workers", "num_threads"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"{name}: must be a non-negative integer, got {v!r}")

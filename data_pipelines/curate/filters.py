@@ -19,6 +19,7 @@ same reason. Repetition statistics use tuples of words in C-level containers (``
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import string
@@ -40,6 +41,7 @@ from .config import (
     NormalizeConfig,
     PerplexityConfig,
     PIIConfig,
+    RatiosConfig,
 )
 from .documents import Document
 
@@ -59,8 +61,11 @@ _POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "u
 Step = Callable[[Document], "str | None"]
 
 
+@functools.lru_cache(maxsize=8)
 def text_words(text: str) -> list[str]:
-    """Whitespace tokens with surrounding punctuation stripped; punctuation-only tokens dropped."""
+    """Whitespace tokens with surrounding punctuation stripped; punctuation-only tokens dropped.
+
+    Cached (several filters ask for the same text's words in a row); callers must not mutate it."""
     return [w for w in (t.strip(PUNCT) for t in text.split()) if w]
 
 
@@ -321,8 +326,13 @@ class GopherRepetitionFilter:
         for n in range(5, 11):
             if n > L:
                 break
+            grams = list(zip(*[words[i:] for i in range(n)]))
+            if len(set(grams)) == len(grams):  # no repeated n-gram: nothing covered, for larger n either
+                if n == 5:
+                    doc.scores["dup_5gram_fraction"] = 0.0
+                break
             seen: dict[tuple[str, ...], int] = {}
-            starts = [i for i, g in enumerate(zip(*[words[i:] for i in range(n)])) if seen.setdefault(g, i) != i]
+            starts = [i for i, g in enumerate(grams) if seen.setdefault(g, i) != i]
             covered = bytearray(L)
             for i in starts:
                 covered[i : i + n] = b"\x01" * n
@@ -350,7 +360,10 @@ class FineWebQualityFilter:
         lines = [ln.strip() for ln in doc.text.split("\n") if ln.strip()]
         if not lines:
             return "fineweb_line_punct"
-        punct = sum(ends_sentence(ln) for ln in lines) / len(lines)
+        # hard-wrapped prose: a line continued by one starting in lower case is one sentence line
+        ends = [ends_sentence(ln) or (i + 1 < len(lines) and lines[i + 1][:1].islower())
+                for i, ln in enumerate(lines)]
+        punct = sum(ends) / len(lines)
         doc.scores["line_punct_ratio"] = punct
         if punct < cfg.min_line_punct_ratio:
             return "fineweb_line_punct"
@@ -362,6 +375,55 @@ class FineWebQualityFilter:
         nwords = len(text_words(doc.text))
         if doc.text.count("\n") / max(nwords, 1) > cfg.max_newline_word_ratio:
             return "fineweb_list"
+        return None
+
+
+_STOP_DENSITY_RE = re.compile(
+    r"\b(?:the|be|to|of|and|that|have|with|a|in|is|it|for|on|was|as|are|this|you|i|we|he|she|they)\b"
+)
+def _upper_and_cased(text: str) -> tuple[int, int]:
+    """(uppercase letters, cased letters): characters that change under lower() / differ between
+    upper() and lower(), compared as UTF-32 arrays with numpy (no per-character Python loop)."""
+    low, up = text.lower(), text.upper()
+    if not len(low) == len(up) == len(text):  # a few letters change length when case-mapped
+        return sum(map(str.isupper, text)), sum(1 for c in text if c.isupper() or c.islower())
+
+    def arr(t: str) -> np.ndarray:
+        return np.frombuffer(t.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+    a, lo, hi = arr(text), arr(low), arr(up)
+    return int(np.count_nonzero(a != lo)), int(np.count_nonzero(lo != hi))
+
+
+class RatiosFilter:
+    """Character and function-word ratios: `uppercase_ratio`, `stop_word_ratio`, `digit_ratio`.
+
+    Running prose has ~3-5% capitals and ~30% function words; navigation menus, product grids,
+    title lists and keyword pages have more capitals and far fewer function words.
+    """
+
+    name = "ratios"
+
+    def __init__(self, cfg: RatiosConfig) -> None:
+        self.cfg = cfg
+
+    def __call__(self, doc: Document) -> str | None:
+        cfg = self.cfg
+        text = doc.text
+        upper, cased = _upper_and_cased(text)
+        ratio = upper / max(cased, 1)
+        doc.scores["uppercase_ratio"] = ratio
+        if ratio > cfg.max_uppercase_ratio:
+            return "uppercase_ratio"
+        nwords = len(text.split())
+        stop = len(_STOP_DENSITY_RE.findall(text.lower())) / max(nwords, 1)
+        doc.scores["stop_word_ratio"] = stop
+        if stop < cfg.min_stop_word_ratio:
+            return "stop_word_ratio"
+        if cfg.max_digit_ratio < 1.0:
+            digits = sum(c.isdigit() for c in text) / max(len(text), 1)
+            if digits > cfg.max_digit_ratio:
+                return "digit_ratio"
         return None
 
 
@@ -467,6 +529,7 @@ STEP_CLASSES: dict[str, type] = {
     "gopher_quality": GopherQualityFilter,
     "gopher_repetition": GopherRepetitionFilter,
     "fineweb": FineWebQualityFilter,
+    "ratios": RatiosFilter,
     "language": LanguageFilter,
     "pii": PIIRedactor,
     "perplexity": PerplexityFilter,

@@ -149,8 +149,8 @@ class DocProcessor:
                 kept.append(doc)
             else:
                 dropped.append((doc, reason, step_name or ""))
-        exact_keys = [self.exact.key(d.text) for d in kept] if self.exact else None
-        band_keys = self.minhash.band_keys([d.text for d in kept]) if self.minhash else None
+        exact_keys = [self.exact.key(d.text) for d in kept] if self.exact is not None else None
+        band_keys = self.minhash.band_keys([d.text for d in kept]) if self.minhash is not None else None
         return {"kept": kept, "dropped": dropped, "scores": scores, "exact": exact_keys, "bands": band_keys}
 
 
@@ -429,7 +429,7 @@ def _finalize(cfg: CurateConfig, run_dir: Path, out_dir: Path, num_shards: int, 
         "docs_per_s": round(docs_in / shard_wall, 1) if shard_wall > 0 else None,
         "examples": examples,
     }
-    write_report(out_dir, stats, scores, words_kept)
+    write_report(out_dir, stats, scores, words_kept, plots=cfg.plots)
     _atomic_write_json(out_dir / "stats.json", stats)
     return stats
 

@@ -19,60 +19,69 @@ _SCORE_TITLES = {
     "dup_5gram_fraction": "Gopher: chars in repeated 5-grams",
     "line_punct_ratio": "FineWeb: lines ending in punctuation",
     "c4_removed_fraction": "C4: fraction of chars removed",
+    "uppercase_ratio": "uppercase letters / letters",
+    "stop_word_ratio": "function words / words",
     "language_score": "language ID probability",
     "bits_per_byte": "model bits per byte",
 }
 
 
 def _save_fig(fig: Any, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=90)
+    fig.savefig(tmp, dpi=80)
     os.replace(tmp, path)
 
 
 def write_report(out_dir: Path, stats: dict[str, Any], scores: dict[str, dict[str, list[float]]],
-                 words_kept: list[float]) -> list[str]:
-    """Writes out_dir/report.md and PNGs; returns the PNG names."""
-    import matplotlib
+                 words_kept: list[float], plots: bool = True) -> list[str]:
+    """Writes out_dir/report.md and (with `plots`) hist_length.png + hist_scores.png; returns the PNG names."""
+    pngs = _plots(out_dir, scores, words_kept) if plots else []
+    _write_markdown(out_dir, stats, pngs)
+    return pngs
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def _plots(out_dir: Path, scores: dict[str, dict[str, list[float]]], words_kept: list[float]) -> list[str]:
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend, faster import
 
     pngs: list[str] = []
     if words_kept:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
+        fig = Figure(figsize=(6, 3.5))
+        ax = fig.add_subplot()
         ax.hist(words_kept, bins=50, color="tab:blue")
         ax.set_xlabel("words")
         ax.set_ylabel("documents")
         ax.set_title(f"kept documents: length ({len(words_kept)} docs)")
-        fig.tight_layout()
+        fig.subplots_adjust(left=0.14, bottom=0.15, right=0.97, top=0.9)
         _save_fig(fig, out_dir / "hist_length.png")
-        plt.close(fig)
         pngs.append("hist_length.png")
-    for key, title in _SCORE_TITLES.items():
-        kept = scores.get("kept", {}).get(key, [])
-        drop = scores.get("dropped", {}).get(key, [])
-        if not kept and not drop:
-            continue
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        lo = min(kept + drop)
-        hi = max(kept + drop)
-        bins = 40 if hi > lo else 1
-        rng = (lo, hi) if hi > lo else (lo - 0.5, hi + 0.5)
-        if kept:
-            ax.hist(kept, bins=bins, range=rng, alpha=0.6, label=f"kept ({len(kept)})", color="tab:blue")
-        if drop:
-            ax.hist(drop, bins=bins, range=rng, alpha=0.6, label=f"dropped ({len(drop)})", color="tab:red")
-        ax.set_title(title)
-        ax.set_ylabel("documents")
-        ax.legend()
-        fig.tight_layout()
-        name = f"hist_{key}.png"
-        _save_fig(fig, out_dir / name)
-        plt.close(fig)
-        pngs.append(name)
+    keys = [k for k in _SCORE_TITLES if scores.get("kept", {}).get(k) or scores.get("dropped", {}).get(k)]
+    if keys:
+        ncol = 3
+        nrow = (len(keys) + ncol - 1) // ncol
+        fig = Figure(figsize=(4.2 * ncol, 3.0 * nrow))
+        for i, key in enumerate(keys):
+            ax = fig.add_subplot(nrow, ncol, i + 1)
+            kept = scores.get("kept", {}).get(key, [])
+            drop = scores.get("dropped", {}).get(key, [])
+            lo, hi = min(kept + drop), max(kept + drop)
+            rng = (lo, hi) if hi > lo else (lo - 0.5, hi + 0.5)
+            if kept:
+                ax.hist(kept, bins=40, range=rng, alpha=0.6, label=f"kept ({len(kept)})", color="tab:blue")
+            if drop:
+                ax.hist(drop, bins=40, range=rng, alpha=0.6, label=f"dropped ({len(drop)})", color="tab:red")
+            ax.set_title(_SCORE_TITLES[key], fontsize=9)
+            ax.tick_params(labelsize=7)
+            ax.legend(fontsize=7)
+        fig.subplots_adjust(left=0.05, right=0.98, bottom=0.06, top=0.94, hspace=0.45, wspace=0.25)
+        _save_fig(fig, out_dir / "hist_scores.png")
+        pngs.append("hist_scores.png")
+    return pngs
 
-    s = stats
+
+def _write_markdown(out_dir: Path, s: dict[str, Any], pngs: list[str]) -> None:
     lines = [
         "# Curation report",
         "",
@@ -132,4 +141,3 @@ def write_report(out_dir: Path, stats: dict[str, Any], scores: dict[str, dict[st
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text("\n".join(lines))
     os.replace(tmp, path)
-    return pngs

@@ -113,7 +113,7 @@ class GateConfig:
 
     require_words: bool = True
     """Reject stories that miss the sampled noun, verb or adjective (any inflection counts)."""
-    max_unknown_share: float = 0.05
+    max_unknown_share: float = 0.15
     """Most share of words outside the simple vocabulary (names and inflections count as simple)."""
     min_words: int = 50
     """Fewest words in a story."""
@@ -133,8 +133,10 @@ class GateConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.max_unknown_share <= 1:
             raise ValueError(f"max_unknown_share: must be in [0, 1], got {self.max_unknown_share}")
-        if self.min_words < 0 or self.max_words < self.min_words:
-            raise ValueError(f"max_words: must be >= min_words >= 0, got {self.min_words}..{self.max_words}")
+        if self.min_words < 0:
+            raise ValueError(f"min_words: must be >= 0, got {self.min_words}")
+        if self.max_words < self.min_words:
+            raise ValueError(f"max_words: must be >= min_words ({self.min_words}), got {self.max_words}")
         if not 0 < self.max_repeated_share <= 1:
             raise ValueError(f"max_repeated_share: must be in (0, 1], got {self.max_repeated_share}")
         for name in ("near_ngram", "near_num_bands", "near_rows_per_band"):

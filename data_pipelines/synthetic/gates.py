@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import lru_cache
 
 from .config import GateConfig
 from .prompts import StoryRequest
@@ -34,28 +35,35 @@ _REFUSAL_START = re.compile(
     re.IGNORECASE,
 )
 _REFUSAL_ANYWHERE = re.compile(r"\b(?:as an ai\b|ai language model|language model\b|openai)", re.IGNORECASE)
-_ENDS_WELL = re.compile(r"[.!?][\"'”’)]*\s*$")
-_SENTENCE_END = re.compile(r"[.!?][\"'”’)]*$")
+_ENDS_WELL = re.compile(r"(?:[.!?][\"'”’)]*|\bthe end)\s*$", re.IGNORECASE)
+
+
+_TOKEN_OR_STOP = re.compile(r"[A-Za-z]+(?:['’-][A-Za-z]+)*|[.!?]")
 
 
 def unknown_share(text: str, simple: frozenset[str], allowed: set[str] = frozenset()) -> float:
     """Share of word tokens that are not simple (names and `allowed` words skipped/counted simple)."""
     total = unknown = 0
     start = True  # next token starts a sentence
-    for m in re.finditer(r"[A-Za-z]+(?:['’-][A-Za-z]+)*|[.!?]", text):
-        tok = m.group(0)
+    for tok in _TOKEN_OR_STOP.findall(text):
         if tok in ".!?":
             start = True
             continue
         low = tok.lower()
-        is_name = tok[0].isupper() and not start and low not in simple
-        start = False
-        if is_name:
-            continue
-        total += 1
-        if low not in simple and low not in allowed:
+        if low in simple or low in allowed:
+            total += 1
+        elif tok[0].isupper() and not start:
+            pass  # a name
+        else:
+            total += 1
             unknown += 1
+        start = False
     return unknown / total if total else 1.0
+
+
+@lru_cache(maxsize=65536)
+def _lemma_forms(lemma: str) -> frozenset[str]:
+    return frozenset(f for part in lemma.split() for f in forms(part))
 
 
 def repeated_trigram_share(words: Sequence[str]) -> float:
@@ -92,10 +100,10 @@ class QualityGates:
         head = text.lstrip()[:200]
         if _REFUSAL_START.search(head) or _REFUSAL_ANYWHERE.search(text):
             return "refusal"
-        nonspace = [c for c in text if not c.isspace()]
-        alpha = sum(c.isalpha() for c in nonspace)
+        nonspace = len(text) - sum(map(str.isspace, text))
+        alpha = sum(map(str.isalpha, text))
         words = [w.lower() for w in tokenize_words(text)]
-        if alpha < 0.7 * len(nonspace) or any(len(w) > 30 for w in words):
+        if alpha < 0.7 * nonspace or any(len(w) > 30 for w in words):
             return "garbage"
         if not _ENDS_WELL.search(text):
             return "truncated"
@@ -105,12 +113,12 @@ class QualityGates:
             return "too_long"
         if repeated_trigram_share(words) > self.cfg.max_repeated_share:
             return "repetitive"
-        required = [req.verb.text, req.noun.text, req.adjective.text]
+        present = set(words)
         allowed: set[str] = set()
-        for lemma in required:
-            fs = {f for part in lemma.split() for f in forms(part)}
+        for lemma in (req.verb.text, req.noun.text, req.adjective.text):
+            fs = _lemma_forms(lemma)
             allowed |= fs
-            if self.cfg.require_words and not (fs & set(words)):
+            if self.cfg.require_words and not (fs & present):
                 return "missing_words"
         if unknown_share(text, self.simple, allowed) > self.cfg.max_unknown_share:
             return "not_simple"

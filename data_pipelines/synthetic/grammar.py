@@ -96,6 +96,8 @@ PLOTS: dict[str, dict[str, list[str]]] = {
             "[For {his} birthday,|One morning,] {name} got {a_noun} from {his} [grandma|grandpa|mom|dad]. {He} [loved it very much|held it close all day].",
         ],
         "trouble": [
+            "One [afternoon|morning], {name} and {fname} played with {the_noun} [by the pond|under the big tree|near the sandbox]. They played until the sun was low. On the way home, {name} put {his} hand in {his} pocket. {The_noun} was not there!",
+            "That day, it was very windy. {Name} held {the_noun} [tight|close], but a big wind came. When {name} opened {his} eyes, {the_noun} was gone.",
             "One day, {name} took {the_noun} to {place}. {He} played with it [all day|for a long time|until the sun went down]. When it was time to go home, {he} looked for {the_noun}, but it was gone!",
             "One [sunny|windy|cold] day, {name} went to {place} with {the_noun}. {He} put it down to {vp} [for a while|for a little bit]. When {he} came back, {the_noun} was not there!",
         ],
@@ -106,10 +108,13 @@ PLOTS: dict[str, dict[str, list[str]]] = {
             "One day, {name} took {the_noun} to {place} and played with {fname}. Later, {the_noun} was gone. {Name} thought {fname} took it, and {he} told {fhim} so. {Fname} said {fhe} did not take it. They were both [angry|mad] and stopped talking.",
         ],
         "good": [
+            "{Name} thought hard. Where had {he} been that day? {He} went back to every place, one by one. At last, there it was, [in the grass|by the gate|on a bench], just where {he} had left it!",
+            "The next day, a kind [old man|lady|girl] knocked on the door. In [his|her] hand was {the_noun}! \"I found this in the park,\" [he|she] said. {Name} said thank you [again and again|many times].",
             "{Name} [looked|searched] [under the bushes|behind the trees|by the swings], and {mom} helped {him}. At last, {name} found {the_noun} [under a bush|behind a big rock|in the sand|next to a tree]! {He} [hugged it tight|was so happy|jumped for joy].",
             "[They|{Name} and {mom}] looked [everywhere|high and low]. Then {name} saw something [shiny|small] [in the grass|under a bench]. It was {the_noun}! {He} was so [happy|glad].",
         ],
         "bad": [
+            "Days went by, and {the_noun} did not come back. {Name} put a picture of it on the wall, but it was not the same.",
             "{Name} and {mom} looked and looked, but they could not find {the_noun}. It was getting dark, so they had to go home [without it|with empty hands]. {Name} was very sad [and cried that night|and did not want to play].",
             "{Name} looked [everywhere|all day], but {the_noun} was gone. {He} never saw it again. {He} went to bed [sad|with a heavy heart].",
         ],
@@ -120,6 +125,8 @@ PLOTS: dict[str, dict[str, list[str]]] = {
             "Then {name} saw something [funny|strange]. A little {critter} was running away with {the_noun}! {Name} ran after it, but the {critter} was too fast. {He} never saw {the_noun} again.",
         ],
         "end_good": [
+            "That night, {name} went to sleep with {the_noun} right next to {him}.",
+            "{Name} said thank you to everyone who helped. Then {he} ran outside to {vp}.",
             "From that day on, {name} [always|] kept {the_noun} close. And {he} still loved to {vp} every day.",
             "After that, {name} took good care of {the_noun}. [{He} was a happy {kind} again.|Then {he} went home to {vp}.]",
         ],
@@ -149,10 +156,13 @@ PLOTS: dict[str, dict[str, list[str]]] = {
             "{Name} did not like to share [{his} things|with anyone].",
         ],
         "setup": [
+            "[On a warm afternoon|After lunch|One morning], {name}'s grandma gave {him} {a_noun}. \"This is just for you,\" she said.",
+            "{Name} and {his} dad went to the shop. There, {name} picked {a_noun}. {He} held it all the way home.",
             "One day, {name} got {a_noun} [from {his} grandma|at the market|from {his} dad]. It was the best {noun} {he} had ever seen.",
             "One [sunny|warm|quiet] day, {name} found {a_noun} [on the table|in the kitchen|in a basket]. {He} could not wait to {use} it.",
         ],
         "trouble": [
+            "At the park, {fname} was sitting all alone. {Fhe} had nothing, and {fhe} looked at {the_noun} [with sad eyes|for a long time]. {Name} held it [closer|tight] and looked away.",
             "Then {fname} came over. {Fhe} saw {the_noun} and wanted {some} too. But {name} did not want to share.",
             "Soon {fname} [came by|came to play]. {Fhe} looked at {the_noun} [with big eyes|and smiled]. {Name} held {the_noun} close. {He} wanted it all for {himself}.",
         ],
@@ -160,9 +170,10 @@ PLOTS: dict[str, dict[str, list[str]]] = {
             "Then {fname} came over and grabbed {the_noun}. \"It is mine!\" {name} shouted. \"I want it too!\" {fname} said. They both pulled and pulled. They were very [angry|cross].",
         ],
         "conflict_quiet": [
-            "Then {fname} came over and grabbed {the_noun}. {Name} shouted that it was {his}. {Fname} shouted back that {fhe} wanted it too. They both pulled and pulled. They were very [angry|cross].",
+            "Then {fname} came over and grabbed {the_noun}. {Name} shouted that {the_noun} belonged to {him}. {Fname} shouted back that {fhe} wanted it too. They both pulled and pulled. They were very [angry|cross].",
         ],
         "good": [
+            "{Name} remembered how it felt to have nothing. {He} walked over and gave {fname} {some}. {Fname} smiled, and soon they were [laughing|playing] together.",
             "Then {name} had an idea. {He} shared {the_noun} with {fname}. They {used} it together and laughed.",
             "{Name} thought about it. Then {he} gave {fname} [half|a turn|some]. They {used} it together, and it was much more fun.",
         ],
@@ -177,10 +188,13 @@ PLOTS: dict[str, dict[str, list[str]]] = {
             "While they were fighting, a [big|sneaky] {critter} came and [grabbed|took] {the_noun}. It ran away, and now nobody had it. {Name} and {fname} [looked at each other|were both sad].",
         ],
         "end_good": [
+            "[Now|From then on], whenever {name} had something good, {he} shared it with {fname}. And they liked to {vp} together.",
+            "It was the best day ever, and it was more fun because they were together.",
             "From that day on, {name} and {fname} were best friends. They liked to {vp} together every day.",
             "After that, {name} always shared. And {he} and {fname} went out to {vp} [together|in the sun].",
         ],
         "end_bad": [
+            "The next day, {name} wanted to say sorry, but {fname} did not want to play.",
             "{Name} [sat alone|went home] and thought about what [had happened|{he} had done].",
             "That day, nobody wanted to {vp} with {name}.",
         ],
@@ -206,6 +220,7 @@ PLOTS: dict[str, dict[str, list[str]]] = {
             "In {his} room, {name} kept {a_noun} on a shelf. {He} loved it more than anything.",
         ],
         "trouble": [
+            "One [rainy|busy] day, {name} was running in the house with {the_noun}. {He} [tripped|slipped] on a toy, and {the_noun} hit the floor. Now it was broken.",
             "One day, {name} was playing with {the_noun} [too fast|near the stairs|on the table]. Oh no! {He} dropped it, and it broke.",
             "One day, {name} wanted to {vp} and took {the_noun} with {him}. [Crash!|Bump!] {The_noun} fell and broke into pieces.",
         ],
@@ -216,6 +231,7 @@ PLOTS: dict[str, dict[str, list[str]]] = {
             "One day, {fname} wanted to hold {the_noun}, but {name} said no. They both pulled, and {the_noun} fell and broke.",
         ],
         "good": [
+            "{Name} and {his} mom looked at the pieces. They found all of them and put them back [one by one|with care]. It was not perfect, but {name} loved it even more.",
             "{His} dad came [to help|and looked at it]. Together, they fixed {the_noun} with [some glue|some tape|a little care]. It was [almost|] as good as new!",
             "{Name} [asked|went to] {his} grandpa for help. Grandpa fixed {the_noun} [in no time|with his tools]. {Name} hugged him.",
         ],
@@ -255,10 +271,14 @@ PLOTS: dict[str, dict[str, list[str]]] = {
             "{Name} [had heard|knew] that [strange|surprising] things can happen [in the park|near the woods].",
         ],
         "setup": [
+            "On the way to {place}, {name} heard a small sound [behind a tree|in the grass|under a bench]. {He} looked and saw {a_noun}.",
+            "[Late one afternoon|After lunch one day], {name} was playing outside when {a_noun} came [walking|running] [slowly|fast] down the road.",
             "One day, {name} was walking [in the park|near the woods|by the lake] when {he} saw {a_noun}.",
             "One [sunny|rainy|windy] morning, {name} went outside and saw {a_noun} [by the gate|under a tree|near the fence].",
         ],
         "trouble": [
+            "{The_noun} had hurt {nhis} [leg|foot] and could not walk well.",
+            "{The_noun} was [cold|wet] and [shaking|crying] under the rain.",
             "{The_noun} was stuck [in a bush|behind a fence|in the mud] and could not get out.",
             "{The_noun} was lost and could not find {nhis} way home.",
             "{The_noun} looked very [tired|cold|hungry] and sat all alone.",
@@ -270,10 +290,12 @@ PLOTS: dict[str, dict[str, list[str]]] = {
             "{The_noun} needed help, but {fname} wanted to go and play instead. {Name} wanted to help. They argued for a long time.",
         ],
         "good": [
+            "{Name} [ran home|went inside] and came back with a [warm blanket|bowl of water|bit of bread]. {He} sat with {the_noun} until {nhe} felt better.",
             "{Name} [did not give up|knew what to do]. {He} [helped {nhim}|stayed with {nhim}] until [{nhe} was safe and well|everything was all right]. {The_noun} was so thankful.",
             "{Name} went to get {his} mom, and together they helped {the_noun}. Soon {nhe} was safe and happy.",
         ],
         "bad": [
+            "{Name} wanted to help, but {his} mom called {him} home for dinner. When {he} came back, {the_noun} was gone.",
             "{Name} tried to help, but {he} was too small. {The_noun} [ran off|went away] into the woods, and {name} never saw {nhim} again.",
             "By the time {name} came back with help, {the_noun} was gone. {Name} went home feeling sad.",
         ],
@@ -284,10 +306,14 @@ PLOTS: dict[str, dict[str, list[str]]] = {
             "But it was a trick! {The_noun} was not in trouble at all. {nHe} grabbed {name}'s [snack|hat|ball] and ran away [laughing|fast].",
         ],
         "end_good": [
+            "After that, {the_noun} came to see {name} [every morning|every day|all the time]. They liked to {vp} [side by side|in the sun].",
+            "{Name} [never forgot|always remembered] that day. And {the_noun} never forgot {name}.",
+            "That night, {name} told {his} mom all about {the_noun}. She said she was very proud of {him}.",
             "From that day on, {name} and {the_noun} were best friends. They loved to {vp} together.",
             "Now {the_noun} visits {name} every day, and they {vp} together.",
         ],
         "end_bad": [
+            "[For many days|Every day after that], {name} looked for {the_noun}, but {nhe} did not come back.",
             "{Name} went home and did not feel like {ving} that day.",
             "{Name} still thinks about {the_noun} when {he} goes to {vp}.",
         ],
@@ -313,6 +339,8 @@ PLOTS: dict[str, dict[str, list[str]]] = {
             "[On a sunny morning,|One day,] {name} went to {a_noun} with {his} family. {He} [ran ahead|skipped along], ready to {vp}.",
         ],
         "trouble": [
+            "{Name} ran [too fast|ahead] and fell down. {He} hurt {his} knee, and it [hurt a lot|would not stop hurting].",
+            "[After a while|Soon], {name} got very [tired|hungry|thirsty]. But the way home was long.",
             "But then, dark clouds came, and it started to rain. {Name} got wet and cold.",
             "{Name} saw a butterfly and ran after it. When {he} looked up, {his} mom was gone. {Name} was lost!",
         ],
@@ -323,10 +351,12 @@ PLOTS: dict[str, dict[str, list[str]]] = {
             "At {the_noun}, {name} met {fname}. They both wanted to [play in the same spot|use the same swing|be first], and they began to shout at each other.",
         ],
         "good": [
+            "{His} mom [cleaned {his} knee|gave {him} a snack|held {his} hand], and soon {name} felt much better. They [sat in the shade|had a picnic] and watched the [birds|clouds].",
             "Then {his} mom [came|found {him}] and gave {him} a big hug. Soon everything was fine again, and {name} was happy.",
             "[After a while|Soon], the sun came out again. {Name} and {his} mom laughed and played until it was time to go home.",
         ],
         "bad": [
+            "The day was not fun anymore. {Name} sat [in the car|on a rock] and waited to go home.",
             "{Name} was cold and scared. The day at {the_noun} was [ruined|over]. {He} went home and cried.",
             "{Name} had to go home early. {He} did not get to {vp} at all, and {he} was very sad.",
         ],
@@ -337,10 +367,13 @@ PLOTS: dict[str, dict[str, list[str]]] = {
             "They went home, but then {name} saw that {he} had left {his} [hat|shoe|bag] at {the_noun}. When they went back, it was gone.",
         ],
         "end_good": [
+            "On the way home, {name} fell asleep in the car with a smile on {his} face.",
+            "At home, {name} drew a picture of {the_noun} and put it on the wall.",
             "It was the best day ever. {Name} wanted to go back to {the_noun} [soon|the next day].",
             "That night, {name} dreamed about {the_noun}, where {he} could {vp} all day.",
         ],
         "end_bad": [
+            "{Name} looked out the window all the way home and did not say a word.",
             "{Name} did not want to go to {the_noun} [again|for a long time].",
             "That night, {name} went to bed [early|sad].",
         ],
@@ -410,10 +443,16 @@ PLOTS: dict[str, dict[str, list[str]]] = {
             "{Name} was the smallest of all {his} friends.",
         ],
         "setup": [
+            "{Scene} All of {his} friends could {vp}, but {name} could not. {He} wanted to learn [so much|more than anything].",
+            "{Scene} [That morning|One day], {name} saw the big kids {vp}. {He} wanted to {vp} too, but every time {he} tried, something went wrong.",
             "{Scene} {Name} wanted to {vp} like the big kids. But it was hard. {He} tried, but {he} could not do it.",
             "{Scene} That day, {name} wanted to {vp} all by {himself}. {He} tried once, but {he} [fell down|got it wrong|was too small].",
         ],
         "trouble": [
+            "Every time {name} tried, it went wrong. {His} [arms|legs] got tired, and {his} face got red. It was much harder than it looked.",
+            "{Name} practiced all morning, but {he} still could not {vp}. {He} kicked a little stone and [sighed|frowned].",
+            "The more {name} tried, the worse it got. Soon {he} wanted to [stop|go home|cry].",
+            "[The first time|At first], {he} [fell over|got it wrong|was too slow]. The second time was not much better. Some of the big kids [laughed|looked at {him}].",
             "{He} tried again and again. It was still too hard. {Name} sat down and felt like giving up.",
         ],
         "conflict": [
@@ -423,10 +462,14 @@ PLOTS: dict[str, dict[str, list[str]]] = {
             "Then {fname} came and laughed. {Fhe} said {name} could never {verb}. {Name} was [cross|angry], and they argued.",
         ],
         "good": [
+            "{Name} watched the big kids [very closely|for a long time]. Then {he} tried to do it just like them, slow and careful. It worked!",
+            "{Name} took a deep breath and tried once more. This time, {he} did not stop. {He} could {vp}!",
+            "{His} friend {fname} came to help. \"Try it like this,\" {fhe} said. {Name} tried again, and this time {he} did it!",
             "But {name} did not give up. {He} practiced every day. At last, {he} could {vp}! {He} felt so proud.",
             "{His} mom showed {him} how to do it, one step at a time. Soon {name} could {vp} very well.",
         ],
         "bad": [
+            "{Name} tried and tried until the sun went down, but it was no use. {He} went home [tired and sad|with {his} head down].",
             "{Name} tried one more time, but {he} fell and hurt {his} knee. {He} never tried again, and {he} was sad.",
             "In the end, {name} gave up and went home. {He} still could not {vp}.",
         ],
@@ -437,6 +480,9 @@ PLOTS: dict[str, dict[str, list[str]]] = {
             "At last {name} could {vp}! But when {he} turned around to show {his} friends, everyone had gone home. Nobody saw it.",
         ],
         "end_good": [
+            "After that day, {name} could {vp} [better than ever|all by {himself}]. And every time {he} did, {he} smiled.",
+            "The next day, {name} showed everyone how to {vp}. Even the big kids [clapped|cheered].",
+            "Now {name} can {vp} [any time|whenever {he} wants], and {he} never forgets how hard it was at first.",
             "Now {name} loves to {vp} every day, and {he} helps the little ones learn too.",
         ],
         "end_bad": ["{Name} walked home [slowly|alone]."],
@@ -452,19 +498,127 @@ PLOTS: dict[str, dict[str, list[str]]] = {
         "summary_good": ["{Name} wants to {verb}, finds it hard, and learns to do it."],
         "summary_bad": ["{Name} wants to {verb} but cannot learn it."],
     },
+    "gift": {
+        "hint": [
+            "{Name} knew that {his} mom's birthday was [coming soon|in two days|next week].",
+            "{His} grandma always said that the best gifts come from the heart.",
+        ],
+        "setup": [
+            "One day, {name} wanted to give {his} mom a [gift|surprise] for her birthday. {He} looked all around the house and found {a_noun}. {He} thought it was [perfect|just right].",
+            "[It was almost|Soon it would be] {his} mom's birthday. {Name} wanted to give her something special. At the market, {he} saw {a_noun} and saved {his} coins to get it.",
+        ],
+        "trouble": [
+            "{Name} hid {the_noun} under {his} bed. But the next morning, {the_noun} was all [dusty|dirty|messy]. {Name} did not know what to do.",
+            "On the way home, {name} tripped on a rock. {The_noun} fell on the ground and got all dirty.",
+        ],
+        "conflict": [
+            "But {his} [big|little] [brother|sister] wanted to give {the_noun} too. \"I found it first!\" {name} said. \"No, I did!\" {fname} said. They argued and did not talk all day.",
+        ],
+        "conflict_quiet": [
+            "But {fname} wanted to give {the_noun} to Mom too. They argued about who had found it first, and they did not talk all day.",
+        ],
+        "good": [
+            "{Name} cleaned {the_noun} until it [was shiny|looked new] and put a [red|pink|blue] bow on it. When {his} mom saw it, she smiled [a big smile|from ear to ear] and gave {name} a big hug.",
+            "{Name} made a little card to go with {the_noun}. {His} mom loved the gift. She said it was the best birthday ever.",
+        ],
+        "bad": [
+            "{Name} tried to clean it, but {the_noun} was [ruined|too dirty]. On {his} mom's birthday, {name} had no gift to give. {He} felt very sad.",
+            "When {name} gave {the_noun} to {his} mom, it was all dirty. She said thank you, but {name} knew it was not the gift {he} had wanted.",
+        ],
+        "twist_good": [
+            "Then {his} mom came in and saw everything. She laughed and said that {the_noun} was just what she had wanted! She did not mind the dirt at all.",
+        ],
+        "twist_bad": [
+            "But when {his} mom opened the gift, she laughed. She already had {a_noun} just like it! {Name} [felt silly|did not know what to say].",
+        ],
+        "end_good": [
+            "That night, they sat together and ate cake. Then {name} went out to {vp}, feeling warm inside.",
+            "[From then on|After that], {his} mom kept {the_noun} on the table where everyone could see it.",
+        ],
+        "end_bad": [
+            "{Name} put {his} things away and did not talk about it [anymore|for a long time].",
+            "That night, {name} lay in bed and thought about how much {he} wanted to {vp}.",
+            "{Name} went to {his} room and did not feel like {ving}.",
+            "{Name} wished {he} had been more careful.",
+        ],
+        "resolve_conflict": ["In the end, they gave the gift together."],
+        "moral": [
+            "{Name} learned that a gift made with love is the best gift of all.",
+            "{Name} learned that what matters most is to try [to make others happy|your best].",
+        ],
+        "talk_setup": ["\"Mom will love it!\" {name} said with a big smile."],
+        "talk_trouble": ["\"Oh no! My gift is ruined!\" {name} cried."],
+        "talk_good": ["\"Thank you, my sweet {kind},\" {his} mom said. \"I love it!\""],
+        "talk_bad": ["\"I am sorry, Mom,\" {name} said quietly."],
+        "summary_good": ["{Name} wants to give {his} mom {a_noun} for her birthday, and she loves it."],
+        "summary_bad": ["{Name} wants to give {his} mom {a_noun}, but the gift is ruined."],
+    },
+    "scary": {
+        "hint": [
+            "{Name} was scared of many things, but most of all {he} was scared of {the_noun}.",
+            "[Every night|Sometimes], {name} heard strange sounds [outside|from the woods] and hid under {his} blanket.",
+        ],
+        "setup": [
+            "One [dark|cloudy|windy] evening, {name} saw {a_noun} [outside the window|near the woods|at the end of the road]. {He} [froze|held {his} breath]. {The_noun} looked so big and scary.",
+            "One day, {name} had to walk past {a_noun} [to get to school|to go to the shop|on the way home]. {His} legs began to shake.",
+        ],
+        "trouble": [
+            "{Name} wanted to run away, but {his} [ball|hat|kite] was right next to {the_noun}. {He} had to get it back.",
+            "{Name} ran home as fast as {he} could and hid under {his} bed. {He} did not want to go outside [again|ever].",
+        ],
+        "conflict": [
+            "{Fname} laughed at {him}. \"You are scared of {the_noun}!\" {fhe} said. \"I am not!\" {name} shouted. They had a big fight.",
+        ],
+        "conflict_quiet": [
+            "{Fname} laughed and said that {name} was scared of {the_noun}. {Name} shouted back, and they had a big fight.",
+        ],
+        "good": [
+            "{His} dad took {his} hand, and they went to look together. Up close, {the_noun} was not scary at all. {Name} smiled and felt [brave|proud].",
+            "{Name} took a deep breath and walked closer, one small step at a time. Soon {he} saw that there was nothing to be scared of.",
+        ],
+        "bad": [
+            "{Name} was too scared to go back. {He} stayed inside [all day|all week], and {his} [ball|hat|kite] was lost [in the rain|forever].",
+            "{Name} ran so fast that {he} fell and hurt {his} knee. {He} cried all the way home.",
+        ],
+        "twist_good": [
+            "Then {name} looked again and laughed. It was not scary at all! It was only {fname} [playing a game|in a funny hat], hiding behind {the_noun}.",
+        ],
+        "twist_bad": [
+            "When {name} finally looked, {he} saw that it was only a shadow. But by then, everyone had gone home, and {name} was all alone in the dark.",
+        ],
+        "end_good": [
+            "From that day on, {name} was not scared anymore. {He} even liked to {vp} near {the_noun}.",
+            "Now {name} is [brave|not scared], and {he} tells the little ones there is nothing to fear.",
+        ],
+        "end_bad": [
+            "{Name} still does not like to go near {the_noun}.",
+            "That night, {name} slept with the light on.",
+        ],
+        "resolve_conflict": ["Later, {fname} said sorry for laughing, and they were friends again."],
+        "moral": [
+            "{Name} learned that things are often less scary when you look at them closely.",
+            "{Name} learned that being brave does not mean you are not scared.",
+        ],
+        "talk_setup": ["\"What is that?\" {name} whispered."],
+        "talk_trouble": ["\"I am so scared,\" {name} said in a small voice."],
+        "talk_good": ["\"See? It is not scary at all,\" Dad said. \"You were very brave.\""],
+        "talk_bad": ["\"I want to go home!\" {name} cried."],
+        "summary_good": ["{Name} is scared of {a_noun} but finds out there is nothing to fear."],
+        "summary_bad": ["{Name} is scared of {a_noun} and runs away."],
+    },
 }
 
 # Which plots fit a noun kind.
 PLOTS_FOR_KIND: dict[str, tuple[str, ...]] = {
-    "thing": ("lost", "share", "broken", "try"),
-    "vehicle": ("lost", "broken", "share"),  # said as "a toy bus"
-    "food": ("share", "share", "try"),
+    "thing": ("lost", "share", "broken", "gift", "lost", "share", "broken", "gift", "try"),
+    "vehicle": ("lost", "broken", "share", "gift"),  # said as "a toy bus"
+    "food": ("share", "share", "gift", "try"),
     "stuff": ("share", "try"),
-    "person": ("help", "help", "try"),
-    "animal": ("help", "help", "try"),
-    "place": ("trip", "trip", "try"),
-    "nature": ("trip", "try"),
-    "sky": ("sky", "try"),
+    "person": ("help", "help", "scary", "help", "try"),
+    "animal": ("help", "help", "scary", "help", "try"),
+    "place": ("trip", "trip", "scary", "try"),
+    "nature": ("trip", "scary", "try"),
+    "sky": ("sky", "sky", "try"),
     "time": ("try",),
 }
 
@@ -473,7 +627,11 @@ OPENINGS = (
     "Once upon a time, in a [small|quiet|sunny|little] [town|village|house by the sea|house near the woods], there lived a {hero_desc} named {name}.",
     "There was once a {hero_desc} called {name}.",
     "{Name} was a {hero_desc} who lived [in a small town|near a big forest|on a farm|by the sea|in a little blue house].",
-    "In a [little|cozy|yellow] house [on a hill|by a river|at the end of the street], there lived a {hero_desc}. [Its|{His}] name was {name}.",
+    "In a [little|cozy|yellow] house [on a hill|by a river|at the end of the street], there lived a {hero_desc}. {His} name was {name}.",
+    "Not long ago, there was a {hero_desc} named {name}.",
+    "In a big [city|town], there was a {hero_desc} called {name}.",
+    "Once there was a {hero_desc}. {His} name was {name}.",
+    "{Name} was a {hero_desc} with [a big smile|bright eyes|a kind heart|a loud laugh].",
 )
 TRAITS = (
     "{He} loved to {vp}.",
@@ -481,14 +639,104 @@ TRAITS = (
     "Every day, {name} would {vp}.",
     "{Name}'s favorite thing was to {vp}.",
     "More than anything, {name} loved to {vp}.",
+    "{Name} [really|] liked to {vp}[ every day| after lunch| with {his} friends| in the morning].",
+    "When {name} was happy, {he} liked to {vp}.",
+    "Nothing made {name} happier than to {vp}.",
+)
+LIFE = (
+    "{He} lived with {his} mom and dad [in a little house|near the park|by a big tree].",
+    "{His} best friend was {fname}, who lived [next door|down the street|across the road].",
+    "{Name} had a [little|big|fluffy] [dog|cat|bunny] called {pet}.",
+    "Every morning, {name} [ate breakfast|had a glass of milk|had warm toast] and [ran outside|looked out the window].",
+    "{He} liked the sun, the [flowers|birds|trees], and [playing outside|long walks].",
+    "{His} room was full of [toys|books|drawings] and [soft pillows|pictures of animals].",
+    "{Name} was [only|just] [three|four|five] years old, but {he} was very [smart|brave|kind].",
+    "{His} favorite color was [red|blue|green|yellow|pink|purple].",
+    "[In the evening|At night], {his} [mom|dad|grandma] [read {him} a story|sang {him} a song].",
+    "{Name} [always|often] helped {his} [mom|dad|grandpa] [in the garden|in the kitchen|with the dishes].",
+)
+COLOR = (
+    "The sun was [warm|bright|shining], and the birds were singing.",
+    "[The sky was blue|There were fluffy clouds in the sky], and a [soft|cool] wind was blowing.",
+    "The grass was [green|wet], and the flowers smelled [sweet|nice].",
+    "It was a [quiet|busy|happy] day, and [everyone was outside|children were playing everywhere].",
+    "[Leaves|Little bugs] [danced|moved] in the wind.",
+    "A little bird [sang|chirped] [in a tree|on the fence|nearby].",
+    "The air smelled [like rain|of flowers|fresh and clean].",
+    "[Far away|Down the road], a dog was barking.",
+)
+FEEL_TROUBLE = (
+    "{Name}'s eyes filled with tears.",
+    "{His} heart [beat fast|felt heavy].",
+    "{Name} [felt|was] [a little|very|so] [sad|worried|upset].",
+    "{He} did not know what to do.",
+    "{Name} sat [down|on the ground] and [sighed|put {his} head in {his} hands].",
+    "[What could {he} do?|What should {he} do now?]",
+)
+FEEL_GOOD = (
+    "{Name} [smiled|laughed|clapped {his} hands]. {He} felt [warm|happy] inside.",
+    "{His} heart was full of joy.",
+    "{He} [jumped up and down|danced around] with joy.",
+    "Everything was [good|right] again.",
+)
+FEEL_BAD = (
+    "{Name} [sat alone|looked at the ground] for a long time.",
+    "Big tears rolled down {his} [face|cheeks].",
+    "{His} heart felt heavy.",
+    "Nothing felt fun anymore.",
 )
 OTHER_VERB = (
     "But {name} did not like to {real_verb}.",
     "{Name} did not want to {real_verb}, [not ever|not even a little|not one bit].",
     "[Sometimes|Once in a while], {name} had to {real_verb}, and {he} did not like it.",
 )
-ENDINGS_GOOD = ("", "", "And they all lived happily ever after.", "It was a [good|happy|great] day.", "The end.")
+ENDINGS_GOOD = (
+    "", "", "", "And they all lived happily ever after.", "It was a [good|happy|great|wonderful] day.", "The end.",
+    "And that is how {name} [learned to smile again|had the best day].",
+)
 ENDINGS_BAD = ("", "", "The end.", "It was a sad day for {name}.")
+
+
+# Phrase-level variety applied after the plot is written: each occurrence is swapped at random for
+# an equivalent (never when it would touch one of the sampled words). Sentence-initial forms only
+# where the swap keeps the sentence whole.
+SWAPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (" very ", (" very ", " so ", " really ", " very, very ")),
+    ("One day, ", ("One day, ", "One morning, ", "One afternoon, ", "Then one day, ", "One sunny day, ")),
+    ("Then ", ("Then ", "Just then, ", "After that, ", "Soon ")),
+    (" little ", (" little ", " small ", " tiny ", " little ")),
+    (" big ", (" big ", " huge ", " big, big ", " big ")),
+    (" was sad", (" was sad", " felt sad", " was very sad", " was so sad")),
+    (" was happy", (" was happy", " felt happy", " was so happy", " was full of joy")),
+    (" said", (" said", " said", " answered", " replied")),
+    (" looked ", (" looked ", " looked ", " searched ")),
+    (" together", (" together", " together", " side by side")),
+    ("At last, ", ("At last, ", "Finally, ", "In the end, ")),
+    (" loved ", (" loved ", " loved ", " liked ", " really loved ")),
+    (" every day", (" every day", " all the time", " day after day")),
+)
+_SAID_OK = re.compile(r'["”],? $')
+
+
+_SWAP_RE = re.compile("|".join(re.escape(p) for p, _ in sorted(SWAPS, key=lambda x: -len(x[0]))))
+_SWAP_OPTIONS = dict(SWAPS)
+
+
+def vary(text: str, rng: random.Random, keep: set[str]) -> str:
+    """Swap stock phrases for equivalents (see SWAPS) in one pass, so swaps never chain;
+    phrases containing a word in `keep` (the sampled words) stay."""
+
+    def one(m: re.Match[str]) -> str:
+        phrase = m.group(0)
+        if phrase.strip().lower() in keep:
+            return phrase
+        if phrase == " said" and not _SAID_OK.search(text[max(0, m.start() - 2) : m.start()] + " "):
+            return phrase  # "answered"/"replied" only right after a quote: '"Hi," answered Tom'
+        if phrase == " looked " and not text.startswith(("for ", "everywhere", "under", "behind"), m.end()):
+            return phrase
+        return rng.choice(_SWAP_OPTIONS[phrase])
+
+    return _SWAP_RE.sub(one, text)
 
 
 @dataclass(frozen=True)
@@ -593,6 +841,7 @@ def write_story(
         "adj": adj, "verb": hobby.text, "real_verb": verb.text, "vp": vp, "vp_past": vp_past, "ving": ving,
         "use": use, "used": used, "critter": rng.choice([c for c in CRITTERS if c != noun.text]),
         "place": rng.choice(PLACES), "hero_desc": hero_desc,
+        "pet": rng.choice([p for p in PET_NAMES if p != name]),
         "some": "some" if (use != "play with" or not countable) else "a turn",
         "lots": f"lots of {plural(bare)}" if countable else f"lots more {bare}",
         "himself": {"he": "himself", "she": "herself"}[hero_he],
@@ -627,25 +876,31 @@ def write_story(
     def pick(key: str) -> str:
         if not dialogue and f"{key}_quiet" in plot:
             key = f"{key}_quiet"
-        return fill(rng.choice(plot[key]))
+        options = plot[key]
+        if not dialogue:  # quoted speech only in dialogue stories
+            options = [t for t in options if '"' not in t] or options
+        return fill(rng.choice(options))
 
     # --- paragraph 1: who, what they love, (hint) ---------------------------------------------
-    p1 = [fill(rng.choice(OPENINGS)), fill(rng.choice(TRAITS))]
+    def maybe(pool: tuple[str, ...], p: float) -> list[str]:
+        return [fill(rng.choice(pool))] if rng.random() < p else []
+
+    p1 = [fill(rng.choice(OPENINGS)), fill(rng.choice(TRAITS)), *maybe(LIFE, 0.7)]
     if verb.kind == "other":
         p1.append(fill(rng.choice(OTHER_VERB)))
     if "foreshadowing" in feats:
         p1.append(pick("hint"))
     # --- paragraph 2: the noun enters ---------------------------------------------------------
-    p2 = [pick("setup")]
+    p2 = [pick("setup"), *maybe(COLOR, 0.5)]
     if dialogue:
         p2.append(pick("talk_setup"))
     # --- paragraph 3: trouble or conflict -----------------------------------------------------
-    p3 = [pick("conflict") if conflict else pick("trouble")]
+    p3 = [pick("conflict") if conflict else pick("trouble"), *maybe(FEEL_TROUBLE, 0.6)]
     if dialogue and not conflict:
         p3.append(pick("talk_trouble"))
     # --- paragraph 4: resolution --------------------------------------------------------------
     outcome = "bad" if bad else "good"
-    p4 = [pick(f"twist_{outcome}") if twist else pick(outcome)]
+    p4 = [pick(f"twist_{outcome}") if twist else pick(outcome), *maybe(FEEL_BAD if bad else FEEL_GOOD, 0.5)]
     if conflict and not bad:
         p4.append(pick("resolve_conflict"))
     if dialogue:
@@ -660,7 +915,8 @@ def write_story(
     paras = [p1, p2, p3, p4, p5]
     if rng.random() < 0.5:  # 4 paragraphs half the time: setup joins the opening
         paras = [p1 + p2, p3, p4, p5]
-    text = tidy("\n\n".join(" ".join(s for s in p if s) for p in paras))
+    keep = {noun.text, verb.text, adj, *verb.obj.split()}
+    text = tidy(vary("\n\n".join(" ".join(s for s in p if s) for p in paras), rng, keep))
     # the sampled words must appear; the plot usually guarantees it, this is the safety net
     low = text.lower()
     extra = []

@@ -106,7 +106,8 @@ class PromptBuilder:
 def instruct_header(req: StoryRequest) -> str:
     """The TinyStories-Instruct header without summary: what a self-generating model is given."""
     feats = ", ".join(INSTRUCT_NAMES[f] for f in req.features)
-    return f"Features: {feats}\nWords: {', '.join(req.words)}\n"
+    head = f"Features: {feats}\n" if feats else ""  # no empty Features line
+    return f"{head}Words: {', '.join(req.words)}\n"
 
 
 def instruct_text(req: StoryRequest, story: str, summary: str) -> str:

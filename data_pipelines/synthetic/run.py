@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from .config import SynthConfig
 from .gates import REASONS, QualityGates
-from .prompts import INSTRUCT_NAMES, PromptBuilder, instruct_text
+from .prompts import PromptBuilder, instruct_text
 from .teachers import make_teacher
 from .vocab import Vocabulary
 
@@ -48,7 +48,8 @@ REJECTED_SCHEMA = SCHEMA.append(pa.field("reason", pa.string()))
 
 def _atomic_parquet(rows: list[dict[str, Any]], schema: pa.Schema, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pylist(rows, schema=schema)
+    # column-wise (Table.from_pylist would import pandas: seconds of start-up for nothing)
+    table = pa.table({f.name: pa.array([r[f.name] for r in rows], type=f.type) for f in schema}, schema=schema)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
@@ -115,8 +116,10 @@ def run_synth(cfg: SynthConfig, out_dir: Path, seed: int, shard: tuple[int, int]
             next_k += n
             answers = teacher.generate(reqs)
             verdicts = gates.check_batch(reqs, [a.text for a in answers])
-            tried += n
             for req, ans, why in zip(reqs, answers, verdicts):
+                if len(kept) >= target:
+                    break  # the rest of the batch was not needed: not counted as tried
+                tried += 1
                 story = ans.text or ""
                 summary = ans.summary or (_fallback_summary(story) if story else "")
                 row = {
@@ -129,10 +132,10 @@ def run_synth(cfg: SynthConfig, out_dir: Path, seed: int, shard: tuple[int, int]
                     "prompt": req.prompt,
                     "summary": summary,
                 }
-                if why is None and len(kept) < target:
+                if why is None:
                     kept.append(row)
                     bar.update(1)
-                elif why is not None:
+                else:
                     reasons[why] += 1
                     rejected.append(row | {"reason": why})
             bar.set_postfix(accept=f"{len(kept) / max(1, tried):.0%}", tried=tried, refresh=False)
@@ -168,7 +171,6 @@ def run_synth(cfg: SynthConfig, out_dir: Path, seed: int, shard: tuple[int, int]
         "words_max": max(words, default=0),
         "vocabulary_size": len(vocab),
         "instruct_format": cfg.instruct_format,
-        "instruct_feature_names": INSTRUCT_NAMES if cfg.instruct_format else {},
         "files": files,
         "wall_s": wall,
         "stories_per_s": len(kept) / wall if wall > 0 else 0.0,

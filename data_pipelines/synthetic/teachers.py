@@ -169,12 +169,13 @@ class GrammarTeacher:
     model = "tinyfoundry-grammar-v1"
 
     def __init__(self, num_workers: int = 1) -> None:
+        self.num_workers = num_workers
         self.pool = ProcessPoolExecutor(num_workers) if num_workers > 1 else None
 
     def generate(self, reqs: Sequence[StoryRequest], on_answer: Callable | None = None) -> list[Answer]:
         if self.pool is None:
             return [_grammar_one(r) for r in reqs]
-        chunk = max(1, len(reqs) // (4 * (self.pool._max_workers or 1)))
+        chunk = max(1, len(reqs) // (4 * self.num_workers))
         return list(self.pool.map(_grammar_one, reqs, chunksize=chunk))
 
     def close(self) -> None:
@@ -278,10 +279,16 @@ class OpenAITeacher:
                 on_answer(req, ans)
             return ans
 
-        return list(self.pool.map(one, reqs))
+        futures = [self.pool.submit(one, r) for r in reqs]
+        try:
+            return [f.result() for f in futures]
+        except TeacherConfigError:
+            for f in futures:  # the server refuses everything: do not send the queued requests
+                f.cancel()
+            raise
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True)
+        self.pool.shutdown(wait=True, cancel_futures=True)
         self.client.close()
 
 
@@ -298,47 +305,62 @@ def local_prefix(cfg: LocalTeacherConfig, req: StoryRequest) -> str:
 
 
 class TinyfoundryLM:
-    """A tinyfoundry model + its tokenizer: text in, text out (used by the teacher and the server)."""
+    """A tinyfoundry model + its tokenizer: text in, text out (used by the teacher and by launch/serve.py).
 
-    def __init__(self, path: str | Path, device: str = "cpu") -> None:
-        import torch
+    Prompts are encoded after an <|endoftext|>, as training saw every document start; the
+    continuation is decoded together with the prompt so byte-level pieces spanning the boundary
+    come out whole. One generate call at a time per model (a lock), so threads can share it.
+    """
+
+    def __init__(self, model: Any, tokenizer_file: str | Path) -> None:
         from tokenizers import Tokenizer
+
+        self.model = model.eval()
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self.eos_id = self.tokenizer.token_to_id("<|endoftext|>")
+        self.context = int(model.cfg.max_seq_len)
+        self.lock = threading.Lock()
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> TinyfoundryLM:
+        import torch
 
         from models import load_model
 
-        self.path = Path(path)
-        self.model, tok_path = load_model(self.path, device=device, dtype=torch.float32)
-        self.model.eval()
+        model, tok_path = load_model(Path(path), device=device, dtype=torch.float32)
         if tok_path is None or not Path(tok_path).is_file():
-            raise ValueError(f"{self.path}: no tokenizer.json travels with this model")
-        self.tokenizer = Tokenizer.from_file(str(tok_path))
-        self.eos_id = self.tokenizer.token_to_id("<|endoftext|>")
-        self.context = int(getattr(self.model.cfg if hasattr(self.model, "cfg") else self.model.config,
-                                   "max_seq_len", 0) or 0)
-        self.lock = threading.Lock()  # one forward at a time per model
+            raise ValueError(f"{path}: no tokenizer.json travels with this model")
+        return cls(model, tok_path)
 
     def encode(self, text: str) -> list[int]:
-        start = [self.eos_id] if self.eos_id is not None else []  # training saw documents after EOS
+        start = [self.eos_id] if self.eos_id is not None else []
         return start + self.tokenizer.encode(text, add_special_tokens=False).ids
 
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def _decode_new(self, prompt_ids: list[int], new: list[int]) -> str:
+        full = self.tokenizer.decode(prompt_ids + new, skip_special_tokens=True)
+        head = self.tokenizer.decode(prompt_ids, skip_special_tokens=True)
+        return full[len(head) :] if full.startswith(head) else self.tokenizer.decode(new, skip_special_tokens=True)
 
     def complete(
         self, prompts: Sequence[str], max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
         top_p: float = 1.0, seed: int | None = None,
     ) -> list[tuple[str, int, int, str]]:
-        """(text, prompt_tokens, completion_tokens, finish_reason) per prompt."""
+        """(text, prompt_tokens, completion_tokens, finish_reason) per prompt; max_new_tokens is capped
+        to the context (the prompt is then cropped from the left by models.generate)."""
         import torch
 
         from models.generate import generate
 
+        max_new_tokens = max(0, min(max_new_tokens, self.context - 1))
         ids = [self.encode(p) for p in prompts]
         with self.lock, torch.no_grad():
             outs = generate(self.model, ids, max_new_tokens=max_new_tokens, temperature=temperature,
                             top_k=top_k, top_p=top_p, eos_id=self.eos_id, seed=seed)
         return [
-            (self.decode(o), len(i), len(o), "length" if len(o) >= max_new_tokens else "stop")
+            (self._decode_new(i, o), len(i), len(o), "length" if len(o) >= max_new_tokens else "stop")
             for i, o in zip(ids, outs)
         ]
 
@@ -349,7 +371,7 @@ class TinyfoundryTeacher:
     def __init__(self, cfg: LocalTeacherConfig, seed: int) -> None:
         self.cfg = cfg
         self.seed = seed
-        self.lm = TinyfoundryLM(cfg.model_path, cfg.device)
+        self.lm = TinyfoundryLM.load(cfg.model_path, cfg.device)
         self.model = str(Path(cfg.model_path).resolve().name)
 
     def generate(self, reqs: Sequence[StoryRequest], on_answer: Callable | None = None) -> list[Answer]:
@@ -360,7 +382,7 @@ class TinyfoundryTeacher:
             prefixes = [local_prefix(c, r) for r in batch]
             res = self.lm.complete(prefixes, c.max_new_tokens, c.temperature, c.top_k, c.top_p,
                                    seed=hash((self.seed, batch[0].index)) & 0x7FFFFFFF)
-            for r, p, (text, *_rest) in zip(batch, prefixes, res):
+            for r, (text, *_rest) in zip(batch, res):
                 story = ("Once upon a time" + text) if c.prefix == "once" else text
                 ans = Answer(text=clean_answer(story)[0])
                 if on_answer is not None:

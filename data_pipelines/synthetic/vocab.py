@@ -207,13 +207,22 @@ class Vocabulary:
         function_words = [w for line in fw.splitlines() if not line.startswith("#") for w in line.split()]
         from .grammar import NAMES  # names the grammar uses count as simple
 
-        return cls(
-            nouns=_read_list(nouns_file, "nouns.txt", "thing", NOUN_KINDS),
-            verbs=_read_list(verbs_file, "verbs.txt", "alone", VERB_FRAMES),
-            adjectives=_read_list(adjectives_file, "adjectives.txt", "look", ADJECTIVE_KINDS),
-            function_words=function_words,
-            extra_simple={n.lower() for n in NAMES},
-        )
+        lists = {
+            "nouns": _read_list(nouns_file, "nouns.txt", "thing", NOUN_KINDS),
+            "verbs": _read_list(verbs_file, "verbs.txt", "alone", VERB_FRAMES),
+            "adjectives": _read_list(adjectives_file, "adjectives.txt", "look", ADJECTIVE_KINDS),
+        }
+        # user lists replace what is sampled, but the built-in words stay simple (the grammar uses them)
+        builtin: set[str] = set()
+        for (name, default, kinds), user in zip(
+            (("nouns.txt", "thing", NOUN_KINDS), ("verbs.txt", "alone", VERB_FRAMES),
+             ("adjectives.txt", "look", ADJECTIVE_KINDS)),
+            (nouns_file, verbs_file, adjectives_file),
+        ):
+            if user is not None:
+                builtin |= {w.text for w in _read_list(None, name, default, kinds)}
+        return cls(**lists, function_words=function_words + sorted(builtin),
+                   extra_simple={n.lower() for n in NAMES})
 
     @cached_property
     def lemmas(self) -> set[str]:
@@ -222,7 +231,9 @@ class Vocabulary:
     @cached_property
     def simple_forms(self) -> frozenset[str]:
         """All accepted forms of every lemma (multi-word entries contribute each word)."""
-        out: set[str] = set(self.extra_simple)
+        out: set[str] = set()
+        for name in self.extra_simple:
+            out |= {name, name + "'s", name + "’s"}
         for lemma in self.lemmas | set(self.function_words):
             for part in re.split(r"[\s]+", lemma):
                 out |= forms(part)

@@ -89,10 +89,8 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def save_tokenizer(tok: Tokenizer, tokenizer_dir: Path, model_max_length: int = 1 << 30) -> str:
-    """Write tokenizer.json (+ HF side files) atomically into `tokenizer_dir`; returns tokenizer.json's sha256."""
-    tokenizer_dir = Path(tokenizer_dir)
-    # HF side files first: tokenizer.json is written last, so its presence means the folder is complete.
+def write_hf_files(tokenizer_dir: Path, model_max_length: int = 1 << 30) -> None:
+    """tokenizer_config.json + special_tokens_map.json, so transformers' AutoTokenizer knows bos/eos/pad."""
     hf_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": BOS_TOKEN,
@@ -104,9 +102,15 @@ def save_tokenizer(tok: Tokenizer, tokenizer_dir: Path, model_max_length: int = 
         "clean_up_tokenization_spaces": False,
         "model_max_length": model_max_length,
     }
-    _write_atomic(tokenizer_dir / "tokenizer_config.json", json.dumps(hf_config, indent=2) + "\n")
+    _write_atomic(Path(tokenizer_dir) / "tokenizer_config.json", json.dumps(hf_config, indent=2) + "\n")
     special_map = {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "pad_token": PAD_TOKEN}
-    _write_atomic(tokenizer_dir / "special_tokens_map.json", json.dumps(special_map, indent=2) + "\n")
+    _write_atomic(Path(tokenizer_dir) / "special_tokens_map.json", json.dumps(special_map, indent=2) + "\n")
+
+
+def save_tokenizer(tok: Tokenizer, tokenizer_dir: Path) -> str:
+    """Write tokenizer.json (+ HF side files) atomically into `tokenizer_dir`; returns tokenizer.json's sha256."""
+    tokenizer_dir = Path(tokenizer_dir)
+    write_hf_files(tokenizer_dir)  # first: tokenizer.json written last means the folder is complete
     _write_atomic(tokenizer_dir / TOKENIZER_FILE, tok.to_str(pretty=True))
     return file_sha256(tokenizer_dir / TOKENIZER_FILE)
 

@@ -2,8 +2,9 @@
 
 Design: one flat dataclass with a one-line docstring under each field (the CLI builds `--help` from them).
 `__post_init__` validates ranges and raises `ValueError("<field>: <what is wrong>, got <value>")`.
-Which fields change the output is decided in pack.py (`_fingerprint`): changing `num_workers` or
-`batch_bytes` never invalidates finished shards; changing `vocab_size` or `val_fraction` does.
+Which fields change the output is decided in pack.py (the fingerprints): changing `batch_bytes` or
+`progress` never invalidates finished shards; changing `vocab_size`, `val_fraction` or `shard_bytes` does.
+Encoding uses every core through the Rust encoder's thread pool (set RAYON_NUM_THREADS to limit it).
 """
 
 from __future__ import annotations
@@ -33,16 +34,14 @@ class TokenizeConfig:
     """Put <|bos|> before every document (documents are always followed by <|endoftext|>)."""
     shard_bytes: int = 64_000_000
     """Target UTF-8 bytes of text per work unit; each unit writes one shard per split and is resumable."""
-    batch_bytes: int = 4_000_000
-    """Text bytes handed to the Rust encoder per call (bounds memory; larger amortizes thread start-up)."""
+    batch_bytes: int = 1_000_000
+    """Text bytes per encoder call; about 3 batches are in flight, each ~100 B of encoder output per token."""
     shard_dtype: Literal["auto", "uint16", "uint32"] = "auto"
     """Token dtype on disk; auto picks uint16 when every id fits, else uint32."""
     text_field: str = "text"
     """Column (parquet) or key (jsonl) holding the document text."""
     id_field: str = "id"
     """Column/key with a stable document id used for the split hash; row position is used when absent."""
-    num_workers: int = 0
-    """Encoder threads (Rust, shared by all batches); 0 uses every core."""
     progress: bool = True
     """Show tqdm progress bars (MB/s and ETA) on stderr."""
 
@@ -63,5 +62,3 @@ class TokenizeConfig:
             raise ValueError(f"shard_dtype: must be one of auto, uint16, uint32, got {self.shard_dtype}")
         if not self.text_field:
             raise ValueError(f"text_field: must be non-empty, got {self.text_field!r}")
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers: must be >= 0 (0 = all cores), got {self.num_workers}")

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from data_pipelines.tokenize import sources
@@ -46,11 +47,11 @@ from data_pipelines.tokenize.bpe import (
     EOS_ID,
     PAD_ID,
     TOKENIZER_FILE,
-    check_special_tokens,
     file_sha256,
     load_tokenizer,
     save_tokenizer,
     train_tokenizer,
+    write_hf_files,
 )
 from data_pipelines.tokenize.config import TokenizeConfig
 from data_pipelines.tokenize.shards import FORMAT, INDEX_FILE, SPLITS, VERSION
@@ -120,7 +121,7 @@ def _digest(obj: Any) -> str:
 def scan_corpus(cfg: TokenizeConfig, files: list[Path], seed: int, progress: bool = False) -> Corpus:
     """Hash every document, choose the split, and cut the corpus into work units (see module doc)."""
     units: list[Unit] = []
-    digests: list[bytes] = []
+    digests = bytearray()  # 16 bytes per document
     lengths: list[np.ndarray] = []
     salt = f"{seed}\x00".encode()
     n_docs = 0
@@ -130,12 +131,14 @@ def scan_corpus(cfg: TokenizeConfig, files: list[Path], seed: int, progress: boo
         start: sources.Position | None = None
         rows = nbytes = 0
         first = n_docs
-        for keys, lens, positions in sources.scan(path, cfg.text_field, cfg.id_field):
-            digests.extend(hashlib.blake2b(salt + k.encode(), digest_size=16).digest() for k in keys)
+        for keys, lens, first_row, offsets in sources.scan(path, cfg.text_field, cfg.id_field):
+            for k in keys:
+                digests += hashlib.blake2b(salt + k.encode(), digest_size=16).digest()
             lengths.append(lens)
-            for pos, ln in zip(positions, lens.tolist()):
+            # a unit closes once it holds >= shard_bytes of text
+            for i, ln in enumerate(lens.tolist()):
                 if start is None:
-                    start, rows, nbytes, first = pos, 0, 0, n_docs
+                    start, rows, nbytes, first = sources.Position(first_row + i, int(offsets[i])), 0, 0, n_docs
                 rows += 1
                 nbytes += ln
                 n_docs += 1
@@ -146,7 +149,7 @@ def scan_corpus(cfg: TokenizeConfig, files: list[Path], seed: int, progress: boo
             units.append(Unit(len(units), fi, start, rows, nbytes, first))
         bar.update(path.stat().st_size)
     bar.close()
-    hashes = np.frombuffer(b"".join(digests), dtype="<u8").reshape(-1, 2) if digests else np.zeros((0, 2), np.uint64)
+    hashes = np.frombuffer(digests, dtype="<u8").reshape(-1, 2)
     num_bytes = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
     is_val = np.zeros(n_docs, dtype=bool)
     if cfg.val_fraction > 0 and n_docs >= 2:
@@ -212,22 +215,23 @@ def _training_batches(corpus: Corpus, cfg: TokenizeConfig, progress: bool) -> It
     bar.close()
 
 
-def _prepare_tokenizer(cfg: TokenizeConfig, corpus: Corpus, tokenizer_dir: Path, seed: int) -> tuple[str, bool]:
-    """Write tokenizer_dir/tokenizer.json (trained, reused, or copied from cfg.tokenizer_file); (sha256, trained?)."""
+def _prepare_tokenizer(cfg: TokenizeConfig, corpus: Corpus, tokenizer_dir: Path, seed: int) -> tuple[Tokenizer, str, bool]:
+    """Make tokenizer_dir/tokenizer.json (trained, reused, or copied from cfg.tokenizer_file).
+
+    Returns (tokenizer ready for packing, its sha256, whether it was trained now)."""
     target = tokenizer_dir / TOKENIZER_FILE
-    record_path = tokenizer_dir / TOKENIZER_RECORD
     if cfg.tokenizer_file:
         src = Path(cfg.tokenizer_file)
+        src = src / TOKENIZER_FILE if src.is_dir() else src
         tok = load_tokenizer(src)  # validates it
-        if src.is_dir():
-            src = src / TOKENIZER_FILE
-        if not target.exists() or file_sha256(target) != file_sha256(src):
-            tokenizer_dir.mkdir(parents=True, exist_ok=True)
-            save_tokenizer(tok, tokenizer_dir)  # HF side files (and a re-serialised tokenizer.json)...
-            tmp = target.with_name(f".{target.name}.copy.tmp")
-            shutil.copyfile(src, tmp)  # ...replaced by the exact source bytes so the sha256 matches the source
+        sha = file_sha256(src)
+        if not target.is_file() or file_sha256(target) != sha:
+            write_hf_files(tokenizer_dir)
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            shutil.copyfile(src, tmp)  # the exact bytes, so the sha256 in the index is the source's
             os.replace(tmp, target)
-        return file_sha256(target), False
+        return tok, sha, False
+    record_path = tokenizer_dir / TOKENIZER_RECORD
     fingerprint = _digest({
         "kind": "bpe", "vocab_size": cfg.vocab_size, "min_frequency": cfg.min_frequency,
         "max_train_bytes": cfg.max_train_bytes, "val_fraction": cfg.val_fraction, "seed": seed,
@@ -235,15 +239,15 @@ def _prepare_tokenizer(cfg: TokenizeConfig, corpus: Corpus, tokenizer_dir: Path,
     })
     record = _read_json(record_path)
     if record and record.get("fingerprint") == fingerprint and target.is_file() and file_sha256(target) == record.get("sha256"):
-        return record["sha256"], False
-    total = int(corpus.num_bytes[~corpus.is_val].sum())
-    if total == 0:
+        return load_tokenizer(target), record["sha256"], False
+    if int(corpus.num_bytes[~corpus.is_val].sum()) == 0:
         raise ValueError("data_files: no text in the train split to train the tokenizer on")
     tok = train_tokenizer(_training_batches(corpus, cfg, cfg.progress), cfg.vocab_size, cfg.min_frequency,
                           show_progress=cfg.progress)
     sha = save_tokenizer(tok, tokenizer_dir)
     _write_json_atomic(record_path, {"fingerprint": fingerprint, "sha256": sha, "vocab_size": tok.get_vocab_size()})
-    return sha, True
+    tok.encode_special_tokens = True  # as load_tokenizer: special strings in documents are text
+    return tok, sha, True
 
 
 # ---------------------------------------------------------------- pass 3: pack
@@ -251,7 +255,7 @@ def _prepare_tokenizer(cfg: TokenizeConfig, corpus: Corpus, tokenizer_dir: Path,
 
 def _encode_stream(tok, batches: Iterator[tuple[list[str], np.ndarray, np.ndarray]]):
     """Read + encode in a background thread (the Rust encoder releases the GIL), one batch ahead of the consumer."""
-    q: queue.Queue = queue.Queue(maxsize=2)
+    q: queue.Queue = queue.Queue(maxsize=1)  # in flight: one being written, one queued, one being encoded
     stop = threading.Event()
 
     def put(item: Any) -> bool:
@@ -386,11 +390,8 @@ def run_tokenize(cfg: TokenizeConfig, data_files: list[Path], tokenizer_dir: Pat
     if not corpus.units:
         raise ValueError(f"data_files: no documents found in {len(files)} file(s)")
     t_scan = time.perf_counter()
-    sha, trained = _prepare_tokenizer(cfg, corpus, tokenizer_dir, seed)
+    tok, sha, trained = _prepare_tokenizer(cfg, corpus, tokenizer_dir, seed)
     t_tok = time.perf_counter()
-
-    tok = load_tokenizer(tokenizer_dir / TOKENIZER_FILE)
-    check_special_tokens(tok, tokenizer_dir / TOKENIZER_FILE)
     vocab_size = tok.get_vocab_size()
     if cfg.shard_dtype == "auto":
         dtype = np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)

@@ -175,8 +175,9 @@ def _parquet_batches(pf, columns: list[str], start_row: int, batch_rows: int):
 # ---------------------------------------------------------------- public API
 
 
-def scan(path: Path, text_field: str = "text", id_field: str = "id") -> Iterator[tuple[list[str], np.ndarray, list[Position]]]:
-    """Per batch: document keys, UTF-8 byte lengths (int64) and start positions, for every row of the file."""
+def scan(path: Path, text_field: str = "text", id_field: str = "id") -> Iterator[tuple[list[str], np.ndarray, int, np.ndarray]]:
+    """Per batch of consecutive rows: document keys, UTF-8 byte lengths (int64), the batch's first row, and each
+    row's byte offset (int64; -1 where the file cannot seek, i.e. parquet and compressed files)."""
     fmt = file_format(path)
     if fmt == "parquet":
         import pyarrow.compute as pc
@@ -191,18 +192,21 @@ def scan(path: Path, text_field: str = "text", id_field: str = "id") -> Iterator
                 keys = [f"{path.name}:{row + i}" if k is None else str(k) for i, k in enumerate(batch.column(1).to_pylist())]
             else:
                 keys = [f"{path.name}:{row + i}" for i in range(n)]
-            yield keys, lengths, [Position(row + i) for i in range(n)]
+            yield keys, lengths, row, np.full(n, -1, dtype=np.int64)
         return
-    keys, lens, positions = [], [], []
+    keys, lens, offsets, first = [], [], [], 0
+    seekable = not _compressed(path)
     for row, offset, key, text in _iter_rows(path, fmt, text_field, id_field, Position(0, 0)):
+        if not keys:
+            first = row
         keys.append(key)
         lens.append(len(text.encode("utf-8")))
-        positions.append(Position(row, offset))
+        offsets.append(offset if seekable else -1)
         if len(keys) >= SCAN_BATCH_ROWS:
-            yield keys, np.asarray(lens, dtype=np.int64), positions
-            keys, lens, positions = [], [], []
+            yield keys, np.asarray(lens, dtype=np.int64), first, np.asarray(offsets, dtype=np.int64)
+            keys, lens, offsets = [], [], []
     if keys:
-        yield keys, np.asarray(lens, dtype=np.int64), positions
+        yield keys, np.asarray(lens, dtype=np.int64), first, np.asarray(offsets, dtype=np.int64)
 
 
 def read(

@@ -56,7 +56,7 @@ def tok_dir(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
         ({"val_fraction": -0.1}, "val_fraction"),
         ({"shard_dtype": "int8"}, "shard_dtype"),
         ({"min_frequency": 0}, "min_frequency"),
-        ({"num_workers": -1}, "num_workers"),
+        ({"shard_bytes": 0}, "shard_bytes"),
     ],
 )
 def test_config_rejects_bad_values_naming_the_field(kwargs: dict, field: str) -> None:

@@ -14,6 +14,15 @@ from models import ModelConfig, Transformer, get_preset, list_presets
 from models.accounting import count_params
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors on a shared 2-core box: OpenMP threads spin against each other (10x slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny(**kw) -> ModelConfig:
     base = dict(vocab_size=97, dim=64, num_layers=2, num_heads=4, num_kv_heads=2, max_seq_len=32)
     base.update(kw)
@@ -77,7 +86,7 @@ def test_every_preset_builds_and_row_lengths_are_gguf_blockable():
 
 
 def test_small_presets_run_forward():
-    for name in ("0.3m", "moe-3m-a1m"):
+    for name in ("0.3m", "moe-2m-a1m"):
         cfg = get_preset(name)
         model = Transformer(cfg)
         out = model(torch.randint(0, cfg.vocab_size, (1, 16)), torch.randint(0, cfg.vocab_size, (1, 16)))
@@ -88,6 +97,7 @@ def test_preset_overrides_validate_and_copy():
     cfg = get_preset("15m", vocab_size=4096)
     assert cfg.vocab_size == 4096 and get_preset("15m").vocab_size == 32000
     assert dataclasses.replace(get_preset("1m"), max_seq_len=128).max_seq_len == 128
+    assert get_preset("8m", dim=512).hidden_dim == 1376  # derived fields re-derived after overrides
     with pytest.raises(ValueError, match="^preset: unknown"):
         get_preset("7b")
 
@@ -175,11 +185,11 @@ def test_bf16_autocast_trains():
 
 def test_overfits_one_batch():
     torch.manual_seed(0)
-    cfg = tiny()
+    cfg = tiny(dim=32, num_heads=2, num_kv_heads=1, num_layers=1)
     model = Transformer(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    idx = torch.randint(0, cfg.vocab_size, (4, 17))
-    for _ in range(60):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    idx = torch.randint(0, cfg.vocab_size, (2, 17))
+    for _ in range(40):
         loss = model(idx[:, :-1], idx[:, 1:]).loss
         opt.zero_grad()
         loss.backward()

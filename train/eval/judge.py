@@ -73,7 +73,7 @@ def parse_scores(answer: str) -> dict[str, Any]:
         if cat in scores:
             continue
         # the last match wins: judges often restate the grades at the end
-        pattern = rf"(?i)\b{cat}\w*\b[^0-9\n]{{0,40}}?{_NUM}(?!\d|\.\d|\s*-\s*\d)"
+        pattern = rf"(?i)\b{cat}\w*\b[^0-9\n]{{0,40}}?(?<!<){_NUM}(?!\d|\.\d|\s*-\s*\d)"
         for m in re.finditer(pattern, answer or ""):
             v = float(m.group(1))
             if 0 <= v <= 10:

@@ -4,8 +4,8 @@ Design and invariants
 - Each probe is a pure text function (tested on hand-written strings) plus a fixed prompt set; the model is
   only asked to continue prompts. All prompts start a fresh document: the token before the prompt is EOS,
   exactly what precedes every story in our shards (documents joined with EOS).
-- Metrics are measured on the *continuation* (the model's words), never on the prompt, so a model that
-  only echoes nothing scores 0, and the prompt's own words do not count as "use".
+- Metrics are measured on the *continuation* (the model's words), never on the prompt: the prompt's own
+  words do not count as "use", and an empty continuation scores 0.
 - Probes (all in [0, 1] unless noted; higher is better except the fairness skew):
   * word usage: the prompt names a (noun, verb, adjective) triple; share of those words (any inflection)
     that the continuation uses again.
@@ -220,15 +220,21 @@ def continue_prompts(
             budget = max(1, min(max_new_tokens, max_len - max(len(x) for x in ids)))
         new = generate(model, ids, max_new_tokens=budget, temperature=cfg.temperature, top_k=cfg.top_k,
                        top_p=cfg.top_p, eos_id=eos, seed=seed + b0)
-        for prompt, toks in zip(batch, new):
+        for prompt, p_ids, toks in zip(batch, ids, new):
             toks = list(toks)
             # generate() drops the EOS it stops at: a row shorter than the budget ended with EOS
             ended = eos is not None and (len(toks) < budget or eos in toks)
             if eos is not None and eos in toks:
                 toks = toks[: toks.index(eos)]
-            text = tokenizer.decode(toks, skip_special_tokens=True)
-            out.append({"prompt": prompt, "text": text, "ended": ended})
+            out.append({"prompt": prompt, "text": _decode_new(tokenizer, p_ids, toks), "ended": ended})
     return out
+
+
+def _decode_new(tokenizer: Any, prompt_ids: list[int], new: list[int]) -> str:
+    """Decode prompt + continuation together, so byte-level pieces spanning the boundary come out whole."""
+    full = tokenizer.decode(prompt_ids + new, skip_special_tokens=True)
+    head = tokenizer.decode(prompt_ids, skip_special_tokens=True)
+    return full[len(head) :] if full.startswith(head) else tokenizer.decode(new, skip_special_tokens=True)
 
 
 def _max_seq_len(model: torch.nn.Module) -> int:

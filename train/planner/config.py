@@ -86,8 +86,6 @@ class PlanConfig:
             raise ValueError(
                 f"flops: give the budget as flops or as hours, not both, got flops={self.flops:g} hours={self.hours:g}"
             )
-        if self.flops == 0 and self.hours == 0:
-            raise ValueError("flops: a budget is needed: set flops (e.g. 1e15) or hours (with device), got 0")
         if 0 < self.flops < 1e6:
             raise ValueError(f"flops: a budget below 1e6 FLOPs trains nothing useful, got {self.flops:g}")
         if self.flops > 1e32:

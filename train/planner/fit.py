@@ -6,7 +6,8 @@ Design and invariants
   by minimising the Huber loss (delta = 1e-3) of the residuals in log space with L-BFGS-B (Hoffmann et al.
   2022, sec. 3.3 and appendix D.2). The objective is non-convex with long flat valleys, so we start from a grid
   (alpha, beta in 0..2, e in -1..1, a, b in 0..25, as the paper), keep the best `num_starts` grid points by
-  objective and polish each; the best polished point wins. Analytic gradients keep each polish to milliseconds.
+  objective and polish each; the best polished point wins. Analytic gradients keep each polish to milliseconds
+  (with BLAS held to one thread: see `_one_blas_thread`).
 - Bootstrap: resample the runs with replacement, refit (best grid starts + the full-data optimum as starts),
   report percentile intervals. With ~15 runs the intervals are wide on A and B and tighter on the exponents'
   ratio, which is what the allocation depends on.
@@ -15,11 +16,13 @@ Design and invariants
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import minimize
 
 HUBER_DELTA = 1e-3
 PARAM_NAMES = ("E", "A", "B", "alpha", "beta")
@@ -85,9 +88,16 @@ def _grid_objectives(grid: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log
     return np.where(r <= delta, 0.5 * r * r, delta * (r - 0.5 * delta)).sum(axis=1)
 
 
-def _polish(theta0: np.ndarray, log_n, log_d, log_l, delta) -> tuple[np.ndarray, float]:
-    from scipy.optimize import minimize
+def _one_blas_thread() -> contextlib.AbstractContextManager:
+    """L-BFGS-B does BLAS calls on 5-vectors; threaded OpenBLAS makes each one ~40x slower on a busy machine."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - optional speed-up
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
+
+def _polish(theta0: np.ndarray, log_n, log_d, log_l, delta) -> tuple[np.ndarray, float]:
     bounds = [(-10.0, 40.0), (-10.0, 40.0), (-5.0, 5.0), (0.0, 3.0), (0.0, 3.0)]
     res = minimize(_objective, theta0, args=(log_n, log_d, log_l, delta), jac=True, method="L-BFGS-B",
                    bounds=bounds, options={"maxiter": 1000, "ftol": 1e-15, "gtol": 1e-12})
@@ -107,10 +117,11 @@ def fit_law(n: np.ndarray, d: np.ndarray, loss: np.ndarray, num_starts: int = 32
     objs = _grid_objectives(grid, log_n, log_d, log_l, delta)
     starts = list(grid[np.argsort(objs)[:num_starts]]) + list(extra_starts or [])
     best_theta, best_obj = None, math.inf
-    for s in starts:
-        theta, obj = _polish(np.asarray(s, dtype=np.float64), log_n, log_d, log_l, delta)
-        if obj < best_obj:
-            best_theta, best_obj = theta, obj
+    with _one_blas_thread():
+        for s in starts:
+            theta, obj = _polish(np.asarray(s, dtype=np.float64), log_n, log_d, log_l, delta)
+            if obj < best_obj:
+                best_theta, best_obj = theta, obj
     a, b, e, al, be = best_theta
     return FitResult(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=float(al), beta=float(be),
                      objective=best_obj)
