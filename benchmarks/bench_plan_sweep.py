@@ -46,7 +46,7 @@ def main() -> None:
           f"budgets {cfg.budgets}, train tokens {res['data']['train_tokens']}")
     print(f"fitted: E={p['E']:.3f} A={p['A']:.4g} B={p['B']:.4g} alpha={p['alpha']:.3f} beta={p['beta']:.3f} "
           f"({res['param_convention']} params)")
-    if res["bootstrap"]:
+    if res["bootstrap"] and res["bootstrap"]["intervals"]:
         iv = res["bootstrap"]["intervals"]
         print("bootstrap 95%: " + ", ".join(f"{k} [{v[0]:.3g}, {v[1]:.3g}]" for k, v in iv.items()))
     print(f"fit residuals: max |rel| {res['fit']['max_abs_rel_residual']:.3%}, rms {res['fit']['rms_rel_residual']:.3%}")

@@ -22,11 +22,11 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "synth": ("synth",),
     "curate": ("curate",),
     "tokenize": ("tokenize",),
-    "plan": ("plan", "model"),
+    "plan": ("plan", "model", "sweep"),
     "train": ("model", "train"),
     "compress": ("compress",),
     "export": ("export",),
-    "run": ("synth", "curate", "tokenize", "plan", "model", "train", "compress", "export"),
+    "run": ("synth", "curate", "tokenize", "plan", "model", "train", "compress", "export", "sweep"),
 }
 
 STAGE_HELP = {
@@ -104,6 +104,10 @@ def build_parser(with_epilogs: bool = True) -> argparse.ArgumentParser:
     la.add_argument("--out", type=Path, default=Path("train.sbatch"), help="script to write")
     la.add_argument("--nodes", type=int, default=1, help="number of nodes")
     la.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node")
+    la.add_argument("--run-dir", type=Path, help="run directory on the cluster (default runs/<config name>/)")
+    la.add_argument("--strategy", default="ddp", help="ddp | fsdp | deepspeed_stage_1/2/3")
+    la.add_argument("--partition", default="", help="SLURM partition")
+    la.add_argument("--time", default="24:00:00", help="SLURM time limit")
     return parser
 
 
@@ -184,7 +188,7 @@ def cmd_plan(args: argparse.Namespace, overrides: list[str]) -> int:
         shards = rd_root / "shards"
         if not (shards / "index.json").is_file():
             raise ConfigError(f"plan sweep: no token shards at {shards} (run `tinyfoundry tokenize` first)")
-        result = run_sweep(cfg.plan.sweep, shards, rd_root / "sweep")
+        result = run_sweep(cfg.sweep, shards, rd_root / "sweep")
         print(result.get("summary", result))
         return 0
     if args.config is None:
@@ -252,7 +256,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
     if not args.config.is_file():
         raise ConfigError(f"config file not found: {args.config}")
-    path = write_sbatch(args.config, args.out, nodes=args.nodes, gpus_per_node=args.gpus_per_node)
+    path = write_sbatch(args.config, args.out, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+                        run_dir=args.run_dir, strategy=args.strategy, partition=args.partition, time_limit=args.time)
     print(f"wrote {path}")
     return 0
 

@@ -39,6 +39,7 @@ SECTION_CLASSES: dict[str, tuple[str, str]] = {
     "curate": ("data_pipelines.curate", "CurateConfig"),
     "tokenize": ("data_pipelines.tokenize", "TokenizeConfig"),
     "plan": ("train.planner", "PlanConfig"),
+    "sweep": ("train.planner.sweep", "SweepConfig"),
     "model": ("models", "ModelConfig"),
     "train": ("train", "TrainConfig"),
     "compress": ("models.compress", "CompressConfig"),

@@ -7,7 +7,7 @@ models.hf_mapping. Never imports Lightning or train/.
 
 from models.checkpoint import load_model, save_model_dir
 from models.config import ModelConfig
-from models.presets import format_table, get_preset, list_presets
+from models.presets import format_table, get_preset, list_presets, load_config
 from models.transformer import ModelOutput, Transformer
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "format_table",
     "get_preset",
     "list_presets",
+    "load_config",
     "load_model",
     "save_model_dir",
 ]

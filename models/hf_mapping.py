@@ -1,4 +1,4 @@
-"""Mapping between tinyfoundry weights and Hugging Face Llama / Mixtral checkpoints (the export format).
+"""Mapping between tinyfoundry weights and Hugging Face Llama / Mixtral / Qwen2-MoE checkpoints (export format).
 
 Design and invariants
 - Our layers compute exactly what transformers' `LlamaForCausalLM` / `MixtralForCausalLM` compute (RoPE in the
@@ -10,8 +10,13 @@ Design and invariants
   (`tie_word_embeddings: true`, no `lm_head.weight`), as HF does.
 - `from_hf` accepts that layout, and also transformers-5 in-memory names (`mlp.experts.gate_up_proj`), so a
   `model.state_dict()` taken from a loaded HF model converts back too.
-- Shared experts have no Llama/Mixtral equivalent: `to_hf` refuses them (ValueError) rather than exporting a
-  model that computes something else.
+- Which HF architecture: dense -> `LlamaForCausalLM`; MoE -> `MixtralForCausalLM`; MoE with shared experts ->
+  `Qwen2MoeForCausalLM` (the one widely supported HF + llama.cpp MoE with a shared expert and softmax top-k
+  routing; `norm_topk_prob: true` gives Mixtral's renormalisation). Qwen2-MoE gates its shared expert with
+  sigmoid(w . x); we write w = 0 and double the shared `down_proj`, so 0.5 * 2 = 1 exactly in floating point.
+  Its q/k/v biases are written as zeros (`qkv_bias` only exists in recent transformers; zeros load everywhere).
+  `from_hf` refuses a Qwen2-MoE whose shared gate or biases are not zero (a model we cannot represent).
+- Parity of all three is tested to 1e-4 in fp32 by loading our export with `AutoModelForCausalLM`.
 """
 
 from __future__ import annotations
@@ -37,14 +42,12 @@ _LAYER_MAP = {
     "mlp.w_down.weight": "mlp.down_proj.weight",
 }
 _EXPERT_MAP = {"w_gate": "w1", "w_down": "w2", "w_up": "w3"}  # Mixtral's names
+_QWEN_EXPERT_MAP = {"w_gate": "gate_proj", "w_down": "down_proj", "w_up": "up_proj"}
+_QWEN_TO_MIXTRAL = {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}
 
 
 def hf_config(cfg: ModelConfig, bos_token_id: int = 1, eos_token_id: int = 2, pad_token_id: int = 0) -> dict:
     """The config.json dict of the equivalent HF model (special-token ids follow tinyfoundry's tokenizer)."""
-    if cfg.num_shared_experts:
-        raise ValueError(
-            f"num_shared_experts: HF Llama/Mixtral have no shared expert, got {cfg.num_shared_experts}"
-        )
     d: dict[str, Any] = {
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.dim,
@@ -67,7 +70,25 @@ def hf_config(cfg: ModelConfig, bos_token_id: int = 1, eos_token_id: int = 2, pa
         "use_cache": True,
         "torch_dtype": "float32",
     }
-    if cfg.is_moe:
+    if cfg.num_shared_experts:
+        d.update(
+            architectures=["Qwen2MoeForCausalLM"],
+            model_type="qwen2_moe",
+            intermediate_size=cfg.hidden_dim,  # unused: every layer is sparse
+            num_experts=cfg.num_experts,
+            num_experts_per_tok=cfg.num_experts_per_tok,
+            moe_intermediate_size=cfg.moe_hidden_dim,
+            shared_expert_intermediate_size=cfg.moe_hidden_dim * cfg.num_shared_experts,
+            norm_topk_prob=True,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
+            qkv_bias=True,
+            use_sliding_window=False,
+            sliding_window=None,
+            max_window_layers=cfg.num_layers,
+            router_aux_loss_coef=cfg.moe_aux_loss_coef,
+        )
+    elif cfg.is_moe:
         d.update(
             architectures=["MixtralForCausalLM"],
             model_type="mixtral",
@@ -102,7 +123,21 @@ def to_hf(model: Transformer, **special_tokens: int) -> tuple[dict, dict[str, to
         for k, v in _LAYER_MAP.items():
             if ours + k in sd:
                 out[hf + v] = sd[ours + k]
-        if cfg.is_moe:
+        if cfg.num_shared_experts:
+            w = sd[ours + "attn.wq.weight"]
+            for proj, n_out in (("q", cfg.num_heads), ("k", cfg.num_kv_heads), ("v", cfg.num_kv_heads)):
+                out[f"{hf}self_attn.{proj}_proj.bias"] = w.new_zeros(n_out * cfg.head_dim)
+            out[hf + "mlp.gate.weight"] = sd[ours + "mlp.router.weight"]
+            for our_name, hf_name in _QWEN_EXPERT_MAP.items():
+                w_EOI = sd[ours + "mlp." + our_name]
+                for e in range(cfg.num_experts):
+                    out[f"{hf}mlp.experts.{e}.{hf_name}.weight"] = w_EOI[e]
+                shared = sd[f"{ours}mlp.shared.{our_name}.weight"]
+                out[f"{hf}mlp.shared_expert.{hf_name}.weight"] = (
+                    shared * 2 if our_name == "w_down" else shared
+                )
+            out[hf + "mlp.shared_expert_gate.weight"] = w.new_zeros(1, cfg.dim)  # sigmoid(0) = 1/2
+        elif cfg.is_moe:
             moe = hf + "block_sparse_moe."
             out[moe + "gate.weight"] = sd[ours + "mlp.router.weight"]
             for our_name, hf_name in _EXPERT_MAP.items():
@@ -113,10 +148,12 @@ def to_hf(model: Transformer, **special_tokens: int) -> tuple[dict, dict[str, to
 
 
 def config_from_hf(hf: dict) -> ModelConfig:
-    """ModelConfig of an HF Llama/Mixtral config.json dict; anything we cannot reproduce raises ValueError."""
+    """ModelConfig of an HF Llama/Mixtral/Qwen2-MoE config.json dict; what we cannot reproduce raises ValueError."""
     model_type = hf.get("model_type")
-    if model_type not in ("llama", "mixtral"):
-        raise ValueError(f"model_type: only 'llama' and 'mixtral' are supported, got {model_type!r}")
+    if model_type not in ("llama", "mixtral", "qwen2_moe"):
+        raise ValueError(
+            f"model_type: only 'llama', 'mixtral' and 'qwen2_moe' are supported, got {model_type!r}"
+        )
     if hf.get("hidden_act", "silu") != "silu":
         raise ValueError(f"hidden_act: only 'silu' is supported, got {hf.get('hidden_act')!r}")
     if hf.get("attention_bias") or hf.get("mlp_bias"):
@@ -148,6 +185,26 @@ def config_from_hf(hf: dict) -> ModelConfig:
             num_experts_per_tok=hf["num_experts_per_tok"],
             moe_hidden_dim=hf["intermediate_size"],
         )  # hidden_dim (unused by an all-MoE model) is left to derive from dim
+    elif model_type == "qwen2_moe":
+        F_, shared = hf["moe_intermediate_size"], hf.get("shared_expert_intermediate_size", 0)
+        if not hf.get("norm_topk_prob", False):
+            raise ValueError("norm_topk_prob: only renormalised top-k routing is supported, got false")
+        if hf.get("decoder_sparse_step", 1) != 1 or hf.get("mlp_only_layers"):
+            raise ValueError(
+                "decoder_sparse_step: only all-MoE models are supported (step 1, no mlp_only_layers)"
+            )
+        if hf.get("use_sliding_window"):
+            raise ValueError("use_sliding_window: sliding-window attention is not supported, got true")
+        if shared % F_:
+            raise ValueError(
+                f"shared_expert_intermediate_size: must be a multiple of moe_intermediate_size={F_}, got {shared}"
+            )
+        kw.update(
+            num_experts=hf["num_experts"],
+            num_experts_per_tok=hf["num_experts_per_tok"],
+            moe_hidden_dim=F_,
+            num_shared_experts=shared // F_,
+        )
     else:
         kw["hidden_dim"] = hf["intermediate_size"]
     return ModelConfig(**kw)
@@ -173,8 +230,18 @@ def state_dict_from_hf(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[st
                 out[f"layers.{i}.{inv[rest]}"] = t
             elif rest == "mlp.gate.weight":
                 out[f"layers.{i}.mlp.router.weight"] = t
-            elif em := re.fullmatch(r"mlp\.experts\.(\d+)\.(w[123])\.weight", rest):
-                experts[(i, em.group(2), int(em.group(1)))] = t
+            elif em := re.fullmatch(
+                r"mlp\.experts\.(\d+)\.(w[123]|gate_proj|up_proj|down_proj)\.weight", rest
+            ):
+                experts[(i, _QWEN_TO_MIXTRAL.get(em.group(2), em.group(2)), int(em.group(1)))] = t
+            elif sm := re.fullmatch(r"mlp\.shared_expert\.(gate_proj|up_proj|down_proj)\.weight", rest):
+                our = {v: k for k, v in _QWEN_EXPERT_MAP.items()}[sm.group(1)]
+                out[f"layers.{i}.mlp.shared.{our}.weight"] = t / 2 if our == "w_down" else t
+            elif rest == "mlp.shared_expert_gate.weight" or re.fullmatch(
+                r"self_attn\.[qkv]_proj\.bias", rest
+            ):
+                if t.abs().max() != 0:
+                    raise ValueError(f"{key}: only an all-zero tensor can be represented (no gate/bias here)")
             elif rest == "mlp.experts.gate_up_proj":  # transformers >= 5 in memory: (E, 2F, D)
                 gate_EFD, up_EFD = t.chunk(2, dim=1)
                 out[f"layers.{i}.mlp.w_gate"], out[f"layers.{i}.mlp.w_up"] = gate_EFD, up_EFD
@@ -185,6 +252,11 @@ def state_dict_from_hf(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[st
         elif not key.endswith("rotary_emb.inv_freq"):
             raise ValueError(f"{key}: unexpected HF weight")
     inv_e = {v: k for k, v in _EXPERT_MAP.items()}
+    missing = [k for k in experts if any((k[0], k[1], e) not in experts for e in range(cfg.num_experts))]
+    if missing:
+        raise ValueError(
+            f"model.layers.{missing[0][0]}: expert weights missing for some of {cfg.num_experts}"
+        )
     for i in range(cfg.num_layers):
         for hf_name, our_name in inv_e.items():
             if (i, hf_name, 0) in experts:
@@ -195,6 +267,6 @@ def state_dict_from_hf(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[st
 
 
 def from_hf(hf_cfg: dict, state_dict: dict[str, torch.Tensor]) -> Transformer:
-    """Build our Transformer from an HF Llama/Mixtral config dict and state dict."""
+    """Build our Transformer from an HF Llama/Mixtral/Qwen2-MoE config dict and state dict."""
     cfg = config_from_hf(hf_cfg)
     return Transformer.from_state_dict(cfg, state_dict_from_hf(cfg, state_dict))

@@ -17,6 +17,9 @@ Design and invariants
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from models.config import ModelConfig
 
 # Raw keyword arguments, not built configs: get_preset(name, dim=...) must re-derive hidden_dim etc.
@@ -56,6 +59,49 @@ def get_preset(name: str, **overrides: object) -> ModelConfig:
     if name not in _PRESETS:
         raise ValueError(f"preset: unknown model preset, got {name!r} (choose from {', '.join(_PRESETS)})")
     return ModelConfig(**{**_PRESETS[name], **overrides})  # type: ignore[arg-type]
+
+
+def load_config(spec: str | Path, **overrides: object) -> ModelConfig:
+    """A ModelConfig from a preset name, a YAML/JSON file, or a model folder / HF export dir / Lightning .ckpt.
+
+    YAML/JSON: either ModelConfig fields, or a run config whose `model:` section holds them; in both an optional
+    `preset:` key names the starting preset. Overrides apply last. Raises ValueError naming what failed.
+    """
+    import yaml
+
+    from models.hf_mapping import config_from_hf
+
+    if isinstance(spec, str) and spec in _PRESETS:
+        return get_preset(spec, **overrides)
+    path = Path(spec)
+    if path.is_dir():
+        if (path / "model_config.json").is_file():
+            d = json.loads((path / "model_config.json").read_text())
+        elif (path / "config.json").is_file():
+            d = config_from_hf(json.loads((path / "config.json").read_text())).to_dict()
+        else:
+            raise ValueError(f"{path}: no model_config.json or config.json in this folder")
+        return ModelConfig.from_dict({**d, **overrides})
+    if path.suffix == ".ckpt" and path.is_file():
+        import torch
+
+        try:
+            d = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]["model_config"]
+        except Exception as e:
+            raise ValueError(f"{path}: no readable hyper_parameters.model_config ({e})") from e
+        return ModelConfig.from_dict({**d, **overrides})
+    if path.suffix in (".yaml", ".yml", ".json") and path.is_file():
+        d = yaml.safe_load(path.read_text()) or {}  # YAML is a superset of JSON
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: expected a mapping")
+        if isinstance(d.get("model"), dict):
+            d = d["model"]
+        d = {**d, **overrides}
+        preset = d.pop("preset", None)
+        return get_preset(str(preset), **d) if preset is not None else ModelConfig.from_dict(d)
+    raise ValueError(
+        f"model: {str(spec)!r} is neither a preset ({', '.join(_PRESETS)}) nor a config file/folder"
+    )
 
 
 def _human(n: float) -> str:

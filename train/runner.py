@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import time
 import warnings
 from pathlib import Path
@@ -288,6 +289,7 @@ def _run_train(cfg: TrainConfig, model_cfg: ModelConfig | None, shards_dir: Path
         "num_active_params": int(params.get("active", params["total"])),
         "wall_s": time.time() - t_start + (old.get("wall_s", 0.0) if resume else 0.0),
         "train_time_s": monitor.train_time,
+        "step_time_median_s": statistics.median(monitor.step_times) if monitor.step_times else None,
         "memory_estimate_bytes": int(est["total"]),
         "best_val_loss": ckpt.best if math.isfinite(ckpt.best) else None,
         "batch_size": batch_size,

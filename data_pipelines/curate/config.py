@@ -247,7 +247,7 @@ class CurateConfig:
     profile: Literal["web", "stories"] = "web"
     """Named default step list: `web` (crawled pages) or `stories` (clean narrative text)."""
     steps: list[str] = field(default_factory=list)
-    """Steps in order (names as the sections below); empty means the profile's list."""
+    """Steps in order (names as the sections below; dedup steps always run after the rest); empty = the profile's."""
     text_field: str = "text"
     """Field/column holding the text in JSONL, Parquet and HF inputs."""
     id_field: str = "id"

@@ -501,8 +501,9 @@ class PerplexityFilter:
     def bits_per_byte(self, texts: list[str]) -> list[float]:
         torch = self.torch
         out: list[float] = []
+        max_tokens = min(self.cfg.max_tokens, int(getattr(self.model.cfg, "max_seq_len", 1 << 30)) + 1)
         for text in texts:
-            ids = self.tokenizer.encode(text).ids[: self.cfg.max_tokens]
+            ids = self.tokenizer.encode(text).ids[:max_tokens]
             nbytes = len(self.tokenizer.decode(ids[1:]).encode("utf-8")) if len(ids) > 1 else 0
             if len(ids) < 2 or nbytes == 0:
                 out.append(0.0)

@@ -30,7 +30,7 @@ import os
 import shutil
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -93,7 +93,7 @@ def _doc_row(doc: Document) -> dict[str, Any]:
 
 def _fingerprint(cfg: CurateConfig, sources: list[str], num_shards: int) -> str:
     d = cfg.to_dict()
-    for k in ("inputs", "num_workers", "batch_size"):
+    for k in ("inputs", "num_workers", "batch_size", "plots"):
         d.pop(k, None)
     stamp = []
     for s in sources:
@@ -198,6 +198,18 @@ def _batches(it: Iterator[Document], size: int) -> Iterator[list[Document]]:
         yield batch
 
 
+def _bounded_imap(pool: Any, batches: Iterator[list[Document]], max_pending: int) -> Iterator[dict[str, Any]]:
+    """Ordered results with at most `max_pending` batches in flight (Pool.imap would read the whole
+    input ahead into its task queue)."""
+    pending: deque[Any] = deque()
+    for batch in batches:
+        pending.append(pool.apply_async(_work, (batch,)))
+        if len(pending) >= max_pending:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
+
+
 def _run_shard(cfg: CurateConfig, sources: list[str], shard: int, num_shards: int, shard_dir: Path) -> dict[str, Any]:
     t0 = time.time()
     opts = ReaderOptions(cfg.text_field, cfg.id_field, cfg.separator, cfg.hf_split)
@@ -237,12 +249,12 @@ def _run_shard(cfg: CurateConfig, sources: list[str], shard: int, num_shards: in
             del drop_rows[: cfg.num_docs_per_file]
 
     bar = tqdm(desc=f"curate shard {shard}/{num_shards}", unit="doc", file=sys.stderr, dynamic_ncols=True,
-               disable=None, mininterval=1.0)
+               mininterval=1.0 if sys.stderr.isatty() else 30.0)
     pool = None
     try:
         if num_workers > 1:
             pool = mp.get_context("spawn").Pool(num_workers, initializer=_init_worker, initargs=(cfg.to_dict(),))
-            results = pool.imap(_work, _batches(docs, cfg.batch_size))
+            results = _bounded_imap(pool, _batches(docs, cfg.batch_size), max_pending=2 * num_workers)
         else:
             _init_worker(cfg.to_dict())
             results = map(_work, _batches(docs, cfg.batch_size))

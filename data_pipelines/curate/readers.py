@@ -238,7 +238,10 @@ def _read_hf(source: str, opts: ReaderOptions, stats: ReadStats) -> Iterator[Doc
     if source.startswith("hf:"):
         spec = source[3:]
         name, _, config = spec.partition(":")
-        ds = datasets.load_dataset(name, config or None, split=opts.hf_split)
+        try:
+            ds = datasets.load_dataset(name, config or None, split=opts.hf_split)
+        except (ConnectionError, OSError) as e:  # offline, unknown name, no such split/config
+            raise ValueError(f"inputs: could not load {source!r} with datasets.load_dataset: {e}") from e
     else:
         ds = datasets.load_from_disk(source)
         if isinstance(ds, datasets.DatasetDict):

@@ -654,6 +654,12 @@ LIFE = (
     "{His} favorite color was [red|blue|green|yellow|pink|purple].",
     "[In the evening|At night], {his} [mom|dad|grandma] [read {him} a story|sang {him} a song].",
     "{Name} [always|often] helped {his} [mom|dad|grandpa] [in the garden|in the kitchen|with the dishes].",
+    "{Name} had a [little|big] [brother|sister] who [liked to follow {him} everywhere|was always laughing].",
+    "[On rainy days|When it was cold], {name} liked to sit by the window and watch the [rain|birds|people go by].",
+    "{He} had a [red|blue|yellow] [hat|coat|bag] that {he} wore every day.",
+    "{Name} knew [every tree|every flower|every house] on {his} street.",
+    "Everyone in the [town|village|street] knew {name}, because {he} [always said hello|had a big laugh|was so kind].",
+    "At night, {name} liked to look at the stars [from {his} window|before bed].",
 )
 COLOR = (
     "The sun was [warm|bright|shining], and the birds were singing.",
@@ -664,6 +670,11 @@ COLOR = (
     "A little bird [sang|chirped] [in a tree|on the fence|nearby].",
     "The air smelled [like rain|of flowers|fresh and clean].",
     "[Far away|Down the road], a dog was barking.",
+    "[Big|White|Soft] clouds [moved|floated] [slowly|across the sky] like [sheep|boats].",
+    "The [trees|flowers] [moved|danced] [a little|softly] in the [wind|sun].",
+    "It was [so quiet|very still] that {name} could hear the [bees|birds|wind].",
+    "[Some|A few] [ducks|birds|kids] were [playing|walking] [by the pond|in the street|near the trees].",
+    "The day was [warm|cool|bright], and the [sky|grass] was [so|very] [blue|green].",
 )
 FEEL_TROUBLE = (
     "{Name}'s eyes filled with tears.",
@@ -885,7 +896,9 @@ def write_story(
     def maybe(pool: tuple[str, ...], p: float) -> list[str]:
         return [fill(rng.choice(pool))] if rng.random() < p else []
 
-    p1 = [fill(rng.choice(OPENINGS)), fill(rng.choice(TRAITS)), *maybe(LIFE, 0.7)]
+    p1 = [fill(rng.choice(OPENINGS)), fill(rng.choice(TRAITS)), *maybe(LIFE, 0.8), *maybe(LIFE, 0.3)]
+    if len(p1) == 4 and p1[2] == p1[3]:
+        p1.pop()
     if verb.kind == "other":
         p1.append(fill(rng.choice(OTHER_VERB)))
     if "foreshadowing" in feats:
@@ -900,7 +913,7 @@ def write_story(
         p3.append(pick("talk_trouble"))
     # --- paragraph 4: resolution --------------------------------------------------------------
     outcome = "bad" if bad else "good"
-    p4 = [pick(f"twist_{outcome}") if twist else pick(outcome), *maybe(FEEL_BAD if bad else FEEL_GOOD, 0.5)]
+    p4 = [pick(f"twist_{outcome}") if twist else pick(outcome), *maybe(FEEL_BAD if bad else FEEL_GOOD, 0.6)]
     if conflict and not bad:
         p4.append(pick("resolve_conflict"))
     if dialogue:

@@ -5,7 +5,8 @@ Design and invariants
   24 bytes: two 64-bit hashes and a length):
   1. scan: every document's key (id column, else `<file>:<row>`) is hashed with the seed (blake2b-128). The
      corpus is cut into work units of ~`shard_bytes` text bytes that never span files.
-  2. train: the BPE learns from an even hash sample of the train split, capped at `max_train_bytes`.
+  2. train: the BPE learns from the train split, or from its documents with the smallest second hash that
+     add up to `max_train_bytes` (an even sample: corpora are often sorted by source).
   3. pack: each unit is read, encoded by the Rust encoder (`encode_batch_fast`, parallel over all cores),
      and written as `train_<unit>.bin` / `val_<unit>.bin`; then a completion record is written.
 - Split: the `round(val_fraction * N)` documents with the smallest first hash go to val (at least one when
@@ -58,7 +59,6 @@ from data_pipelines.tokenize.shards import FORMAT, INDEX_FILE, SPLITS, VERSION
 
 PROGRESS_DIR = ".progress"
 TOKENIZER_RECORD = ".tokenize_record.json"
-_U64_MAX = float(2**64 - 1)
 
 
 @dataclass(frozen=True)
@@ -185,40 +185,47 @@ def _read_unit(corpus: Corpus, unit: Unit, cfg: TokenizeConfig) -> Iterator[tupl
 # ---------------------------------------------------------------- pass 2: tokenizer
 
 
-def _training_batches(corpus: Corpus, cfg: TokenizeConfig, progress: bool) -> Iterator[list[str]]:
-    train_bytes = int(corpus.num_bytes[~corpus.is_val].sum())
-    fraction = min(1.0, cfg.max_train_bytes / max(train_bytes, 1))
+def _training_batches(corpus: Corpus, cfg: TokenizeConfig, used: dict[str, int]) -> Iterator[list[str]]:
+    """Train-split documents (an even hash sample once they exceed `max_train_bytes`), in corpus order.
+    `used["bytes"]` counts the text handed to the trainer."""
     take = ~corpus.is_val
-    if fraction < 1.0:
-        take &= corpus.hash_sample <= np.uint64(fraction * _U64_MAX)
+    if int(corpus.num_bytes[take].sum()) > cfg.max_train_bytes:
+        # the train documents with the smallest sample hashes, just enough to reach the cap: an even sample
+        train_idx = np.flatnonzero(take)
+        order = train_idx[np.argsort(corpus.hash_sample[train_idx], kind="stable")]
+        k = int(np.searchsorted(np.cumsum(corpus.num_bytes[order]), cfg.max_train_bytes))
+        take = np.zeros_like(take)
+        take[order[:k + 1]] = True
     budget = min(int(corpus.num_bytes[take].sum()), cfg.max_train_bytes)
-    bar = tqdm(total=budget, unit="B", unit_scale=True, desc="tokenize: train BPE (read)", disable=not progress,
+    bar = tqdm(total=budget, unit="B", unit_scale=True, desc="tokenize: train BPE (read)", disable=not cfg.progress,
                file=sys.stderr)
-    used = 0
-    for unit in corpus.units:
-        sl = slice(unit.first_doc, unit.first_doc + unit.num_rows)
-        if not take[sl].any():
-            continue
-        row = unit.first_doc
-        for chunk in sources.read(corpus.files[unit.file], unit.start, unit.num_rows, cfg.text_field, cfg.id_field):
-            mask = take[row:row + len(chunk)]
-            batch = [t for t, keep in zip(chunk, mask) if keep]
-            row += len(chunk)
-            if batch:
-                n = int(corpus.num_bytes[row - len(chunk):row][mask].sum())
-                yield batch
-                used += n
-                bar.update(n)
-                if used >= cfg.max_train_bytes:
-                    bar.close()
+    used["bytes"] = 0
+    try:
+        for unit in corpus.units:
+            row = unit.first_doc
+            if not take[row:row + unit.num_rows].any():
+                continue
+            for chunk in sources.read(corpus.files[unit.file], unit.start, unit.num_rows, cfg.text_field,
+                                      cfg.id_field):
+                batch = []
+                for text, keep, n in zip(chunk, take[row:row + len(chunk)], corpus.num_bytes[row:row + len(chunk)]):
+                    if keep and used["bytes"] < cfg.max_train_bytes:
+                        batch.append(text)
+                        used["bytes"] += int(n)
+                row += len(chunk)
+                if batch:
+                    yield batch
+                    bar.update(sum(len(t.encode("utf-8")) for t in batch))
+                if used["bytes"] >= cfg.max_train_bytes:
                     return
-    bar.close()
+    finally:
+        bar.close()
 
 
-def _prepare_tokenizer(cfg: TokenizeConfig, corpus: Corpus, tokenizer_dir: Path, seed: int) -> tuple[Tokenizer, str, bool]:
+def _prepare_tokenizer(cfg: TokenizeConfig, corpus: Corpus, tokenizer_dir: Path, seed: int) -> tuple[Tokenizer, str, int]:
     """Make tokenizer_dir/tokenizer.json (trained, reused, or copied from cfg.tokenizer_file).
 
-    Returns (tokenizer ready for packing, its sha256, whether it was trained now)."""
+    Returns (tokenizer ready for packing, its sha256, text bytes it was trained on now: 0 if not trained now)."""
     target = tokenizer_dir / TOKENIZER_FILE
     if cfg.tokenizer_file:
         src = Path(cfg.tokenizer_file)
@@ -230,7 +237,7 @@ def _prepare_tokenizer(cfg: TokenizeConfig, corpus: Corpus, tokenizer_dir: Path,
             tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
             shutil.copyfile(src, tmp)  # the exact bytes, so the sha256 in the index is the source's
             os.replace(tmp, target)
-        return tok, sha, False
+        return tok, sha, 0
     record_path = tokenizer_dir / TOKENIZER_RECORD
     fingerprint = _digest({
         "kind": "bpe", "vocab_size": cfg.vocab_size, "min_frequency": cfg.min_frequency,
@@ -239,15 +246,17 @@ def _prepare_tokenizer(cfg: TokenizeConfig, corpus: Corpus, tokenizer_dir: Path,
     })
     record = _read_json(record_path)
     if record and record.get("fingerprint") == fingerprint and target.is_file() and file_sha256(target) == record.get("sha256"):
-        return load_tokenizer(target), record["sha256"], False
+        return load_tokenizer(target), record["sha256"], 0
     if int(corpus.num_bytes[~corpus.is_val].sum()) == 0:
         raise ValueError("data_files: no text in the train split to train the tokenizer on")
-    tok = train_tokenizer(_training_batches(corpus, cfg, cfg.progress), cfg.vocab_size, cfg.min_frequency,
+    used: dict[str, int] = {}
+    tok = train_tokenizer(_training_batches(corpus, cfg, used), cfg.vocab_size, cfg.min_frequency,
                           show_progress=cfg.progress)
     sha = save_tokenizer(tok, tokenizer_dir)
-    _write_json_atomic(record_path, {"fingerprint": fingerprint, "sha256": sha, "vocab_size": tok.get_vocab_size()})
+    _write_json_atomic(record_path, {"fingerprint": fingerprint, "sha256": sha, "vocab_size": tok.get_vocab_size(),
+                                     "train_bytes": used["bytes"]})
     tok.encode_special_tokens = True  # as load_tokenizer: special strings in documents are text
-    return tok, sha, True
+    return tok, sha, used["bytes"]
 
 
 # ---------------------------------------------------------------- pass 3: pack
@@ -390,7 +399,7 @@ def run_tokenize(cfg: TokenizeConfig, data_files: list[Path], tokenizer_dir: Pat
     if not corpus.units:
         raise ValueError(f"data_files: no documents found in {len(files)} file(s)")
     t_scan = time.perf_counter()
-    tok, sha, trained = _prepare_tokenizer(cfg, corpus, tokenizer_dir, seed)
+    tok, sha, trained_bytes = _prepare_tokenizer(cfg, corpus, tokenizer_dir, seed)
     t_tok = time.perf_counter()
     vocab_size = tok.get_vocab_size()
     if cfg.shard_dtype == "auto":
@@ -441,7 +450,8 @@ def run_tokenize(cfg: TokenizeConfig, data_files: list[Path], tokenizer_dir: Pat
         "vocab_size": vocab_size,
         "dtype": dtype.name,
         "tokenizer_sha256": sha,
-        "tokenizer_trained": trained,
+        "tokenizer_trained": trained_bytes > 0,
+        "tokenizer_train_bytes": trained_bytes,
         "num_units": len(corpus.units),
         "num_units_skipped": len(corpus.units) - len(todo),
         "train": {k: v for k, v in index["splits"]["train"].items() if k != "shards"},

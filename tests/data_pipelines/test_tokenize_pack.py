@@ -235,3 +235,15 @@ def test_bad_inputs_are_named(trained, tmp_path: Path) -> None:
     csv.write_text("text\nhello\n", encoding="utf-8")
     with pytest.raises(ValueError, match="table.csv: unsupported input format"):
         run_tokenize(_cfg(tok_dir), [csv], tmp_path / "t", tmp_path / "s", seed=0)
+
+
+def test_training_text_is_capped_and_excludes_val(corpus, tmp_path: Path) -> None:
+    files, texts, _ = corpus
+    cfg = TokenizeConfig(vocab_size=512, max_train_bytes=60_000, val_fraction=0.1, progress=False)
+    stats = run_tokenize(cfg, files, tmp_path / "tok", tmp_path / "shards", seed=7)
+    total = sum(len(t.encode("utf-8")) for t in texts)
+    assert stats["tokenizer_trained"] and 60_000 <= stats["tokenizer_train_bytes"] < 60_000 + max(
+        len(t.encode("utf-8")) for t in texts) < total
+    again = run_tokenize(cfg, files, tmp_path / "tok", tmp_path / "shards", seed=7)
+    assert not again["tokenizer_trained"] and again["tokenizer_sha256"] == stats["tokenizer_sha256"]
+

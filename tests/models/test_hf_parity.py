@@ -28,7 +28,10 @@ CASES = {
     "llama-tied-gqa": dict(num_kv_heads=2),
     "llama-untied": dict(tie_embeddings=False, rope_theta=500.0),
     "mixtral": dict(num_experts=4, num_experts_per_tok=2, moe_hidden_dim=64, num_kv_heads=2),
+    "qwen2moe-shared": dict(num_experts=8, num_experts_per_tok=3, moe_hidden_dim=32, num_shared_experts=2),
 }
+ARCH = {"llama-tied-gqa": "LlamaForCausalLM", "llama-untied": "LlamaForCausalLM",
+        "mixtral": "MixtralForCausalLM", "qwen2moe-shared": "Qwen2MoeForCausalLM"}  # fmt: skip
 
 
 def write_hf_dir(path: Path, model: Transformer) -> None:
@@ -50,8 +53,7 @@ def test_logits_match_transformers(tmp_path: Path, name: str):
                 p.uniform_(0.5, 1.5)
     write_hf_dir(tmp_path / "hf", model)
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
-    expected_cls = "MixtralForCausalLM" if cfg.is_moe else "LlamaForCausalLM"
-    assert type(hf).__name__ == expected_cls
+    assert type(hf).__name__ == ARCH[name]
     idx = torch.randint(0, cfg.vocab_size, (2, 40))
     with torch.no_grad():
         ours = model(idx).logits
@@ -67,7 +69,13 @@ def test_logits_match_transformers(tmp_path: Path, name: str):
     torch.testing.assert_close(again(idx).logits, ours, rtol=0, atol=1e-6)
 
 
-def test_shared_expert_refused():
+def test_unrepresentable_hf_models_refused():
     cfg = ModelConfig(vocab_size=67, dim=64, num_layers=1, num_heads=4, num_experts=4, num_shared_experts=1)
-    with pytest.raises(ValueError, match="^num_shared_experts"):
-        to_hf(Transformer(cfg))
+    config, sd = to_hf(Transformer(cfg))
+    sd["model.layers.0.mlp.shared_expert_gate.weight"][0, 0] = 0.1  # an input-dependent shared gate
+    with pytest.raises(ValueError, match="shared_expert_gate"):
+        from_hf(config, sd)
+    with pytest.raises(ValueError, match="^norm_topk_prob"):
+        from_hf({**config, "norm_topk_prob": False}, sd)
+    with pytest.raises(ValueError, match="^model_type"):
+        from_hf({**config, "model_type": "gpt2"}, sd)

@@ -201,3 +201,20 @@ def test_too_long_sequence_rejected():
     model = Transformer(tiny())
     with pytest.raises(ValueError, match="max_seq_len"):
         model(torch.zeros(1, 33, dtype=torch.long))
+
+
+def test_load_config_from_name_yaml_and_folder(tmp_path):
+    from models import load_config, save_model_dir
+
+    assert load_config("8m") == get_preset("8m")
+    (tmp_path / "run.yaml").write_text("model:\n  preset: 1m\n  vocab_size: 2048\ntrain: {}\n")
+    assert load_config(tmp_path / "run.yaml") == get_preset("1m", vocab_size=2048)
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(tiny().to_dict()))
+    assert load_config(str(tmp_path / "m.yaml"), num_layers=3) == tiny(num_layers=3)
+    save_model_dir(tmp_path / "dir", Transformer(tiny()))
+    assert load_config(tmp_path / "dir") == tiny()
+    with pytest.raises(ValueError, match="neither a preset"):
+        load_config("no-such-thing")
+    (tmp_path / "bad.yaml").write_text("model:\n  dim: 100\n")
+    with pytest.raises(ValueError, match="^dim:"):
+        load_config(tmp_path / "bad.yaml")

@@ -132,17 +132,19 @@ def theta_of(fit: FitResult) -> np.ndarray:
 
 
 def bootstrap(n: np.ndarray, d: np.ndarray, loss: np.ndarray, best: FitResult, num_samples: int = 200,
-              seed: int = 0, num_starts: int = 4, level: float = 0.95) -> dict:
+              seed: int = 0, num_starts: int = 2, level: float = 0.95) -> dict:
     """Percentile intervals of each parameter (and of the allocation exponent beta/(alpha+beta))."""
     n, d, loss = (np.asarray(x, dtype=np.float64) for x in (n, d, loss))
     rng = np.random.default_rng(seed)
     rows = []
     for _ in range(num_samples):
         idx = rng.integers(0, len(n), len(n))
-        if len(np.unique(idx)) < 5:
+        if len(np.unique(idx)) < min(5, len(n) - 1):
             continue
         f = fit_law(n[idx], d[idx], loss[idx], num_starts=num_starts, extra_starts=[theta_of(best)])
         rows.append([f.E, f.A, f.B, f.alpha, f.beta, f.beta / (f.alpha + f.beta) if f.alpha + f.beta else 0.5])
+    if not rows:
+        return {"num_samples": 0, "level": level, "intervals": None}
     arr = np.array(rows)
     lo_q, hi_q = (1 - level) / 2 * 100, (1 + level) / 2 * 100
     names = list(PARAM_NAMES) + ["a_exponent"]
