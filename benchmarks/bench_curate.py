@@ -189,19 +189,28 @@ def main() -> None:
         inp = Path(tmp) / "in.jsonl"
         inp.write_text("".join(json.dumps({"text": t}) + "\n" for t in speed_texts), encoding="utf-8")
         t0 = time.process_time()
-        st = run_curate(CurateConfig(profile="web", num_workers=1, plots=False, write_dropped=False),
-                        Path(tmp) / "out", [str(inp)])
-        print(f"run_curate web profile end to end (read, 10 steps, dedup, write), 1 worker: "
-              f"{n / (time.process_time() - t0):.0f} docs per CPU-second "
-              f"(per-document phase, wall clock: {st['docs_per_s']:.0f} docs/s)")
+        st = run_curate(
+            CurateConfig(profile="web", num_workers=1, plots=False, write_dropped=False),
+            Path(tmp) / "out",
+            [str(inp)],
+        )
+        print(
+            f"run_curate web profile end to end (read, 10 steps, dedup, write), 1 worker: "
+            f"{n / (time.process_time() - t0):.0f} docs per CPU-second "
+            f"(per-document phase, wall clock: {st['docs_per_s']:.0f} docs/s)"
+        )
 
     print("\n== MinHash (word 5-grams, 14 bands x 8 rows)")
     from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
 
-    dts = MinhashDedupSignature(output_folder=tempfile.mkdtemp(), config=MinhashConfig(num_buckets=14, hashes_per_bucket=8))
+    dts = MinhashDedupSignature(
+        output_folder=tempfile.mkdtemp(), config=MinhashConfig(num_buckets=14, hashes_per_bucket=8)
+    )
     import xxhash
 
-    dts._hash_func = lambda s: xxhash.xxh64_intdigest(s.encode())  # this xxhash wants bytes, datatrove passes str
+    dts._hash_func = lambda s: xxhash.xxh64_intdigest(
+        s.encode()
+    )  # this xxhash wants bytes, datatrove passes str
 
     def dt_sigs(texts: list[str]) -> None:
         for t in texts:
@@ -229,8 +238,12 @@ def main() -> None:
     print(f"  datatrove FineWeb                   {100 * keep(dt_sf):6.2f}%")
     print(f"  tinyfoundry stories profile         {100 * keep(us_st):6.2f}%  (before dedup)")
     print("DCLM labelled pages: dropped label-0 / label-1 (target >= 55% / <= 10%):")
-    for name, names in [("Gopher", ["gopher_quality", "gopher_repetition"]), ("FineWeb", ["fineweb"]),
-                        ("C4", ["c4"]), ("Gopher+C4+FineWeb", ["gopher_repetition", "gopher_quality", "c4", "fineweb"])]:
+    for name, names in [
+        ("Gopher", ["gopher_quality", "gopher_repetition"]),
+        ("FineWeb", ["fineweb"]),
+        ("C4", ["c4"]),
+        ("Gopher+C4+FineWeb", ["gopher_repetition", "gopher_quality", "c4", "fineweb"]),
+    ]:
         d0, d1 = drop_rates(dt_chain(dt, names, web_texts), labels)
         print(f"  datatrove {name:20s} {100 * d0:5.1f}% / {100 * d1:5.1f}%")
     wcfg = CurateConfig(profile="web")
@@ -245,9 +258,11 @@ def main() -> None:
     edited = [edit(s, rng.uniform(0.01, 0.02), rng, vocab) for s in stories]
     sims = [MinHashDeduper.jaccard(a, b) for a, b in zip(stories, edited)]
     recall = float(np.mean([mh.query(e) == str(i) for i, e in enumerate(edited)]))
-    print(f"Near-dup: recall {recall:.4f} on 2,000 stories with 1-2% of words replaced "
-          f"(Jaccard median {np.median(sims):.2f}, 5th pct {np.percentile(sims, 5):.2f}); "
-          f"false pairs among 2,000 distinct stories: {false}; threshold {mh.threshold:.3f}")
+    print(
+        f"Near-dup: recall {recall:.4f} on 2,000 stories with 1-2% of words replaced "
+        f"(Jaccard median {np.median(sims):.2f}, 5th pct {np.percentile(sims, 5):.2f}); "
+        f"false pairs among 2,000 distinct stories: {false}; threshold {mh.threshold:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from models import Transformer, get_preset  # noqa: E402
 from models.accounting import count_params, flops_per_token  # noqa: E402
 from train import TrainConfig, run_train  # noqa: E402
 from train.callbacks import GPU_PEAKS, measure_matmul_peak  # noqa: E402
+from train.cpu_bf16 import cpu_has_native_bf16, use_tn_linears  # noqa: E402
 from train.data import TokenStream, TrainWindows  # noqa: E402
 from train.system import make_adamw  # noqa: E402
 
@@ -49,12 +50,16 @@ def write_random_shards(folder: Path, vocab: int, num_tokens: int, seed: int = 0
     return folder
 
 
-def plain_loop(model_cfg, shards: Path, cfg: TrainConfig, steps: int, device: str) -> list[float]:
-    """nanoGPT-style loop: forward, backward, clip, fused AdamW, zero_grad. Returns per-step seconds."""
+def plain_loop(model_cfg, shards: Path, cfg: TrainConfig, steps: int, device: str, tn: bool) -> list[float]:
+    """nanoGPT-style loop: forward, backward, clip, fused AdamW, zero_grad. Returns per-step seconds.
+
+    tn: route the linears through train.cpu_bf16 like ours does for CPU bf16 (same kernels on both sides)."""
     from data_pipelines.tokenize.shards import ShardIndex
 
     torch.manual_seed(cfg.seed)
     model = Transformer(model_cfg).to(device)
+    if tn:
+        use_tn_linears(model)
     opt = make_adamw(model, cfg, torch.device(device).type)
     data = TrainWindows(TokenStream(ShardIndex.load(shards).open("train")), cfg.batch_size, cfg.seq_len,
                         cfg.seed, "random")
@@ -71,7 +76,7 @@ def plain_loop(model_cfg, shards: Path, cfg: TrainConfig, steps: int, device: st
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        float(loss)  # the same per-step sync ours does (NaN guard / logging)
+        float(loss.detach())  # the same per-step sync ours does (NaN guard / logging)
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
@@ -127,8 +132,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_train-"))
     try:
         shards = write_random_shards(tmp / "shards", model_cfg.vocab_size, 2_000_000)
-        print(f"{'precision':<11} {'batch':>5} {'steps':>5} {'plain s/step':>12} {'ours s/step':>12} "
-              f"{'overhead':>9} {'peak GF/s':>10} {'MFU plain':>9} {'MFU ours':>9}")
+        print(f"{'precision':<11} {'batch':>5} {'steps':>5} {'stock s/step':>12} {'plain s/step':>12} "
+              f"{'ours s/step':>12} {'overhead':>9} {'peak GF/s':>10} {'MFU stock':>9} {'MFU plain':>9} "
+              f"{'MFU ours':>9}")
         for precision in args.precisions.split(","):
             dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float32
             if device == "cuda":
@@ -143,14 +149,20 @@ def main() -> None:
                 steps = 4 if args.quick else 8
             cfg = TrainConfig(batch_size=batch, seq_len=args.seq_len, precision=precision, lr=1e-3,
                               num_threads=args.threads)
-            plain_t, ours_t = math.inf, math.inf
+            tn = precision == "bf16-mixed" and device == "cpu" and not cpu_has_native_bf16()
+            stock_t, plain_t, ours_t = math.inf, math.inf, math.inf
             for _ in range(repeat):
-                plain_t = min(plain_t, median_skip_first(plain_loop(model_cfg, shards, cfg, steps, device)))
+                if tn:  # the same loop with torch's stock nn.Linear kernels (what nanoGPT gets)
+                    stock_t = min(stock_t, median_skip_first(plain_loop(model_cfg, shards, cfg, steps, device, False)))
+                plain_t = min(plain_t, median_skip_first(plain_loop(model_cfg, shards, cfg, steps, device, tn)))
                 ours_t = min(ours_t, median_skip_first(ours(model_cfg, shards, cfg, steps, tmp)))
+            if not tn:
+                stock_t = plain_t
             tok = batch * args.seq_len
-            mfu_p, mfu_o = fpt * tok / plain_t / peak, fpt * tok / ours_t / peak
-            print(f"{precision:<11} {batch:>5} {steps:>5} {plain_t:>12.3f} {ours_t:>12.3f} "
-                  f"{ours_t / plain_t - 1:>+9.1%} {peak / 1e9:>10.1f} {mfu_p:>9.1%} {mfu_o:>9.1%}", flush=True)
+            mfu_s, mfu_p, mfu_o = (fpt * tok / t / peak for t in (stock_t, plain_t, ours_t))
+            print(f"{precision:<11} {batch:>5} {steps:>5} {stock_t:>12.3f} {plain_t:>12.3f} {ours_t:>12.3f} "
+                  f"{ours_t / plain_t - 1:>+9.1%} {peak / 1e9:>10.1f} {mfu_s:>9.1%} {mfu_p:>9.1%} {mfu_o:>9.1%}",
+                  flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

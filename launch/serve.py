@@ -7,8 +7,12 @@ Design
 - Standard library `http.server.ThreadingHTTPServer`: the API is four JSON routes and SSE is a
   few writes, so a framework (FastAPI + uvicorn + pydantic) would add three dependencies and an
   event loop around a model call that blocks anyway. Tests start it in-process on port 0.
-- One model, one lock (`TinyfoundryLM`): requests are served by threads, generation runs one
-  call at a time; `n > 1` or a list of prompts is one batched call.
+- One model, one generation thread: handler threads queue their prompts, and the batcher joins
+  the requests that arrive within `batch_wait_s` and share sampling settings (max_tokens,
+  temperature, top_p; unseeded) into one `models.generate` call of up to `max_batch` rows, so
+  concurrent clients (run_synth's `num_concurrent`) share forward passes. Rows are independent in
+  `generate` (left padding, per-row positions and masks), so a batched answer equals the answer
+  the request would get alone (tested with greedy decoding). Seeded requests run alone.
 - Our models are base (story) models with no chat template: a chat request's messages are joined
   (system, then user/assistant turns) with blank lines into one prompt that the model continues.
 - Streaming sends the finished completion in word-sized chunks (the KV-cache generator returns the
@@ -20,10 +24,12 @@ Design
 from __future__ import annotations
 
 import json
+import queue
 import sys
 import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -39,30 +45,99 @@ class ApiError(Exception):
         self.status, self.message, self.code = status, message, code
 
 
+@dataclass
+class _Job:
+    prompts: list[str]
+    key: tuple[int, float, float]  # (max_tokens, temperature, top_p): jobs batch only with equal keys
+    seed: int | None
+    done: threading.Event = field(default_factory=threading.Event)
+    result: list[tuple[str, int, int, str]] | None = None
+    error: BaseException | None = None
+
+
 class ModelServer(ThreadingHTTPServer):
-    """The HTTP server plus the model it serves (`.lm`, `.model_name`) and a request counter."""
+    """The HTTP server plus the model it serves (`.lm`, `.model_name`) and its request batcher."""
 
     daemon_threads = True
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], lm: TinyfoundryLM, model_name: str,
-                 default_max_tokens: int = 256) -> None:
+                 default_max_tokens: int = 256, max_batch: int = 16, batch_wait_s: float = 0.01) -> None:
         super().__init__(address, Handler)
         self.lm = lm
         self.model_name = model_name
         self.default_max_tokens = default_max_tokens
+        self.max_batch = max_batch
+        self.batch_wait_s = batch_wait_s
         self.created = int(time.time())
-        self.num_generations = 0
-        self._count_lock = threading.Lock()
+        self.num_generations = 0  # requests answered
+        self.num_batches = 0  # models.generate calls
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._batcher = threading.Thread(target=self._batch_loop, name="serve-batcher", daemon=True)
+        self._batcher.start()
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"http://{host}:{port}/v1"
 
-    def count(self) -> None:
-        with self._count_lock:
-            self.num_generations += 1
+    def generate(self, prompts: list[str], max_tokens: int, temperature: float, top_p: float,
+                 seed: int | None) -> list[tuple[str, int, int, str]]:
+        """Queue prompts for the batcher and wait for their completions."""
+        job = _Job(prompts, (max_tokens, temperature, top_p), seed)
+        self._jobs.put(job)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        assert job.result is not None
+        return job.result
+
+    def _batch_loop(self) -> None:
+        held: list[_Job] = []  # jobs taken from the queue that did not fit the last batch
+        while True:
+            first = held.pop(0) if held else self._jobs.get()
+            if first is None:
+                return
+            batch = [first]
+            rows = len(first.prompts)
+            deadline = time.monotonic() + self.batch_wait_s
+            while first.seed is None and rows < self.max_batch:
+                try:
+                    job = self._jobs.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if job is None:
+                    self._jobs.put(None)  # stop after this batch
+                    break
+                if job.key == first.key and job.seed is None and rows + len(job.prompts) <= self.max_batch:
+                    batch.append(job)
+                    rows += len(job.prompts)
+                else:
+                    held.append(job)
+            self._run(batch)
+
+    def _run(self, batch: list[_Job]) -> None:
+        max_tokens, temperature, top_p = batch[0].key
+        prompts = [p for job in batch for p in job.prompts]
+        try:
+            out = self.lm.complete(prompts, max_tokens, temperature=temperature, top_p=top_p,
+                                   seed=batch[0].seed)
+        except BaseException as e:  # noqa: BLE001 - handed to every waiting handler
+            for job in batch:
+                job.error = e
+                job.done.set()
+            return
+        self.num_batches += 1
+        self.num_generations += len(batch)
+        i = 0
+        for job in batch:
+            job.result = out[i : i + len(job.prompts)]
+            i += len(job.prompts)
+            job.done.set()
+
+    def server_close(self) -> None:
+        self._jobs.put(None)
+        super().server_close()
 
 
 def _chat_prompt(messages: Any) -> str:
@@ -177,9 +252,7 @@ class Handler(BaseHTTPRequestHandler):
             if not prompts or not all(isinstance(x, str) for x in prompts):
                 raise ApiError(400, "'prompt' must be a string or a list of strings")
         expanded = [pr for pr in prompts for _ in range(p["n"])]
-        self.server.count()
-        results = self.server.lm.complete(expanded, p["max_tokens"], temperature=p["temperature"],
-                                          top_p=p["top_p"], seed=p["seed"])
+        results = self.server.generate(expanded, p["max_tokens"], p["temperature"], p["top_p"], p["seed"])
         choices, prompt_tokens, completion_tokens = [], 0, 0
         for i, (text, n_in, n_out, finish) in enumerate(results):
             text, stopped = _apply_stop(text, p["stop"])
@@ -254,11 +327,13 @@ def _load_lm(model: str | Path, device: str) -> TinyfoundryLM:
 
 
 def make_server(model: str | Path, host: str = "127.0.0.1", port: int = 0, model_name: str | None = None,
-                device: str = "cpu", default_max_tokens: int = 256) -> ModelServer:
+                device: str = "cpu", default_max_tokens: int = 256, max_batch: int = 16,
+                batch_wait_s: float = 0.01) -> ModelServer:
     """Load the model and bind (port 0 = any free port); call `.serve_forever()` (e.g. in a thread)."""
     lm = _load_lm(model, device)
     name = model_name or Path(model).resolve().name
-    return ModelServer((host, port), lm, name, default_max_tokens=default_max_tokens)
+    return ModelServer((host, port), lm, name, default_max_tokens=default_max_tokens, max_batch=max_batch,
+                       batch_wait_s=batch_wait_s)
 
 
 def serve_main(model: str, host: str = "127.0.0.1", port: int = 8000) -> None:

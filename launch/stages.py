@@ -202,7 +202,9 @@ def _recover_fn(cfg: RunConfig, rd: RunDir) -> Callable[..., Any] | None:
         return None
 
     def fn(student: Any, teacher: Any, **kw: Any) -> Any:
-        return recover(student, teacher, shards_dir=rd.shards, seed=cfg.seed, **kw)
+        kw.setdefault("num_tokens", 200_000)  # a short recovery: minutes on a CPU, seconds on a GPU
+        kw.setdefault("seq_len", min(256, int(student.cfg.max_seq_len)))
+        return recover(student, teacher, rd.shards, seed=cfg.seed, **kw)
 
     return fn
 

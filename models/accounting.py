@@ -13,10 +13,11 @@ Design and invariants
   the convention MFU figures are quoted in. Forward alone is one third of this.
   Element-wise work (norms, SiLU, softmax, RoPE) is ignored: under 1% for these shapes, and inside the 5%
   tolerance of the DeepSpeed flops-profiler test.
-- `memory_estimate` is a planning figure, not a measurement: weights, grads, AdamW's two fp32 moments (and an
-  fp32 master copy under bf16 mixed precision with bf16 weights), and activations saved for backward, estimated
-  per layer as in Korthikanti et al. 2022 ("Reducing Activation Recomputation") adapted to SwiGLU/GQA with a
-  fused attention kernel (no T x T scores kept), plus the fp32 logits for the loss.
+- `memory_estimate` is a planning figure: weights, grads, AdamW's two fp32 moments (and an fp32 master copy for
+  bf16-true), and activations saved for backward, counted per layer in the manner of Korthikanti et al. 2022
+  ("Reducing Activation Recomputation") for this implementation (SwiGLU, RoPE, GQA, a fused attention kernel
+  that keeps no T x T scores), plus the logits for the loss. Allocator overhead and temporaries are not
+  included; budget ~10-20% on top.
 """
 
 from __future__ import annotations
@@ -88,24 +89,24 @@ def memory_estimate(
     grads = n * w_bytes
     optimizer = n * 8 + (n * 4 if precision == "bf16-true" else 0)  # exp_avg + exp_avg_sq (+ fp32 master)
     a = 4 if precision == "fp32" else 2  # bytes per saved activation element
-    B, D, L = batch_size, cfg.dim, cfg.num_layers
-    kv = cfg.num_kv_heads * cfg.head_dim
+    B, D, L, V = batch_size, cfg.dim, cfg.num_layers, cfg.vocab_size
+    # Elements saved per token per layer, fitted to autograd's saved tensors of this implementation
+    # (saved_tensors_hooks; tests/models/test_accounting.py holds it to 10%): two RMSNorms keep input, normalised
+    # and output (6D); RoPE keeps q and k before and after rotation, SDPA q/k/v (GQA-expanded) + output, and
+    # the output projection its reshaped input (4D); SwiGLU keeps gate, silu(gate), up and their product (4F).
+    per_token = 10 * D
     if cfg.is_moe:
         k, F_ = cfg.num_experts_per_tok, cfg.moe_hidden_dim
-        # routed: gathered input, gate/up outputs, silu*up product, expert output, per assignment
-        mlp = k * (D + 3 * F_ + D) + cfg.num_shared_experts * 3 * F_ + cfg.num_experts * 2
+        # per assignment: gathered input, expert output before weighting, and the expert's 4F; plus router
+        per_token += k * (2 * D + 4 * F_) + 2 * D + 4 * F_ * cfg.num_shared_experts + 6 * cfg.num_experts
     else:
-        F_ = cfg.hidden_dim
-        mlp = 3 * F_  # gate, up, silu(gate)*up (input saved by the norm below)
-    # per token per layer: 2 norm inputs + 2 norm outputs, q, k, v, attention output (+ logsumexp), wo input
-    attn = 4 * D + D + 2 * kv + D + D
-    per_layer = B * T * (attn + mlp) * a
-    if activation_checkpointing:
-        per_layer = B * T * D * a  # only each block's input is kept; one block recomputed at a time
-        activations = L * per_layer + B * T * (attn + mlp) * a
+        per_token += 4 * cfg.hidden_dim
+    if activation_checkpointing:  # only block inputs are kept; one block is recomputed at a time
+        activations = B * T * (L * D + per_token) * a
     else:
-        activations = L * per_layer
-    activations += B * T * cfg.vocab_size * (4 + a)  # logits (bf16/fp32) + fp32 copy for the loss
+        activations = B * T * L * per_token * a
+    # output: final norm, logits, and the fp32 log-softmax the loss keeps (+ the fp32 upcast under bf16)
+    activations += B * T * (3 * D * a + V * (8 if precision == "fp32" else 10))
     total = weights + grads + optimizer + activations
     return {
         "weights": weights,

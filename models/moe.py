@@ -38,6 +38,8 @@ def _grouped_mm_ok(x: torch.Tensor) -> bool:
     """torch._grouped_mm is a private op: CPU (fp32/bf16) in recent builds, CUDA only bf16 on sm90+."""
     if not hasattr(torch, "_grouped_mm"):
         return False
+    if torch.compiler.is_compiling() and x.dtype != torch.bfloat16:
+        return False  # its meta (fake-tensor) kernel only accepts bf16, although CPU eager runs fp32
     if x.device.type == "cpu":
         return x.dtype in (torch.float32, torch.bfloat16)
     if x.device.type == "cuda":
@@ -118,7 +120,9 @@ class MoE(nn.Module):
         B, T, D = x_BTD.shape
         x_ND = x_BTD.reshape(B * T, D)
         w_Nk, idx_Nk, probs_NE, logits_NE = self.route(x_ND)
-        counts_E = torch.bincount(idx_Nk.reshape(-1), minlength=self.num_experts)
+        flat_A = idx_Nk.reshape(-1)  # static-shape count (bincount's output size is data-dependent)
+        counts_E = torch.zeros(self.num_experts, dtype=torch.long, device=x_BTD.device)
+        counts_E = counts_E.scatter_add_(0, flat_A, torch.ones_like(flat_A))
         self.last_counts_E = counts_E.detach()
         if self.impl == "loop":
             y_ND = self._loop(x_ND, w_Nk, idx_Nk)

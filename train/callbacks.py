@@ -79,7 +79,8 @@ def measure_matmul_peak(dtype: torch.dtype, seconds: float = 0.5, n: int = 1024)
     a = torch.randn(n, n).to(dtype)
     b = torch.randn(n, n).to(dtype)
     best = float("inf")
-    for op in (torch.matmul, torch.nn.functional.linear):  # nn.Linear may take a faster path than matmul
+    # nn.Linear may take a faster path than matmul; A^T @ B is the fast layout of CPU bf16 GEMMs (cpu_bf16.py)
+    for op in (torch.matmul, torch.nn.functional.linear, lambda x, y: x.t() @ y):
         op(a, b)
         deadline = time.perf_counter() + seconds / 2
         reps = 0

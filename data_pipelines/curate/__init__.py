@@ -10,4 +10,12 @@ from .documents import Document
 from .pipeline import CurateError, run_curate
 from .readers import resolve_inputs
 
-__all__ = ["CurateConfig", "CurateError", "Document", "PROFILES", "STEP_NAMES", "resolve_inputs", "run_curate"]
+__all__ = [
+    "CurateConfig",
+    "CurateError",
+    "Document",
+    "PROFILES",
+    "STEP_NAMES",
+    "resolve_inputs",
+    "run_curate",
+]

@@ -106,8 +106,12 @@ class C4Config:
     """Drop documents losing more than this fraction of characters to line removal (`c4_boilerplate`); 1 = off."""
 
     def __post_init__(self) -> None:
-        _check(0.0 < self.max_removed_fraction <= 1.0, "max_removed_fraction", "must be in (0, 1]",
-               self.max_removed_fraction)
+        _check(
+            0.0 < self.max_removed_fraction <= 1.0,
+            "max_removed_fraction",
+            "must be in (0, 1]",
+            self.max_removed_fraction,
+        )
 
 
 @dataclass
@@ -148,10 +152,18 @@ class GopherRepetitionConfig:
     """For n = 5..10: most characters covered by n-grams seen earlier in the document (`gopher_dup_<n>gram`)."""
 
     def __post_init__(self) -> None:
-        _check(len(self.max_top_ngram_fraction) == 3, "max_top_ngram_fraction", "needs 3 values (n=2,3,4)",
-               self.max_top_ngram_fraction)
-        _check(len(self.max_dup_ngram_fraction) == 6, "max_dup_ngram_fraction", "needs 6 values (n=5..10)",
-               self.max_dup_ngram_fraction)
+        _check(
+            len(self.max_top_ngram_fraction) == 3,
+            "max_top_ngram_fraction",
+            "needs 3 values (n=2,3,4)",
+            self.max_top_ngram_fraction,
+        )
+        _check(
+            len(self.max_dup_ngram_fraction) == 6,
+            "max_dup_ngram_fraction",
+            "needs 6 values (n=5..10)",
+            self.max_dup_ngram_fraction,
+        )
 
 
 @dataclass
@@ -308,8 +320,12 @@ class CurateConfig:
         _check(self.num_docs_per_file >= 1, "num_docs_per_file", "must be >= 1", self.num_docs_per_file)
         _check(bool(self.text_field), "text_field", "must not be empty", self.text_field)
         if "perplexity" in self.resolved_steps:
-            _check(bool(self.perplexity.model_dir), "perplexity.model_dir",
-                   "must name a model dir when the perplexity step is on", self.perplexity.model_dir)
+            _check(
+                bool(self.perplexity.model_dir),
+                "perplexity.model_dir",
+                "must name a model dir when the perplexity step is on",
+                self.perplexity.model_dir,
+            )
 
     @property
     def resolved_steps(self) -> list[str]:
@@ -318,7 +334,9 @@ class CurateConfig:
 
     @property
     def resolved_num_workers(self) -> int:
-        return self.num_workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        return self.num_workers or (
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

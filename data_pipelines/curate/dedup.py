@@ -87,7 +87,9 @@ class MinHashDeduper:
         # odd multipliers keep the multiply-shift hashes bijective on the low bits
         self._gram_mul = rng.integers(1, u64, size=ngram, dtype=np.uint64, endpoint=True) | np.uint64(1)
         self._perm_a = rng.integers(1, u64, size=num_perm, dtype=np.uint64, endpoint=True) | np.uint64(1)
-        self._band_mul = rng.integers(1, u64, size=rows_per_band, dtype=np.uint64, endpoint=True) | np.uint64(1)
+        self._band_mul = rng.integers(1, u64, size=rows_per_band, dtype=np.uint64, endpoint=True) | np.uint64(
+            1
+        )
         self._tables: list[dict[int, str]] = [{} for _ in range(num_bands)]
         self._count = 0
         self._word_cache: dict[str, int] = {}

@@ -105,7 +105,9 @@ class Normalizer:
 
 
 _EMAIL_RE = re.compile(r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}\b")
-_IPV4_RE = re.compile(r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w.]\d)")
+_IPV4_RE = re.compile(
+    r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w.]\d)"
+)
 _PHONE_RE = re.compile(
     r"(?<![\w+])(?:"
     r"\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,5}"  # international: +44 20 7946 0958
@@ -248,7 +250,10 @@ class GopherQualityFilter:
             return "gopher_symbols"
         lines = [ln for ln in text.split("\n") if ln.strip()]
         if lines:
-            if sum(ln.lstrip().startswith(_BULLETS) for ln in lines) / len(lines) > cfg.max_bullet_lines_ratio:
+            if (
+                sum(ln.lstrip().startswith(_BULLETS) for ln in lines) / len(lines)
+                > cfg.max_bullet_lines_ratio
+            ):
                 return "gopher_bullets"
             ellipsis = sum(ln.rstrip().endswith(("...", "…")) for ln in lines)
             if ellipsis / len(lines) > cfg.max_ellipsis_lines_ratio:
@@ -361,8 +366,10 @@ class FineWebQualityFilter:
         if not lines:
             return "fineweb_line_punct"
         # hard-wrapped prose: a line continued by one starting in lower case is one sentence line
-        ends = [ends_sentence(ln) or (i + 1 < len(lines) and lines[i + 1][:1].islower())
-                for i, ln in enumerate(lines)]
+        ends = [
+            ends_sentence(ln) or (i + 1 < len(lines) and lines[i + 1][:1].islower())
+            for i, ln in enumerate(lines)
+        ]
         punct = sum(ends) / len(lines)
         doc.scores["line_punct_ratio"] = punct
         if punct < cfg.min_line_punct_ratio:
@@ -381,6 +388,8 @@ class FineWebQualityFilter:
 _STOP_DENSITY_RE = re.compile(
     r"\b(?:the|be|to|of|and|that|have|with|a|in|is|it|for|on|was|as|are|this|you|i|we|he|she|they)\b"
 )
+
+
 def _upper_and_cased(text: str) -> tuple[int, int]:
     """(uppercase letters, cased letters): characters that change under lower() / differ between
     upper() and lower(), compared as UTF-32 arrays with numpy (no per-character Python loop)."""

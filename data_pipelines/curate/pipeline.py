@@ -24,6 +24,7 @@ records are never reused. Every file is written to a temp name and ``os.replace`
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -77,8 +78,10 @@ def _write_parquet(path: Path, rows: list[dict[str, Any]]) -> None:
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         fixed = ("id", "text", "source", "reason", "dup_of")
         rows = [
-            {**{k: r[k] for k in fixed if k in r},
-             "metadata": json.dumps({k: v for k, v in r.items() if k not in fixed}, default=str)}
+            {
+                **{k: r[k] for k in fixed if k in r},
+                "metadata": json.dumps({k: v for k, v in r.items() if k not in fixed}, default=str),
+            }
             for r in rows
         ]
         table = pa.Table.from_pylist(rows)
@@ -173,7 +176,12 @@ def _work(docs: list[Document]) -> dict[str, Any]:
 # shard phase
 # ---------------------------------------------------------------------------------------------
 def _shard_documents(
-    sources: list[str], shard: int, num_shards: int, opts: ReaderOptions, stats: ReadStats, counter: dict[str, int]
+    sources: list[str],
+    shard: int,
+    num_shards: int,
+    opts: ReaderOptions,
+    stats: ReadStats,
+    counter: dict[str, int],
 ) -> Iterator[Document]:
     by_file = len(sources) >= num_shards
     mine = sources[shard::num_shards] if by_file else sources
@@ -210,7 +218,9 @@ def _bounded_imap(pool: Any, batches: Iterator[list[Document]], max_pending: int
         yield pending.popleft().get()
 
 
-def _run_shard(cfg: CurateConfig, sources: list[str], shard: int, num_shards: int, shard_dir: Path) -> dict[str, Any]:
+def _run_shard(
+    cfg: CurateConfig, sources: list[str], shard: int, num_shards: int, shard_dir: Path
+) -> dict[str, Any]:
     t0 = time.time()
     opts = ReaderOptions(cfg.text_field, cfg.id_field, cfg.separator, cfg.hf_split)
     read_stats = ReadStats()
@@ -248,16 +258,25 @@ def _run_shard(cfg: CurateConfig, sources: list[str], shard: int, num_shards: in
             drop_files.append(name)
             del drop_rows[: cfg.num_docs_per_file]
 
-    bar = tqdm(desc=f"curate shard {shard}/{num_shards}", unit="doc", file=sys.stderr, dynamic_ncols=True,
-               mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    bar = tqdm(
+        desc=f"curate shard {shard}/{num_shards}",
+        unit="doc",
+        file=sys.stderr,
+        dynamic_ncols=True,
+        mininterval=1.0 if sys.stderr.isatty() else 30.0,
+    )
     pool = None
     try:
-        if num_workers > 1:
-            pool = mp.get_context("spawn").Pool(num_workers, initializer=_init_worker, initargs=(cfg.to_dict(),))
-            results = _bounded_imap(pool, _batches(docs, cfg.batch_size), max_pending=2 * num_workers)
+        batches = _batches(docs, cfg.batch_size)
+        head = [b for b in (next(batches, None), next(batches, None)) if b is not None]
+        if num_workers > 1 and len(head) > 1:  # a single batch is not worth starting processes for
+            pool = mp.get_context("spawn").Pool(
+                num_workers, initializer=_init_worker, initargs=(cfg.to_dict(),)
+            )
+            results = _bounded_imap(pool, itertools.chain(head, batches), max_pending=2 * num_workers)
         else:
             _init_worker(cfg.to_dict())
-            results = map(_work, _batches(docs, cfg.batch_size))
+            results = map(_work, itertools.chain(head, batches))
         for res in results:
             n = len(res["kept"]) + len(res["dropped"])
             docs_in += n
@@ -321,7 +340,9 @@ def _run_shard(cfg: CurateConfig, sources: list[str], shard: int, num_shards: in
 # ---------------------------------------------------------------------------------------------
 # finalize phase
 # ---------------------------------------------------------------------------------------------
-def _finalize(cfg: CurateConfig, run_dir: Path, out_dir: Path, num_shards: int, wall_s: float) -> dict[str, Any]:
+def _finalize(
+    cfg: CurateConfig, run_dir: Path, out_dir: Path, num_shards: int, wall_s: float
+) -> dict[str, Any]:
     from .report import write_report
 
     records = [json.loads((run_dir / f"shard-{s:05d}" / "done.json").read_text()) for s in range(num_shards)]
@@ -405,8 +426,10 @@ def _finalize(cfg: CurateConfig, run_dir: Path, out_dir: Path, num_shards: int, 
                         dup_rows.append({**r, "reason": reason, "dup_of": dup_of})
         if dup_rows:
             for i in range(0, len(dup_rows), cfg.num_docs_per_file):
-                _write_parquet(out_dir / "dropped" / f"dedup-{s:05d}-{i // cfg.num_docs_per_file:04d}.parquet",
-                               dup_rows[i : i + cfg.num_docs_per_file])
+                _write_parquet(
+                    out_dir / "dropped" / f"dedup-{s:05d}-{i // cfg.num_docs_per_file:04d}.parquet",
+                    dup_rows[i : i + cfg.num_docs_per_file],
+                )
     flush(final=True)
 
     scores: dict[str, dict[str, list[float]]] = {"kept": {}, "dropped": {}}
@@ -433,9 +456,13 @@ def _finalize(cfg: CurateConfig, run_dir: Path, out_dir: Path, num_shards: int, 
         "read": read.to_dict(),
         "pii_redactions": dict(pii),
         "minhash": {
-            "ngram": m.ngram, "num_bands": m.num_bands, "rows_per_band": m.rows_per_band,
+            "ngram": m.ngram,
+            "num_bands": m.num_bands,
+            "rows_per_band": m.rows_per_band,
             "threshold": round(m.threshold, 4),
-        } if mh is not None else None,
+        }
+        if mh is not None
+        else None,
         "shard_wall_s": round(shard_wall, 3),
         "wall_s": round(wall_s, 3),
         "docs_per_s": round(docs_in / shard_wall, 1) if shard_wall > 0 else None,
@@ -490,8 +517,10 @@ def run_curate(
         return stats
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / "run.json").exists():
-        _atomic_write_json(run_dir / "run.json", {"fingerprint": fp, "num_shards": num_shards, "sources": sources,
-                                                  "config": cfg.to_dict()})
+        _atomic_write_json(
+            run_dir / "run.json",
+            {"fingerprint": fp, "num_shards": num_shards, "sources": sources, "config": cfg.to_dict()},
+        )
 
     for s in todo:
         if (run_dir / f"shard-{s:05d}" / "done.json").exists():
@@ -512,10 +541,14 @@ def run_curate(
         if shard is not None:
             return {"finalized": False, "num_shards": num_shards, "shards_missing": [], "run": fp}
     try:
-        total_in = sum(json.loads((run_dir / f"shard-{s:05d}" / "done.json").read_text())["docs_in"]
-                       for s in range(num_shards))
+        total_in = sum(
+            json.loads((run_dir / f"shard-{s:05d}" / "done.json").read_text())["docs_in"]
+            for s in range(num_shards)
+        )
         if total_in == 0:
-            raise CurateError(f"inputs: no documents found in {len(sources)} source(s): {', '.join(sources[:5])}")
+            raise CurateError(
+                f"inputs: no documents found in {len(sources)} source(s): {', '.join(sources[:5])}"
+            )
         stats = _finalize(cfg, run_dir, out_dir, num_shards, time.time() - t0)
         _atomic_write_json(final_path, {"finished": time.time()})
     finally:
@@ -527,5 +560,7 @@ def run_curate(
 
 def _empty_message(stats: dict[str, Any], out_dir: Path) -> str:
     top = ", ".join(f"{k}: {v}" for k, v in list(stats["dropped"].items())[:5])
-    return (f"curate: all {stats['docs_in']} documents were dropped ({top}); "
-            f"see {out_dir / 'report.md'} and {out_dir / 'dropped'}")
+    return (
+        f"curate: all {stats['docs_in']} documents were dropped ({top}); "
+        f"see {out_dir / 'report.md'} and {out_dir / 'dropped'}"
+    )

@@ -123,7 +123,9 @@ def resolve_inputs(inputs: list[str]) -> list[str]:
         elif p.is_file():
             out.append(str(p))
         else:
-            matches = sorted(m for m in glob.glob(os.path.expanduser(spec), recursive=True) if os.path.isfile(m))
+            matches = sorted(
+                m for m in glob.glob(os.path.expanduser(spec), recursive=True) if os.path.isfile(m)
+            )
             if not matches:
                 raise ValueError(f"inputs: no file matches {spec!r}")
             out.extend(matches)
@@ -174,7 +176,9 @@ def _split_record(rec: dict[str, Any], opts: ReaderOptions, fallback_id: str, wh
     if text is None:
         text = ""
     if not isinstance(text, str):
-        raise ValueError(f"text_field: {where} field {opts.text_field!r} is {type(text).__name__}, not a string")
+        raise ValueError(
+            f"text_field: {where} field {opts.text_field!r} is {type(text).__name__}, not a string"
+        )
     raw_id = rec.get(opts.id_field)
     doc_id = str(raw_id) if raw_id not in (None, "") else fallback_id
     meta = {k: v for k, v in rec.items() if k != opts.text_field and k != opts.id_field}
@@ -289,7 +293,9 @@ def read_source(source: str, opts: ReaderOptions, stats: ReadStats) -> Iterator[
         yield doc
 
 
-def read_documents(inputs: list[str], opts: ReaderOptions | None = None, stats: ReadStats | None = None) -> Iterator[Document]:
+def read_documents(
+    inputs: list[str], opts: ReaderOptions | None = None, stats: ReadStats | None = None
+) -> Iterator[Document]:
     """Documents of every input spec, in resolved order."""
     opts = opts or ReaderOptions()
     stats = stats if stats is not None else ReadStats()

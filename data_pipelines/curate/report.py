@@ -35,8 +35,13 @@ def _save_fig(fig: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_report(out_dir: Path, stats: dict[str, Any], scores: dict[str, dict[str, list[float]]],
-                 words_kept: list[float], plots: bool = True) -> list[str]:
+def write_report(
+    out_dir: Path,
+    stats: dict[str, Any],
+    scores: dict[str, dict[str, list[float]]],
+    words_kept: list[float],
+    plots: bool = True,
+) -> list[str]:
     """Writes out_dir/report.md and (with `plots`) hist_length.png + hist_scores.png; returns the PNG names."""
     pngs = _plots(out_dir, scores, words_kept) if plots else []
     _write_markdown(out_dir, stats, pngs)
@@ -118,8 +123,10 @@ def _write_markdown(out_dir: Path, s: dict[str, Any], pngs: list[str]) -> None:
         ]
     rd = s["read"]
     lines += ["## Input repairs", ""]
-    lines.append(f"- invalid UTF-8: {rd['invalid_utf8_chars']:,} characters replaced in {rd['invalid_utf8_docs']:,} "
-                 "document(s)/line(s)")
+    lines.append(
+        f"- invalid UTF-8: {rd['invalid_utf8_chars']:,} characters replaced in {rd['invalid_utf8_docs']:,} "
+        "document(s)/line(s)"
+    )
     for src, e in rd["malformed_lines"].items():
         lines.append(f"- malformed JSON lines in `{src}`: {e['count']:,} (first at lines {e['first_lines']})")
     if s.get("pii_redactions"):

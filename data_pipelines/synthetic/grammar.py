@@ -10,7 +10,9 @@ Design
   `moral value` adds the plot's lesson, `dialogue` adds quoted lines (stories without it have no
   quotes at all, so a model trained on them can learn the feature).
 - Templates use `[a|b|c]` for a random choice (nestable, `[a|]` = optional) and `{slot}` for
-  cast, word and pronoun slots. The combinatorics (names x openings x plots x choices) keep the
+  cast, word and pronoun slots. A leading `@tag` ties templates together: a story draws one
+  trouble tag and only uses hints, resolutions and lines with that tag (or none), so rain is
+  foreshadowed by dark clouds and ends with the sun, a fall ends with a bandage. The combinatorics (names x openings x plots x choices) keep the
   distinct 4-gram ratio high; see benchmarks/bench_synth.py for the comparison with real stories.
 - Invariants: the sampled noun, verb and adjective appear in the text in a form the
   required-word gate accepts; with a fixed `random.Random` the output is deterministic.
@@ -331,18 +333,20 @@ PLOTS: dict[str, dict[str, list[str]]] = {
     },
     "trip": {
         "hint": [
-            "{His} mom told {him} to stay close, because {the_noun} was [big|full of people].",
-            "That morning, there were dark clouds far away, but {name} did not see them.",
+            "@lost {His} mom told {him} to stay close, because {the_noun} was [big|full of people].",
+            "@hurt {His} mom told {him} not to run too fast.",
+            "@tired {Name} did not want to eat breakfast that morning.",
+            "@rain That morning, there were dark clouds far away, but {name} did not see them.",
         ],
         "setup": [
             "One day, {name} and {his} mom went to {a_noun}. {Name} was so excited. {He} wanted to {vp} there.",
             "[On a sunny morning,|One day,] {name} went to {a_noun} with {his} family. {He} [ran ahead|skipped along], ready to {vp}.",
         ],
         "trouble": [
-            "{Name} ran [too fast|ahead] and fell down. {He} hurt {his} knee, and it [hurt a lot|would not stop hurting].",
-            "[After a while|Soon], {name} got very [tired|hungry|thirsty]. But the way home was long.",
-            "But then, dark clouds came, and it started to rain. {Name} got wet and cold.",
-            "{Name} saw a butterfly and ran after it. When {he} looked up, {his} mom was gone. {Name} was lost!",
+            "@hurt {Name} ran [too fast|ahead] and fell down. {He} hurt {his} knee, and it [hurt a lot|would not stop hurting].",
+            "@tired [After a while|Soon], {name} got very [tired|hungry|thirsty]. But the way home was long.",
+            "@rain But then, dark clouds came, and it started to rain. {Name} got wet and cold.",
+            "@lost {Name} saw a butterfly and ran after it. When {he} looked up, {his} mom was gone. {Name} was lost!",
         ],
         "conflict": [
             "At {the_noun}, {name} met {fname}. They both wanted to [play in the same spot|use the same swing|be first]. \"Me first!\" {name} said. \"No, me!\" {fname} said. They began to shout.",
@@ -351,17 +355,20 @@ PLOTS: dict[str, dict[str, list[str]]] = {
             "At {the_noun}, {name} met {fname}. They both wanted to [play in the same spot|use the same swing|be first], and they began to shout at each other.",
         ],
         "good": [
-            "{His} mom [cleaned {his} knee|gave {him} a snack|held {his} hand], and soon {name} felt much better. They [sat in the shade|had a picnic] and watched the [birds|clouds].",
-            "Then {his} mom [came|found {him}] and gave {him} a big hug. Soon everything was fine again, and {name} was happy.",
-            "[After a while|Soon], the sun came out again. {Name} and {his} mom laughed and played until it was time to go home.",
+            "@hurt {His} mom cleaned {his} knee and [gave {him} a hug|put a bandage on it], and soon {name} felt much better. They [sat in the shade|had a picnic] and watched the [birds|clouds].",
+            "@tired {His} mom gave {him} a snack and some water, and soon {name} felt much better. They [sat in the shade|had a picnic] and watched the [birds|clouds].",
+            "@lost Then {his} mom [came|found {him}] and gave {him} a big hug. Soon everything was fine again, and {name} was happy.",
+            "@rain [After a while|Soon], the sun came out again. {Name} and {his} mom laughed and played until it was time to go home.",
         ],
         "bad": [
             "The day was not fun anymore. {Name} sat [in the car|on a rock] and waited to go home.",
-            "{Name} was cold and scared. The day at {the_noun} was [ruined|over]. {He} went home and cried.",
+            "@rain|lost {Name} was cold and scared. The day at {the_noun} was [ruined|over]. {He} went home and cried.",
             "{Name} had to go home early. {He} did not get to {vp} at all, and {he} was very sad.",
         ],
         "twist_good": [
-            "Then something [wonderful|surprising] happened. A big rainbow came out over {the_noun}! It was the most beautiful thing {name} had ever seen.",
+            "@rain Then something [wonderful|surprising] happened. A big rainbow came out over {the_noun}! It was the most beautiful thing {name} had ever seen.",
+            "@lost The butterfly came back and sat on {name}'s hand. When {he} followed it again, it led {him} right back to {his} mom!",
+            "@hurt|tired Just then, a kind man with a big cart came by. He gave {name} a free treat, and {name} forgot all about being [sad|tired].",
         ],
         "twist_bad": [
             "They went home, but then {name} saw that {he} had left {his} [hat|shoe|bag] at {the_noun}. When they went back, it was gone.",
@@ -383,8 +390,12 @@ PLOTS: dict[str, dict[str, list[str]]] = {
             "{Name} learned that it is better to take turns than to fight.",
         ],
         "talk_setup": ["\"Look, Mom!\" {name} said. \"I want to {vp}!\""],
-        "talk_trouble": ["\"Mom, where are you?\" {name} cried."],
-        "talk_good": ["\"Here I am,\" {his} mom said. \"I will always find you.\""],
+        "talk_trouble": ["@lost \"Mom, where are you?\" {name} cried.",
+            "@rain \"Oh no, I am all wet!\" {name} cried.",
+            "@hurt \"Ouch! My knee!\" {name} cried.",
+            "@tired \"I am so tired, Mom,\" {name} said."],
+        "talk_good": ["@lost \"Here I am,\" {his} mom said. \"I will always find you.\"",
+            "\"Thank you, Mom,\" {name} said with a smile."],
         "talk_bad": ["\"I want to go home,\" {name} said with tears in {his} eyes."],
         "summary_good": ["{Name} goes to {the_noun}, something goes wrong, and it turns out fine."],
         "summary_bad": ["{Name} goes to {the_noun}, but the day goes wrong."],
@@ -884,13 +895,21 @@ def write_story(
     twist = "plot twist" in feats
     conflict = "conflict" in feats
 
+    # "@tag " templates belong together: one trouble tag per story (rain -> the sun comes out)
+    tags = sorted({t.split()[0][1:] for t in plot["trouble"] if t.startswith("@")})
+    tag = rng.choice(tags) if tags else ""
+
+    def fits(t: str) -> bool:
+        return not t.startswith("@") or tag in t.split()[0][1:].split("|")
+
     def pick(key: str) -> str:
         if not dialogue and f"{key}_quiet" in plot:
             key = f"{key}_quiet"
-        options = plot[key]
+        options = [t for t in plot[key] if fits(t)] or plot[key]
         if not dialogue:  # quoted speech only in dialogue stories
             options = [t for t in options if '"' not in t] or options
-        return fill(rng.choice(options))
+        t = rng.choice(options)
+        return fill(t.split(" ", 1)[1] if t.startswith("@") else t)
 
     # --- paragraph 1: who, what they love, (hint) ---------------------------------------------
     def maybe(pool: tuple[str, ...], p: float) -> list[str]:

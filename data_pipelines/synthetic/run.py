@@ -95,7 +95,8 @@ def run_synth(cfg: SynthConfig, out_dir: Path, seed: int, shard: tuple[int, int]
     )
     builder = PromptBuilder(cfg, vocab, seed)
     gates = QualityGates(cfg.gates, vocab)
-    teacher = make_teacher(cfg, out_dir, seed)
+    journal_name = "journal.jsonl" if shard_n == 1 else f"journal-{shard_i:05d}.jsonl"
+    teacher = make_teacher(cfg, out_dir / journal_name, seed)
     batch_size = 256 if cfg.teacher == "grammar" else (
         4 * cfg.openai.num_concurrent if cfg.teacher == "openai" else cfg.local.batch_size
     )
@@ -103,6 +104,7 @@ def run_synth(cfg: SynthConfig, out_dir: Path, seed: int, shard: tuple[int, int]
     kept: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
     reasons: Counter[str] = Counter()
+    story_words: list[int] = []
     tried = 0
     next_k = 0  # k-th prompt of this shard -> global index shard_i + k * shard_n
     bar = tqdm(total=target, desc=f"synth[{cfg.teacher}]", unit="story", file=sys.stderr,
@@ -134,6 +136,7 @@ def run_synth(cfg: SynthConfig, out_dir: Path, seed: int, shard: tuple[int, int]
                 }
                 if why is None:
                     kept.append(row)
+                    story_words.append(len(story.split()))
                     bar.update(1)
                 else:
                     reasons[why] += 1
@@ -150,10 +153,16 @@ def run_synth(cfg: SynthConfig, out_dir: Path, seed: int, shard: tuple[int, int]
         path = out_dir / f"{prefix}-{k // per_file:05d}.parquet"
         _atomic_parquet(kept[k : k + per_file], SCHEMA, path)
         files.append(path.name)
+    for stale in out_dir.glob(f"{prefix}-*.parquet"):  # left by an earlier, larger run
+        if stale.name not in files and (shard_n > 1 or stale.name.count("-") == 1):
+            stale.unlink()
+    rejected_path = out_dir / "rejected" / f"rejected-{shard_i:05d}.parquet"
     if rejected:
-        _atomic_parquet(rejected, REJECTED_SCHEMA, out_dir / "rejected" / f"rejected-{shard_i:05d}.parquet")
+        _atomic_parquet(rejected, REJECTED_SCHEMA, rejected_path)
+    elif rejected_path.exists():
+        rejected_path.unlink()
     wall = time.time() - t0
-    words = [len(r["text"].split()) for r in kept]
+    words = story_words
     stats = {
         "teacher": teacher.name,
         "model": teacher.model,
@@ -165,6 +174,7 @@ def run_synth(cfg: SynthConfig, out_dir: Path, seed: int, shard: tuple[int, int]
         "acceptance": len(kept) / tried if tried else 0.0,
         "rejected": {r: reasons[r] for r in REASONS if reasons[r]},
         "num_replayed_from_journal": getattr(teacher, "num_replayed", 0),
+        "num_retries": getattr(teacher, "num_retries", 0),
         "features": dict(Counter(f for r in kept for f in r["features"])),
         "words_mean": sum(words) / len(words) if words else 0.0,
         "words_min": min(words, default=0),

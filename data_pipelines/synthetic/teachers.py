@@ -6,9 +6,10 @@ Design
   processes (requests are small and picklable).
 - `OpenAITeacher` talks to any OpenAI-compatible server through the official `openai` client, on a
   thread pool (`num_concurrent` requests in flight). The client's own retries are off: we retry
-  429 / 408 / 409 / 5xx / timeouts / connection errors with exponential backoff + jitter, and fail
-  fast on other 4xx (a wrong model name or key would fail every request). A request that still
-  fails yields `Answer(text=None)` and is counted as `teacher_error`.
+  429 / 408 / 409 / 5xx / timeouts / connection errors with exponential backoff + jitter (or the
+  server's retry-after), and fail fast on 401 / 403 / 404 (a wrong key, model name or URL would
+  fail every request). A request that still fails, or gets another 4xx (400 for one prompt, e.g. a
+  content filter), yields `Answer(text=None)` and is counted as `teacher_error`.
 - Resumability is the `Journal`: every answer is appended (one JSON line, flushed) the moment it
   arrives, keyed by request id and prompt hash; a rerun replays journaled answers instead of
   sending those prompts again. A torn last line (crash mid-write) is ignored.
@@ -139,6 +140,10 @@ class JournaledTeacher:
         self.model = inner.model
         self.num_replayed = 0
 
+    @property
+    def num_retries(self) -> int:
+        return getattr(self.inner, "num_retries", 0)
+
     def generate(self, reqs: Sequence[StoryRequest]) -> list[Answer]:
         out: list[Answer | None] = [self.journal.get(r) for r in reqs]
         todo = [i for i, a in enumerate(out) if a is None]
@@ -205,9 +210,10 @@ class OpenAITeacher:
         self.client = openai.OpenAI(
             base_url=cfg.base_url, api_key=key or "not-needed", timeout=cfg.timeout_s, max_retries=0
         )
+        self.num_retries = 0
+        self._stats_lock = threading.Lock()
         self.model = cfg.model or self._first_model()
         self.pool = ThreadPoolExecutor(cfg.num_concurrent, thread_name_prefix="synth-openai")
-        self.num_retries = 0
 
     def _first_model(self) -> str:
         models = self._with_retries(lambda: list(self.client.models.list()))
@@ -230,7 +236,7 @@ class OpenAITeacher:
                 return fn()
             except Exception as e:  # noqa: BLE001 - classified below
                 if not self._retryable(e):
-                    if isinstance(e, self.openai.APIStatusError):
+                    if isinstance(e, self.openai.APIStatusError) and e.status_code in (401, 403, 404):
                         raise TeacherConfigError(
                             f"openai: {self.cfg.base_url} answered {e.status_code} ({type(e).__name__}); "
                             "check openai.base_url, openai.model and the API key variable"
@@ -238,7 +244,8 @@ class OpenAITeacher:
                     raise
                 if attempt == self.cfg.max_retries:
                     raise
-                self.num_retries += 1
+                with self._stats_lock:
+                    self.num_retries += 1
                 retry_after = None
                 resp = getattr(e, "response", None)
                 if resp is not None:
@@ -446,8 +453,8 @@ class HFTeacher:
         pass
 
 
-def make_teacher(cfg: SynthConfig, out_dir: Path, seed: int) -> Teacher:
-    """The configured teacher; model teachers are wrapped in the resumable journal."""
+def make_teacher(cfg: SynthConfig, journal_path: Path, seed: int) -> Teacher:
+    """The configured teacher; model teachers are wrapped in the resumable journal at `journal_path`."""
     if cfg.teacher == "grammar":
         return GrammarTeacher(cfg.grammar_workers)
     if cfg.teacher == "openai":
@@ -456,4 +463,4 @@ def make_teacher(cfg: SynthConfig, out_dir: Path, seed: int) -> Teacher:
         inner = HFTeacher(cfg.local, seed)
     else:
         inner = TinyfoundryTeacher(cfg.local, seed)
-    return JournaledTeacher(inner, Journal(out_dir / "journal.jsonl"))
+    return JournaledTeacher(inner, Journal(journal_path))

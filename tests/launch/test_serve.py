@@ -103,6 +103,31 @@ def test_chat_and_streaming(server) -> None:
         model="tiny-story-model", prompt="Tom", max_tokens=10, temperature=0).choices[0].text
 
 
+def test_concurrent_requests_share_batches_and_match_single_answers(model_dir: Path) -> None:
+    srv = make_server(model_dir, port=0, batch_wait_s=0.5)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        prompts = ["Once upon a time", "Tom and Sue went to the", "The big red ball", "Lily", "One day, a cat"]
+        alone = [srv.lm.complete([p], 10, temperature=0)[0][0] for p in prompts]
+        got: list[str | None] = [None] * len(prompts)
+
+        def ask(i: int) -> None:
+            r = client(srv).completions.create(model="tiny-story-model", prompt=prompts[i], max_tokens=10,
+                                               temperature=0)
+            got[i] = r.choices[0].text
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert got == alone
+        assert srv.num_generations == len(prompts) and srv.num_batches < len(prompts)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 def test_errors(server) -> None:
     c = client(server)
     with pytest.raises(openai.NotFoundError):
@@ -213,13 +238,23 @@ def test_openai_teacher_retries_429_and_5xx_then_keeps_good_stories(flaky, tmp_p
                               "api_key_env": "TF_TEST_KEY"})
     stats = run_synth(cfg, tmp_path, seed=5)
     assert stats["num_accepted"] == 4 and stats["model"] == "remote-teacher"
-    assert _Flaky.calls == 4 + 3
+    assert _Flaky.calls == 4 + 3 and stats["num_retries"] == 3
     rows = pq.read_table(tmp_path / "synth-00000.parquet").to_pylist()
     for r in rows:
         assert r["teacher"] == "openai" and r["model"] == "remote-teacher"
         assert re.match(r"(Features: [^\n]+\n)?Words: ", r["text"]) and "\nStory: " in r["text"]
         assert "Sure!" not in r["text"]
         assert r["summary"] and f"Summary: {r['summary']}" in r["text"]
+
+
+def test_openai_teacher_counts_a_bad_request_and_goes_on(flaky, tmp_path: Path) -> None:
+    _Flaky.status = 400
+    url = f"http://127.0.0.1:{flaky.server_address[1]}/v1"
+    cfg = SynthConfig(teacher="openai", num_stories=3, max_attempts_factor=1.0,
+                      openai={"base_url": url, "model": "m", "backoff_s": 0.01})
+    stats = run_synth(cfg, tmp_path, seed=0)
+    assert stats["rejected"] == {"teacher_error": 3} and _Flaky.calls == 3  # 400 is not retried
+    assert not (tmp_path / "journal.jsonl").read_text()  # failures are not journaled: a rerun asks again
 
 
 def test_openai_teacher_fails_fast_on_auth_errors(flaky, tmp_path: Path) -> None:

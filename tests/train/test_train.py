@@ -176,3 +176,24 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
         run_train(TrainConfig(max_tokens=4 * 32 * 6, **cfg), TINY, shards, run)
     assert last.read_bytes() == before
     assert not (run / "checkpoints" / "step-00000004.ckpt").exists()
+
+
+def test_tn_linear_matches_stock_bf16_linear_bitwise() -> None:
+    from train.cpu_bf16 import use_tn_linears
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 7, 32, requires_grad=True)
+    lin = torch.nn.Linear(32, 48)
+    results = []
+    for patch in (False, True):
+        if patch:
+            use_tn_linears(lin)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = lin(x)
+        y.float().square().sum().backward()
+        results.append((y.detach().clone(), x.grad.clone(), lin.weight.grad.clone(), lin.bias.grad.clone()))
+        x.grad, lin.weight.grad, lin.bias.grad = None, None, None
+    assert results[0][0].dtype == results[1][0].dtype == torch.bfloat16
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+    assert lin(x).dtype == torch.float32  # outside autocast the stock fp32 path runs

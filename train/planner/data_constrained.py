@@ -9,6 +9,8 @@ Design and invariants
   finds up to ~4 epochs cost almost nothing, beyond ~16 repeated tokens are worth little, so we warn past 4.
 - U_N is the compute-optimal size for the unique data (taken from the law in use): parameters beyond it see
   the same repeated data and are discounted the same way.
+- Because R*_N < R*_D, excess parameters lose value faster than repeated tokens: the constrained optimum is a
+  *smaller* model trained for more epochs than the unconstrained law would pick (the paper's own conclusion).
 - No repetition (D <= U_D) leaves D unchanged, so a plan with enough data is exactly the plain law's.
 """
 

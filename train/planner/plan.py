@@ -31,7 +31,7 @@ from models import ModelConfig
 from train.planner import candidates as cands
 from train.planner.config import PlanConfig
 from train.planner.data_constrained import constrained_loss, epoch_warning, epochs
-from train.planner.inference import lifetime_flops, sardana_optimum
+from train.planner.inference import sardana_optimum
 from train.planner.laws import Law, ParametricLaw, get_law
 from train.planner.throughput import GPU_MEMORY_GB, measure_cpu_flops_per_s, table_flops_per_s
 
@@ -114,7 +114,7 @@ def continuous_plan(law: Law, c: float, unique: float, d_inf: float, mode: str) 
             target_loss = loss(n_dc, c / (6 * n_dc))
             n_s, d_s, _ = sardana_optimum(law, target_loss, d_inf, loss=loss, n_lo=n_dc * 1e-4, n_hi=n_dc * 10)
             ratio = n_s / n_dc
-            train_flops = c * (6 * n_s * d_s) / c
+            train_flops = 6 * n_s * d_s
             n_target = n_target * ratio
             out["target_loss_model"] = target_loss
             out["notes"].append(
