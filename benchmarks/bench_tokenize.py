@@ -6,7 +6,7 @@ Builds a parquet corpus (column `text`, like curate's output) from ../shared/dat
 non-ASCII included), trains one tokenizer, then times, interleaved and repeated:
 - `encode_batch`: Tokenizer.from_file(tokenizer.json).encode_batch(all texts), texts already in memory (the Rust
   encoder alone; loaded fresh each round like ours, so neither side keeps a warm BPE word cache across rounds);
-- `encode_batch_fast`: the same without offsets (what we call);
+- `encode_batch_fast`: the same without offsets (we call encode_batch: no measurable gain from _fast here);
 - `ours`: run_tokenize() with that tokenizer (tokenizer_file=..., so no training): read parquet, scan + hash
   + split, encode, convert, write shards and index — the whole stage, from a fresh shards folder.
 Reports MB/s of UTF-8 text (median of the repeats) and ours / encode_batch. Target: >= 0.9x.

@@ -154,7 +154,11 @@ def cmd_curate(args: argparse.Namespace, overrides: list[str]) -> int:
     out = args.output or (_run_dir(args, cfg.name) / "data")
     shard = _parse_shard(args.shard) if args.shard else None
     stats = run_curate(cfg.curate, Path(out), inputs=list(cfg.curate.inputs), shard=shard)
-    print(f"kept {stats.get('docs_out')} of {stats.get('docs_in')} documents -> {out}")
+    if stats.get("finalized") is False:
+        print(f"shard done; waiting for shards {stats.get('shards_missing')} before the cross-shard dedup "
+              f"(the last shard to finish writes {out})")
+    else:
+        print(f"kept {stats.get('docs_out')} of {stats.get('docs_in')} documents -> {out}")
     return 0
 
 

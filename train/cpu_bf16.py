@@ -7,7 +7,7 @@ and input gradient (dY @ W) use the slow layouts. `TNLinearFn` computes all thre
 (forward, input grad, weight grad) in the TN layout, paying one transpose copy per operand, which is O(M*K)
 against the O(M*K*N) GEMM.
 
-Invariants: the same math as `F.linear` under bf16 autocast (bf16 operands, bf16 output; bias added in bf16);
+Invariants: the same math as `F.linear` under bf16 autocast (bf16 operands, bf16 output, bias fused by addmm): bitwise equal in tests;
 only active while CPU autocast is on, so evaluation/generation outside autocast is untouched; weights stay
 fp32 parameters (autocast semantics) and the state dict is unchanged. Shape legend: M rows (tokens), K in, N out.
 """
@@ -26,17 +26,20 @@ class TNLinearFn(torch.autograd.Function):
     """y_MN = x_MK @ w_NK^T with every GEMM (forward and both gradients) in the A^T @ B layout."""
 
     @staticmethod
-    def forward(ctx, x_MK: torch.Tensor, w_NK: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    def forward(ctx, x_MK: torch.Tensor, w_NK: torch.Tensor, b_N: torch.Tensor | None) -> torch.Tensor:  # noqa: ANN001
         ctx.save_for_backward(x_MK, w_NK)
-        return x_MK.t().contiguous().t() @ w_NK.t().contiguous()
+        ctx.has_bias = b_N is not None
+        a_MK, w_KN = x_MK.t().contiguous().t(), w_NK.t().contiguous()
+        return torch.addmm(b_N, a_MK, w_KN) if b_N is not None else a_MK @ w_KN  # addmm: bias as in F.linear
 
     @staticmethod
-    def backward(ctx, g_MN: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # noqa: ANN001
+    def backward(ctx, g_MN: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # noqa: ANN001
         x_MK, w_NK = ctx.saved_tensors
         g_MN = g_MN.contiguous()
         gx = g_MN.t().contiguous().t() @ w_NK.contiguous() if ctx.needs_input_grad[0] else None
         gw = g_MN.t() @ x_MK.contiguous() if ctx.needs_input_grad[1] else None
-        return gx, gw
+        gb = g_MN.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return gx, gw, gb
 
 
 def _tn_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -44,10 +47,8 @@ def _tn_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
     xb = x.to(torch.bfloat16)
     wb = self.weight.to(torch.bfloat16)
-    y = TNLinearFn.apply(xb.reshape(-1, xb.shape[-1]), wb).reshape(*xb.shape[:-1], wb.shape[0])
-    if self.bias is not None:
-        y = y + self.bias.to(torch.bfloat16)
-    return y
+    bb = self.bias.to(torch.bfloat16) if self.bias is not None else None
+    return TNLinearFn.apply(xb.reshape(-1, xb.shape[-1]), wb, bb).reshape(*xb.shape[:-1], wb.shape[0])
 
 
 def cpu_has_native_bf16() -> bool:

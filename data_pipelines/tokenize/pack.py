@@ -7,7 +7,7 @@ Design and invariants
      corpus is cut into work units of ~`shard_bytes` text bytes that never span files.
   2. train: the BPE learns from the train split, or from its documents with the smallest second hash that
      add up to `max_train_bytes` (an even sample: corpora are often sorted by source).
-  3. pack: each unit is read, encoded by the Rust encoder (`encode_batch_fast`, parallel over all cores),
+  3. pack: each unit is read, encoded by the Rust encoder (`encode_batch`, parallel over all cores),
      and written as `train_<unit>.bin` / `val_<unit>.bin`; then a completion record is written.
 - Split: the `round(val_fraction * N)` documents with the smallest first hash go to val (at least one when
   N >= 2). The split depends only on (seed, document keys), not on file order or batch sizes, and a document
@@ -279,7 +279,7 @@ def _encode_stream(tok, batches: Iterator[tuple[list[str], np.ndarray, np.ndarra
     def work() -> None:
         try:
             for texts, is_val, nbytes in batches:
-                if not put((tok.encode_batch_fast(texts, add_special_tokens=False), is_val, nbytes)):
+                if not put((tok.encode_batch(texts, add_special_tokens=False), is_val, nbytes)):
                     return
             put(None)
         except BaseException as e:  # re-raised in the consumer

@@ -34,10 +34,10 @@ def tokenizer_file(tmp_path_factory, shared_data) -> Path:
     return path
 
 
-def tiny(moe: int = 0, tie: bool = True) -> Transformer:
+def tiny(moe: int = 0, tie: bool = True, init_std: float = 0.2) -> Transformer:
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=VOCAB, dim=64, num_layers=2, num_heads=4, num_kv_heads=2, max_seq_len=128,
-                      num_experts=moe, tie_embeddings=tie, init_std=0.2)
+                      num_experts=moe, tie_embeddings=tie, init_std=init_std)
     return Transformer(cfg).eval()
 
 
@@ -127,7 +127,7 @@ def _llama_greedy(path: str, prompt: list[int], n: int) -> tuple[list[int], np.n
 @pytest.mark.parametrize("moe", [0, 4])
 def test_llama_cpp_runs_our_gguf_files(tmp_path, tokenizer_file, moe):
     pytest.importorskip("llama_cpp", reason="llama-cpp-python builds llama.cpp from source")
-    model = tiny(moe, tie=moe == 0)
+    model = tiny(moe, tie=moe == 0, init_std=0.05)  # logits spread like a trained model's, not chaotic
     prompt = [5, 17, 42, 99, 7, 150, 33, 8]
     ours = generate(model, [prompt], max_new_tokens=16, temperature=0.0)[0]
     with torch.no_grad():
@@ -136,7 +136,7 @@ def test_llama_cpp_runs_our_gguf_files(tmp_path, tokenizer_file, moe):
         path = export_gguf(model, tokenizer_file, tmp_path / f"m-{ftype}.gguf", ftype)["path"]
         toks, first = _llama_greedy(path, prompt, 16)
         assert len(toks) == 16 and all(0 <= t < VOCAB for t in toks)
-        tol = {"f16": 0.02, "q8_0": 0.05, "q4_0": 0.3}[ftype] * np.abs(our_logits).max()
+        tol = {"f16": 0.01, "q8_0": 0.05, "q4_0": 0.3}[ftype] * np.abs(our_logits).max()
         assert np.abs(first - our_logits).max() < tol, ftype
         if ftype == "f16":
             assert toks == ours
