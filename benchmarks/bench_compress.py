@@ -126,17 +126,19 @@ def main() -> None:
     quick = args.quick
     train_s = args.train_seconds or (60 if quick else 360)
 
-    train_tok, val_tok, bpt = build_tokens(1024 if quick else 2048, args.out)
+    vocab = 512 if quick else 1024
+    train_tok, val_tok, bpt = build_tokens(vocab, args.out)
     print(f"tokens: train {train_tok.numel():,}, val {val_tok.numel():,}, bytes/token {bpt:.3f}")
-    cfg = ModelConfig(vocab_size=1024 if quick else 2048, dim=128 if quick else 256, num_layers=4,
-                      num_heads=8, num_kv_heads=4, max_seq_len=256)
-    model = train_model(cfg, train_tok, train_s, batch=16, seq=128 if quick else 256)
+    # sized for a 2-core CPU: ~1M parameters train to a useful loss in minutes
+    cfg = ModelConfig(vocab_size=vocab, dim=64 if quick else 128, num_layers=4, num_heads=4, num_kv_heads=2,
+                      max_seq_len=256)
+    model = train_model(cfg, train_tok, train_s, batch=16, seq=128)
     mdir = save_model_dir(args.out / "model", model, tokenizer_file=args.out / "tokenizer.json")
 
     from train.distill import recover as kd_recover
 
     def recover(student, teacher):
-        return kd_recover(student, teacher, train_tok, num_tokens=100_000 if quick else 600_000,
+        return kd_recover(student, teacher, train_tok, num_tokens=50_000 if quick else 300_000,
                           batch_size=16, seq_len=128, lr=1e-3, alpha=0.5, temperature=2.0)
 
     passes = [
@@ -149,7 +151,7 @@ def main() -> None:
         {"method": "structured", "heads_fraction": 0.3, "mlp_fraction": 0.3, "name": "structured-30"},
     ]
     ccfg = CompressConfig(passes=passes, num_calib_tokens=16384 if quick else 32768,
-                          num_eval_tokens=16384 if quick else 65536, num_gen_tokens=64, gen_batch_size=8)
+                          num_eval_tokens=16384 if quick else 32768, num_gen_tokens=64, gen_batch_size=8)
     t0 = time.perf_counter()
     report = run_compress(ccfg, mdir, val_tok, bpt, args.out / "compressed", recover=recover)
     print(f"compress wall {time.perf_counter() - t0:.0f}s")

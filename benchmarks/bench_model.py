@@ -7,6 +7,8 @@
    = 2 x expert width), one training step (forward + backward, then AdamW, timed apart); target MoE step
    <= 1.3x dense.
    Also the MoE dispatch variants: grouped (torch._grouped_mm), per-expert segments, and the loop reference.
+3. Generation: `models.generate` (KV cache, batched) against re-running the whole sequence every step (greedy,
+   same tokens), new tokens/s.
 
 Timing: the contenders alternate (A B A B ...) and the median of the repeats is kept, because the CPU is shared.
 
@@ -148,7 +150,7 @@ def train_parts(model: Transformer, idx: torch.Tensor) -> tuple[Callable[[], Non
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller shapes and fewer repeats (~1 min)")
-    ap.add_argument("--only", choices=("all", "dense", "moe"), default="all", help="run one section")
+    ap.add_argument("--only", choices=("all", "dense", "moe", "gen"), default="all", help="run one section")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: shared box, no spin-waits)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -163,6 +165,40 @@ def main() -> None:
         bench_dense(cfg, preset, B, T, repeats)
     if args.only in ("all", "moe"):
         bench_moe(args.quick, B, T, repeats)
+    if args.only in ("all", "gen"):
+        bench_generate(preset, args.quick)
+
+
+def bench_generate(preset: str, quick: bool) -> None:
+    from models.generate import generate
+
+    cfg = get_preset(preset)
+    model = Transformer(cfg).eval()
+    B, P, N = (4, 16, 32) if quick else (8, 32, 64)
+    prompts = torch.randint(3, cfg.vocab_size, (B, P)).tolist()
+
+    def uncached() -> list[list[int]]:
+        seq = torch.tensor(prompts)
+        with torch.no_grad():
+            for _ in range(N):
+                nxt = model(seq).logits[:, -1].argmax(-1, keepdim=True)
+                seq = torch.cat([seq, nxt], dim=1)
+        return seq[:, P:].tolist()
+
+    out: dict[str, list[list[int]]] = {}
+    fns = {
+        "cached": lambda: out.__setitem__(
+            "cached", generate(model, prompts, max_new_tokens=N, temperature=0)
+        ),
+        "uncached": lambda: out.__setitem__("uncached", uncached()),
+    }
+    t = alternate(fns, 3)
+    same = out["cached"] == out["uncached"]
+    print(f"\n== generation '{preset}', {B} prompts x {P} tokens, {N} new tokens each, greedy")
+    print(
+        f"KV cache {B * N / t['cached']:7.0f} tok/s   no cache {B * N / t['uncached']:7.0f} tok/s   "
+        f"speed-up {t['uncached'] / t['cached']:.2f}x   same tokens: {same}"
+    )
 
 
 def bench_dense(cfg: ModelConfig, preset: str, B: int, T: int, repeats: int) -> None:

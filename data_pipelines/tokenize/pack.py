@@ -255,8 +255,7 @@ def _prepare_tokenizer(cfg: TokenizeConfig, corpus: Corpus, tokenizer_dir: Path,
     sha = save_tokenizer(tok, tokenizer_dir)
     _write_json_atomic(record_path, {"fingerprint": fingerprint, "sha256": sha, "vocab_size": tok.get_vocab_size(),
                                      "train_bytes": used["bytes"]})
-    tok.encode_special_tokens = True  # as load_tokenizer: special strings in documents are text
-    return tok, sha, used["bytes"]
+    return load_tokenizer(target), sha, used["bytes"]  # reloaded: the packing settings of load_tokenizer
 
 
 # ---------------------------------------------------------------- pass 3: pack

@@ -133,6 +133,8 @@ class CompressConfig:
     """Sequences generated at once when measuring tokens/s."""
     num_prompt_tokens: int = 16
     """Tokens of val text used as the prompt for the sample and the speed measurement."""
+    num_sample_tokens: int = 48
+    """New tokens of the greedy sample stored in the report for each pass."""
     plot: bool = True
     """Write compressed/report.png (size against bits-per-byte)."""
     seed: int = 0
@@ -164,7 +166,7 @@ class CompressConfig:
             if p.input != "baseline" and p.input not in names[:i]:
                 raise ValueError(f"passes: pass {p.name!r} input must be 'baseline' or an earlier pass, got {p.input!r}")
         for f in ("num_calib_tokens", "calib_seq_len", "num_eval_tokens", "batch_size", "num_gen_tokens",
-                  "gen_batch_size", "num_prompt_tokens"):
+                  "gen_batch_size", "num_prompt_tokens", "num_sample_tokens"):
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"{f}: must be a positive integer, got {v!r}")

@@ -148,7 +148,7 @@ def run_compress(
             "nonzero_params": nonzero,
             "val_bpb": eval_bpb(model, eval_tokens, bytes_per_token, eval_seq, cfg.batch_size),
             "tokens_per_s": tokens_per_s(speed_model or model, prompt, cfg.num_gen_tokens, cfg.gen_batch_size),
-            "sample": sample(model, prompt, 32, tokenizer_file),
+            "sample": sample(model, prompt, cfg.num_sample_tokens, tokenizer_file),
         }
 
     t0 = time.perf_counter()

@@ -189,6 +189,13 @@ def test_gate_reasons(vocab: Vocabulary, req, text, reason: str) -> None:
     assert gates.check_batch([req], [text]) == [reason]
 
 
+def test_dialogue_feature_needs_quotes(vocab: Vocabulary, req) -> None:
+    gates = QualityGates(GateConfig(dedup="none"), vocab)
+    wants = type(req)(req.id, 0, req.noun, req.verb, req.adjective, ("dialogue",), req.prompt, 0)
+    no_quotes = STORY.replace('"', "")
+    assert gates.check_batch([wants, wants, req], [STORY, no_quotes, no_quotes]) == [None, "missing_dialogue", None]
+
+
 def test_dialogue_apology_is_not_a_refusal_and_dedup(vocab: Vocabulary, req) -> None:
     gates = QualityGates(GateConfig(), vocab)
     near = STORY.replace("laugh, and", "laugh and").replace("all day", "all the day")

@@ -44,7 +44,7 @@ def model_dir(tmp_path_factory, shared_data) -> tuple[Path, torch.Tensor, float]
 
 def small_cfg(passes: list) -> CompressConfig:
     return CompressConfig(passes=passes, num_calib_tokens=512, num_eval_tokens=1024, num_gen_tokens=8,
-                          num_prompt_tokens=8, batch_size=8)
+                          num_prompt_tokens=8, num_sample_tokens=8, batch_size=8)
 
 
 def test_run_compress_report_and_checkpoints(model_dir, tmp_path):

@@ -167,3 +167,19 @@ def test_fitted_law_and_shards(tmp_path: Path, shared_data: Path) -> None:
     assert plan["epochs"] == pytest.approx(plan["num_tokens"] / plan["unique_tokens"])
     assert any("epochs" in w for w in plan["warnings"])  # ~10M tokens over ~50K unique
     assert any("far outside" in w for w in plan["warnings"])
+
+
+@pytest.mark.parametrize("law", ["chinchilla", "epoch", "tokens-per-param", "kaplan"])
+def test_every_law_plans(tmp_path: Path, law: str) -> None:
+    plan = run_plan(PlanConfig(flops=1e17, law=law, include_presets=False, num_candidates=3), tmp_path / "p.json")
+    assert plan["law"]["name"] == law and math.isfinite(plan["predicted_loss"])
+    assert plan["num_tokens"] * plan["flops_per_token"] == pytest.approx(1e17, rel=1e-6)
+    conv = "non-embedding" if law == "kaplan" else "total"
+    assert plan["law"]["param_convention"] == conv and plan["param_convention"].startswith(conv)
+
+
+def test_chinchilla_approach3_picks_smaller_models(tmp_path: Path) -> None:
+    kw = dict(flops=5.76e23, vocab_size=32000, include_presets=False, num_candidates=1)
+    a1 = run_plan(PlanConfig(**kw), tmp_path / "a.json")
+    a3 = run_plan(PlanConfig(chinchilla_fit="approach3", **kw), tmp_path / "b.json")
+    assert a3["num_params"] < 0.7 * a1["num_params"]  # approach 3 favours more tokens per param at this budget

@@ -103,10 +103,10 @@ class Law:
         for what, v in (("params", n), ("tokens", d)):
             lo, hi = self.fitted_range[what]
             if v < lo / RANGE_SLACK or v > hi * RANGE_SLACK:
+                unit = f"{self.param_convention} params" if what == "params" else "tokens"
                 out.append(
-                    f"law '{self.name}' was fitted on {what} in [{lo:.3g}, {hi:.3g}] "
-                    f"({self.param_convention} params); this plan's {v:.3g} lies far outside it, "
-                    "so its prediction is an extrapolation"
+                    f"law '{self.name}' was fitted on {lo:.3g} to {hi:.3g} {unit}; this plan's {v:.3g} lies far "
+                    "outside that range, so its prediction is an extrapolation"
                 )
         return out
 
