@@ -1,6 +1,7 @@
 """Tokenize stage vs tokenizers' own encode_batch, on the same text, in one process.
 
-    .venv/bin/python benchmarks/bench_tokenize.py [--quick] [--repeat N]
+    .venv/bin/python benchmarks/bench_tokenize.py [--quick] [--repeat N] [--batch-bytes B]
+    .venv/bin/python benchmarks/bench_tokenize.py --memory-mb 100   # peak RSS of the whole stage on 100 MB
 
 Builds a parquet corpus (column `text`, like curate's output) from ../shared/data (TinyStories + DCLM web pages,
 non-ASCII included), trains one tokenizer, then times, interleaved and repeated:
