@@ -34,8 +34,8 @@ class TokenizeConfig:
     """Put <|bos|> before every document (documents are always followed by <|endoftext|>)."""
     shard_bytes: int = 64_000_000
     """Target UTF-8 bytes of text per work unit; each unit writes one shard per split and is resumable."""
-    batch_bytes: int = 1_000_000
-    """Text bytes per encoder call; about 3 batches are in flight, each ~100 B of encoder output per token."""
+    batch_bytes: int = 2_000_000
+    """Text bytes per encoder call (3 in flight, ~25 B of encoder output per text byte); 1 MB measured 20% slower."""
     shard_dtype: Literal["auto", "uint16", "uint32"] = "auto"
     """Token dtype on disk; auto picks uint16 when every id fits, else uint32."""
     text_field: str = "text"

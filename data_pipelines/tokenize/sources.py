@@ -221,15 +221,11 @@ def read(
     end = start.row + num_rows
     if fmt == "parquet":
         pf, _ = _parquet(path, text_field)
-        row = start.row
         for first, batch in _parquet_batches(pf, [text_field], start.row, batch_rows):
             take = min(batch.num_rows, end - first)
             if take <= 0:
                 return
             yield ["" if t is None else t for t in batch.column(0).slice(0, take).to_pylist()]
-            row = first + take
-            if row >= end:
-                return
         return
     texts: list[str] = []
     for row, _offset, _key, text in _iter_rows(path, fmt, text_field, id_field, start):

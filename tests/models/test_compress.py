@@ -114,9 +114,17 @@ def test_refuses_tokens_from_another_tokenizer(model_dir, tmp_path):
 
 
 def test_corrupt_and_foreign_checkpoints_give_clear_errors(model_dir, tmp_path):
-    mdir, ids, bpt = model_dir
-    run_compress(small_cfg([{"method": "int4", "group_size": 32}]), mdir, ids, bpt, tmp_path / "c")
+    from models.compress.runner import quantize_model
+    from models.compress.storage import save_compressed
+
+    mdir, _, _ = model_dir
+    model, tok = load_compressed(mdir)
+    qt = quantize_model(model, PassConfig(method="int4", group_size=32), None, 8)
     qdir = tmp_path / "c" / "int4"
+    save_compressed(qdir, model, qt, tok, {"method": "int4"})
+    reloaded, _ = load_compressed(qdir)
+    x = torch.arange(16)[None]
+    torch.testing.assert_close(reloaded(x).logits, model(x).logits)
     weights = qdir / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(ValueError, match="corrupt"):

@@ -164,9 +164,10 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
         tiny_shards: tuple[Path, Path], tmp_path: Path) -> None:
     shards, _ = tiny_shards
     run = tmp_path / "run"
-    cfg = dict(FAST, ckpt_every_tokens=128)
+    cfg = dict(FAST, ckpt_every_tokens=10**9, ckpt_every_minutes=1e-6)  # time-based: a checkpoint every step
     run_train(TrainConfig(max_tokens=4 * 32 * 3, **cfg), TINY, shards, run)
     last = run / "checkpoints" / "last.ckpt"
+    assert sorted(p.name for p in last.parent.glob("step-*.ckpt")) == [f"step-0000000{i}.ckpt" for i in (1, 2, 3)]
     # the weights go bad (as after a divergence): every logit becomes NaN from the next step on
     ckpt = torch.load(last, weights_only=True)
     ckpt["state_dict"]["model.tok_emb.weight"][7] = float("nan")
