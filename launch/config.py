@@ -202,7 +202,8 @@ def build_run_config(data: dict[str, Any], name: str, source: str = "<config>") 
 
 
 def build_model_config(raw: dict[str, Any]) -> Any:
-    """`model: {preset: 1m, vocab_size: 2048}`: start from the named preset, then apply the other keys."""
+    """`model: {preset: 1m, vocab_size: 2048}`: the named preset with the other keys applied as overrides; derived
+    fields (hidden_dim, ...) are recomputed from the overridden shape, as `models.get_preset` does."""
     import models
 
     cls = section_class("model")
@@ -213,10 +214,8 @@ def build_model_config(raw: dict[str, Any]) -> Any:
     names = list(models.list_presets())
     if preset not in names:
         raise ConfigError(f"model.preset: unknown preset '{preset}'{suggest(str(preset), names)}")
-    base = to_plain(models.get_preset(preset))
-    if not isinstance(base, dict):
-        base = {f.name: getattr(models.get_preset(preset), f.name) for f in dataclasses.fields(cls)}
-    return build_dataclass(cls, {**base, **raw}, "model")
+    kwargs = coerce_fields(cls, raw, "model")
+    return _construct(lambda: models.get_preset(preset, **kwargs), cls, "model")
 
 
 def suggest(word: str, options: typing.Iterable[str]) -> str:
@@ -224,8 +223,8 @@ def suggest(word: str, options: typing.Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def build_dataclass(cls: type, data: dict[str, Any], prefix: str) -> Any:
-    """Build dataclass `cls` from a plain dict, naming `prefix.key` in every error."""
+def coerce_fields(cls: type, data: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """Check keys against the dataclass's fields and coerce each value to its field's type."""
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix}: expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -235,14 +234,27 @@ def build_dataclass(cls: type, data: dict[str, Any], prefix: str) -> Any:
         if key not in fields:
             raise ConfigError(f"unknown key '{prefix}.{key}'{suggest(str(key), fields)}")
         kwargs[key] = coerce(value, hints.get(key, Any), f"{prefix}.{key}")
+    return kwargs
+
+
+def build_dataclass(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    """Build dataclass `cls` from a plain dict, naming `prefix.key` in every error."""
+    kwargs = coerce_fields(cls, data, prefix)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     missing = [
         n for n, f in fields.items()
         if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     ]
     if missing:
         raise ConfigError(f"{prefix}.{missing[0]}: required key is missing")
+    return _construct(lambda: cls(**kwargs), cls, prefix)
+
+
+def _construct(make: typing.Callable[[], Any], cls: type, prefix: str) -> Any:
+    """Run a constructor; a ValueError("<field>: ...") from its validation becomes ConfigError("<prefix>.<field>: ...")."""
+    fields = {f.name for f in dataclasses.fields(cls)}
     try:
-        return cls(**kwargs)
+        return make()
     except ConfigError:
         raise
     except (ValueError, TypeError) as e:

@@ -188,9 +188,8 @@ def val_tokens(shards_dir: Path, max_tokens: int = 1_000_000) -> tuple[Any, floa
 
 
 def stage_compress(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
-    from models.compress import run_compress
-
     from data_pipelines.tokenize.shards import ShardIndex
+    from models.compress import run_compress
 
     tokens, bpt = val_tokens(rd.shards)
     return run_compress(cfg.compress, rd.final_model, tokens, bpt, rd.compressed, recover=_recover_fn(cfg, rd),
