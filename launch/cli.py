@@ -309,12 +309,26 @@ def main(argv: list[str] | None = None) -> Any:
             raise
         print(f"tinyfoundry: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except ValueError as e:
-        # Components raise ValueError for bad data (a missing text field, a vocab mismatch): one line, exit 2.
-        if debug:
+    except Exception as e:
+        code = _known_failure(e)
+        if code is None or debug:
             raise
-        print(f"tinyfoundry: error: {_one_line(e)}", file=sys.stderr)
+        print(f"tinyfoundry: {'error: ' if code == 2 else ''}{_one_line(e)}", file=sys.stderr)
+        return code
+
+
+def _known_failure(e: BaseException) -> int | None:
+    """Exit status for failures that deserve one line rather than a traceback."""
+    from launch.stages import StageInterrupted
+
+    if isinstance(e, StageInterrupted):
+        return 130
+    if type(e).__name__ == "NonFiniteLossError":  # train.system; not imported here to keep startup light
+        return 3
+    if isinstance(e, ValueError):
+        # components raise ValueError for bad data (a missing text field, a vocab mismatch): one line, exit 2
         return 2
+    return None
 
 
 def _one_line(e: BaseException) -> str:

@@ -24,6 +24,10 @@ def log(msg: str) -> None:
     print(f"[tinyfoundry] {msg}", file=sys.stderr, flush=True)
 
 
+class StageInterrupted(Exception):
+    """A stage stopped on a signal after saving its state (e.g. training's last.ckpt)."""
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -86,6 +90,9 @@ def run_stage(cfg: RunConfig, rd: RunDir, stage: Stage, force: bool = False) -> 
     t0 = time.time()
     outputs = stage.fn(cfg, rd)
     wall = time.time() - t0
+    if isinstance(outputs, dict) and outputs.get("status") == "interrupted":
+        # no manifest: the stage is unfinished, and the same command resumes it
+        raise StageInterrupted(f"{stage.name} interrupted after {wall:.0f}s; rerun the same command to resume")
     rd.finish(stage.name, chash, inputs, wall, outputs=_summary(outputs))
     log(f"{stage.name}: done in {wall:.1f}s")
     return outputs
@@ -163,8 +170,10 @@ def model_for_data(cfg: RunConfig, rd: RunDir) -> Any:
 def stage_train(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
     from train import run_train
 
-    return run_train(cfg.train, model_for_data(cfg, rd), rd.shards, rd.root, plan=_load_plan(cfg, rd),
-                     tokenizer_file=rd.tokenizer_file)
+    plan = _load_plan(cfg, rd)
+    # with a plan, the planner's model (built from the `model` section's family and the data's vocabulary) is used
+    model = None if plan is not None and plan.get("model") else model_for_data(cfg, rd)
+    return run_train(cfg.train, model, rd.shards, rd.root, plan=plan, tokenizer_file=rd.tokenizer_file)
 
 
 def val_tokens(shards_dir: Path, max_tokens: int = 1_000_000) -> tuple[Any, float]:

@@ -119,3 +119,16 @@ def test_generate_from_export(tiny_run, capsys):
                  "--max-new-tokens", "20", "--temperature", "0"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("Once upon a time") and len(out) > len("Once upon a time")
+
+
+def test_eval_command_on_export(tiny_run, capsys):
+    _, run_dir = tiny_run
+    out = run_dir / "eval" / "eval.json"
+    assert main(["eval", "--model", str(run_dir / "export" / "hf"), "--data", str(run_dir / "data" / "part-00000.parquet"),
+                 "--out", str(out), "--eval.max_tokens=4000", "--eval.probes.num_word_prompts=2",
+                 "--eval.probes.num_story_samples=1", "--eval.probes.max_new_tokens=24",
+                 "--eval.probes.num_fairness_samples=1", "--eval.probes.fairness_max_new_tokens=12"]) == 0
+    result = json.loads(out.read_text())
+    assert result["loss"]["bits_per_byte"] > 0 and "probes" in result and "fairness" in result
+    assert main(["eval", "--model", str(run_dir / "export" / "hf"), "--data", str(out), "--eval.nope=1"]) == 2
+    assert "eval.nope" in capsys.readouterr().err
