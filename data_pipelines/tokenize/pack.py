@@ -265,8 +265,15 @@ def _prepare_tokenizer(cfg: TokenizeConfig, corpus: Corpus, tokenizer_dir: Path,
 # ---------------------------------------------------------------- pass 3: pack
 
 
+PIPELINE = True  # encode in a background thread; False = read, encode, convert one after another
+
+
 def _encode_stream(tok, batches: Iterator[tuple[list[str], np.ndarray, np.ndarray]]):
     """Read + encode in a background thread (the Rust encoder releases the GIL), one batch ahead of the consumer."""
+    if not PIPELINE:
+        for texts, is_val, nbytes in batches:
+            yield tok.encode_batch(texts, add_special_tokens=False), is_val, nbytes
+        return
     q: queue.Queue = queue.Queue(maxsize=1)  # in flight: one being written, one queued, one being encoded
     stop = threading.Event()
 

@@ -59,15 +59,21 @@ def _start(tmp: Path, shards: Path, run: Path, **over: object) -> subprocess.Pop
     )
 
 
-def _wait_for(path_glob: tuple[Path, str], proc: subprocess.Popen, timeout: float = 90) -> None:
-    folder, pattern = path_glob
+def _last_step(folder: Path) -> int:
+    steps = [int(p.stem.split("-")[1]) for p in folder.glob("step-*.ckpt") if p.stem.split("-")[1].isdigit()]
+    return max(steps, default=-1)
+
+
+def _wait_for_step(folder: Path, step: int, proc: subprocess.Popen, timeout: float = 90) -> None:
+    """Wait until a periodic checkpoint at `step` or later exists. Only the last k are kept, so a poll can miss the
+    exact file on a busy machine; waiting for 'at least' cannot."""
     t0 = time.time()
-    while not list(folder.glob(pattern)):
+    while _last_step(folder) < step:
         if proc.poll() is not None:
             raise AssertionError(f"driver exited early:\n{proc.stdout.read() if proc.stdout else ''}")
         if time.time() - t0 > timeout:
             proc.kill()
-            raise AssertionError(f"timed out waiting for {folder}/{pattern}")
+            raise AssertionError(f"timed out waiting for step {step} in {folder}")
         time.sleep(0.05)
 
 
@@ -98,7 +104,7 @@ def test_sigterm_then_sigkill_resume_is_bitwise_identical(tiny_shards: tuple[Pat
 
     # 2) SIGKILL in the middle of the resumed run (a subprocess): no cleanup at all
     proc = _start(tmp_path, shards, run_dir)
-    _wait_for((run_dir / "checkpoints", f"step-{first['steps'] + 5:08d}.ckpt"), proc)
+    _wait_for_step(run_dir / "checkpoints", first["steps"] + 5, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
