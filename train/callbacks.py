@@ -123,6 +123,10 @@ def cpu_peak_flops(dtype: torch.dtype, measure_if_missing: bool = True) -> float
     if not measure_if_missing:
         return 0.0
     peak = measure_matmul_peak(dtype)
+    if os.getloadavg()[0] > (os.cpu_count() or 1):
+        # measured while other work held the cores: use it for this run, but do not keep an underestimate
+        # (a too-low cached peak shows up later as MFU above 100%)
+        return peak
     cache[key] = peak
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
