@@ -202,7 +202,22 @@ def stage_compress(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
 
     tokens, bpt = val_tokens(rd.shards)
     return run_compress(cfg.compress, rd.final_model, tokens, bpt, rd.compressed, recover=_recover_fn(cfg, rd),
-                        tokenizer_sha256=ShardIndex.load(rd.shards).tokenizer_sha256)
+                        tokenizer_sha256=ShardIndex.load(rd.shards).tokenizer_sha256,
+                        probe=_probe_fn(cfg, rd))
+
+
+def _probe_fn(cfg: RunConfig, rd: RunDir) -> Callable[..., Any]:
+    """train.eval's probes (word usage, repetition, completeness, consistency, fairness) at a small budget."""
+    from tokenizers import Tokenizer
+
+    from train.eval.config import ProbeConfig
+    from train.eval.probes import probe_metrics
+
+    n = cfg.compress.num_probe_prompts
+    pcfg = ProbeConfig(num_word_prompts=n, num_story_samples=1, max_new_tokens=64, num_fairness_samples=1,
+                       fairness_max_new_tokens=24, occupations=ProbeConfig().occupations[:n], seed=cfg.seed)
+    tok = Tokenizer.from_file(str(rd.tokenizer_file))
+    return lambda model: probe_metrics(model, tok, pcfg)
 
 
 def _recover_fn(cfg: RunConfig, rd: RunDir) -> Callable[..., Any] | None:

@@ -137,6 +137,10 @@ class CompressConfig:
     """New tokens of the greedy sample stored in the report for each pass."""
     plot: bool = True
     """Write compressed/report.png (size against bits-per-byte)."""
+    probes: bool = True
+    """Run the story-quality and fairness probes (train.eval) on the baseline and every pass, when the caller wires them."""
+    num_probe_prompts: int = 4
+    """Prompts per probe (word-usage prompts, occupations' samples) when probes run: small, they run once per pass."""
     seed: int = 0
     """Seed for anything random (none of the current passes draws random numbers)."""
 

@@ -117,8 +117,13 @@ def run_compress(
     out_dir: Path,
     recover: Recover | None = None,
     tokenizer_sha256: str | None = None,
+    probe: Callable[[nn.Module], dict] | None = None,
 ) -> dict:
-    """Run every pass of `cfg` on the model in `model_dir`; returns (and writes) the report dict."""
+    """Run every pass of `cfg` on the model in `model_dir`; returns (and writes) the report dict.
+
+    `probe(model) -> {metric: value}`, when given (train.eval's story-quality and fairness probes, wired by the
+    caller since models/ may not import train/), is recorded for the baseline and every pass, so the report shows
+    how each compression shifts those behaviours and not only bits-per-byte."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if not bytes_per_token > 0:
         raise ValueError(f"bytes_per_token: must be positive, got {bytes_per_token}")
@@ -143,7 +148,9 @@ def run_compress(
 
     def measure(model: nn.Module, speed_model: nn.Module | None = None) -> dict:
         params, nonzero = _count(model)
+        probes = {"probes": probe(speed_model or model)} if probe is not None and cfg.probes else {}
         return {
+            **probes,
             "params": params,
             "nonzero_params": nonzero,
             "val_bpb": eval_bpb(model, eval_tokens, bytes_per_token, eval_seq, cfg.batch_size),

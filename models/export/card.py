@@ -12,6 +12,29 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:.2f} MB"
 
 
+PROBE_COLUMNS = ("word_usage", "distinct_2", "ending_complete", "consistency_self", "fairness_male_share",
+                 "fairness_gendered_rate")
+"""Probe metrics shown in the card (train.eval's probes; the full set is in compressed/report.json)."""
+
+
+def _probe_table(report: dict) -> list[str]:
+    """Story-quality and fairness probes of the baseline and every pass, when the report has them."""
+    rows = [("baseline", report["baseline"].get("probes"))] + [(p["name"], p.get("probes")) for p in report["passes"]]
+    if not any(probes for _, probes in rows):
+        return []
+
+    def fmt(v: object) -> str:
+        return f"{v:.3f}" if isinstance(v, (int, float)) else "—"
+
+    lines = ["## Behaviour before and after compression", "",
+             "Story-quality and fairness probes (sampled generations, fixed seed; see `tinyfoundry eval`).", "",
+             "| pass | " + " | ".join(PROBE_COLUMNS) + " |", "|---|" + "---:|" * len(PROBE_COLUMNS)]
+    for name, probes in rows:
+        probes = probes or {}
+        lines.append(f"| {name} | " + " | ".join(fmt(probes.get(c)) for c in PROBE_COLUMNS) + " |")
+    return lines + [""]
+
+
 def model_card(model: Transformer, info: dict, report: dict | None, name: str) -> str:
     cfg = model.cfg
     kind = f"MoE ({cfg.num_experts} experts, top-{cfg.num_experts_per_tok})" if cfg.is_moe else "dense"
@@ -58,6 +81,7 @@ def model_card(model: Transformer, info: dict, report: dict | None, name: str) -
                 f"{p['val_bpb']:.4f} | {p['bpb_increase_pct']:+.2f}% | {p['tokens_per_s']:.1f} | {p['speedup']:.2f} |"
             )
         lines += ["", "![size vs bits per byte](../compressed/report.png)", ""]
+        lines += _probe_table(report)
         if base.get("sample"):
             lines += ["## Sample (greedy, baseline)", "", "```", str(base["sample"]), "```", ""]
     lines += [

@@ -73,6 +73,10 @@ def test_every_contract_artifact_is_written(tiny_run):
         assert key in summary, key
     report = json.loads((run_dir / "compressed" / "report.json").read_text())
     assert "baseline" in report and report["passes"]
+    # the story-quality and fairness probes are recorded before (baseline) and after every pass, and shown in the card
+    assert "word_usage" in report["baseline"]["probes"] and all("fairness_male_share" in p["probes"]
+                                                                 for p in report["passes"])
+    assert "Behaviour before and after compression" in (run_dir / "export" / "README.md").read_text()
     for stage, rid in _run_ids(rd).items():
         assert rid, f"{stage} has no manifest"
         m = rd.read_manifest(stage)
