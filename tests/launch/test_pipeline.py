@@ -133,6 +133,6 @@ def test_eval_command_on_export(tiny_run, capsys):
                  "--eval.probes.num_story_samples=1", "--eval.probes.max_new_tokens=24",
                  "--eval.probes.num_fairness_samples=1", "--eval.probes.fairness_max_new_tokens=12"]) == 0
     result = json.loads(out.read_text())
-    assert result["loss"]["bits_per_byte"] > 0 and "probes" in result and "fairness" in result
+    assert result["loss"]["bpb"] > 0 and "probes" in result and "fairness" in result
     assert main(["eval", "--model", str(run_dir / "export" / "hf"), "--data", str(out), "--eval.nope=1"]) == 2
     assert "eval.nope" in capsys.readouterr().err

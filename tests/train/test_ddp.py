@@ -26,7 +26,10 @@ from models import ModelConfig
 from train import TrainConfig, run_train
 cfg, model, shards, run = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
 s = run_train(TrainConfig(**cfg), ModelConfig.from_dict(model), Path(shards), Path(run))
-print("SUMMARY", json.dumps({k: s.get(k) for k in ("status", "steps", "world_size", "final_val_loss")}), flush=True)
+# one file per rank: two ranks printing at once can interleave their lines on the shared stdout
+import os
+Path(run, f"rank{os.environ['RANK']}.json").write_text(
+    json.dumps({k: s.get(k) for k in ("status", "steps", "world_size", "final_val_loss")}))
 """
 
 
@@ -43,7 +46,7 @@ def test_ddp_two_processes_gloo_matches_single_process(tiny_shards: tuple[Path, 
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = [json.loads(line.split("SUMMARY", 1)[1]) for line in proc.stdout.splitlines() if "SUMMARY" in line]
+    results = [json.loads((tmp_path / "ddp" / f"rank{r}.json").read_text()) for r in range(2)]
     assert len(results) == 2  # both ranks return
     assert all(r["world_size"] == 2 and r["steps"] == 6 and r["status"] == "completed" for r in results)
     summary = json.loads((tmp_path / "ddp" / "train" / "summary.json").read_text())
