@@ -36,6 +36,7 @@ demo: $(BASE)
 	$(BIN)/tinyfoundry run --config configs/demo.yaml
 
 test: $(FULL)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(BASE)

@@ -41,6 +41,9 @@ class ModelConfig:
     """Number of query heads; head_dim = dim / num_heads (even, for RoPE)."""
     num_kv_heads: int = 0
     """Number of key/value heads for grouped-query attention; 0 means num_heads (plain multi-head)."""
+    head_dim: int = 0
+    """Width of one attention head; 0 means dim / num_heads. Set explicitly by structured head pruning, which
+    removes whole heads and keeps their width (so num_heads * head_dim may be less than dim)."""
     hidden_dim: int = 0
     """SwiGLU inner width of the dense MLP; 0 means 8/3 * dim rounded up to a multiple of 32 (Llama)."""
     max_seq_len: int = 512
@@ -86,11 +89,16 @@ class ModelConfig:
                 raise ValueError(f"{name}: must be a non-negative integer, got {v!r}")
         if self.dim % GGUF_BLOCK:
             raise ValueError(f"dim: must be a multiple of {GGUF_BLOCK} (GGUF row blocks), got {self.dim}")
-        if self.dim % self.num_heads:
-            raise ValueError(f"num_heads: must divide dim={self.dim}, got {self.num_heads}")
+        if self.head_dim == 0:
+            if self.dim % self.num_heads:
+                raise ValueError(f"num_heads: must divide dim={self.dim}, got {self.num_heads}")
+            self.head_dim = self.dim // self.num_heads
         if self.head_dim % 2:
+            raise ValueError(f"head_dim: must be even for RoPE, got {self.head_dim}")
+        if (self.num_heads * self.head_dim) % GGUF_BLOCK:
             raise ValueError(
-                f"num_heads: head_dim = dim / num_heads must be even for RoPE, got {self.head_dim}"
+                f"num_heads: num_heads * head_dim (the attention output's row length) must be a multiple of "
+                f"{GGUF_BLOCK}, got {self.num_heads} * {self.head_dim}"
             )
         if self.num_kv_heads == 0:
             self.num_kv_heads = self.num_heads
@@ -133,10 +141,6 @@ class ModelConfig:
                 f"num_shared_experts: needs num_experts > 0 (a dense model has no experts), "
                 f"got {self.num_shared_experts}"
             )
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.num_heads
 
     @property
     def is_moe(self) -> bool:

@@ -165,14 +165,13 @@ def config_from_hf(hf: dict) -> ModelConfig:
         raise ValueError(f"rope_parameters: only default RoPE is supported, got {rope_type!r}")
     dim, heads = hf["hidden_size"], hf["num_attention_heads"]
     head_dim = hf.get("head_dim") or dim // heads
-    if head_dim * heads != dim:
-        raise ValueError(f"head_dim: must equal hidden_size / num_attention_heads, got {head_dim}")
     kw: dict[str, Any] = dict(
         vocab_size=hf["vocab_size"],
         dim=dim,
         num_layers=hf["num_hidden_layers"],
         num_heads=heads,
         num_kv_heads=hf.get("num_key_value_heads") or heads,
+        head_dim=head_dim,
         max_seq_len=hf.get("max_position_embeddings", 2048),
         rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),

@@ -29,8 +29,10 @@ CASES = {
     "llama-untied": dict(tie_embeddings=False, rope_theta=500.0),
     "mixtral": dict(num_experts=4, num_experts_per_tok=2, moe_hidden_dim=64, num_kv_heads=2),
     "qwen2moe-shared": dict(num_experts=8, num_experts_per_tok=3, moe_hidden_dim=32, num_shared_experts=2),
+    # what structured head pruning leaves: 2 heads of width 16, so the attention is narrower than dim
+    "llama-pruned-heads": dict(num_heads=2, num_kv_heads=2, head_dim=16),
 }
-ARCH = {"llama-tied-gqa": "LlamaForCausalLM", "llama-untied": "LlamaForCausalLM",
+ARCH = {"llama-pruned-heads": "LlamaForCausalLM", "llama-tied-gqa": "LlamaForCausalLM", "llama-untied": "LlamaForCausalLM",
         "mixtral": "MixtralForCausalLM", "qwen2moe-shared": "Qwen2MoeForCausalLM"}  # fmt: skip
 
 
@@ -44,8 +46,8 @@ def write_hf_dir(path: Path, model: Transformer) -> None:
 @pytest.mark.parametrize("name", list(CASES))
 def test_logits_match_transformers(tmp_path: Path, name: str):
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=67, dim=64, num_layers=2, num_heads=4, max_seq_len=64, init_std=0.1,
-                      norm_eps=1e-6, **CASES[name])  # fmt: skip
+    cfg = ModelConfig(**{**dict(vocab_size=67, dim=64, num_layers=2, num_heads=4, max_seq_len=64, init_std=0.1,
+                                norm_eps=1e-6), **CASES[name]})  # fmt: skip
     model = Transformer(cfg).eval()
     with torch.no_grad():  # non-trivial norm gains so a mis-mapped norm cannot hide
         for n, p in model.named_parameters():

@@ -44,7 +44,8 @@ def test_derived_fields_filled_and_roundtrip_json_yaml():
     [
         (dict(dim=100), "dim"),
         (dict(dim=64, num_heads=3), "num_heads"),
-        (dict(dim=96, num_heads=32), "num_heads"),  # head_dim 3 is odd
+        (dict(dim=96, num_heads=32), "head_dim"),  # head_dim 3 is odd
+        (dict(dim=64, num_heads=3, head_dim=10), "num_heads"),  # 3 * 10 rows: not a multiple of 32
         (dict(num_heads=4, num_kv_heads=3), "num_kv_heads"),
         (dict(hidden_dim=100), "hidden_dim"),
         (dict(vocab_size=0), "vocab_size"),
