@@ -9,16 +9,6 @@ from models import ModelConfig, Transformer, get_preset, list_presets
 from models.accounting import attention_flops_per_token, count_params, flops_per_token, memory_estimate
 from models.moe import MoE
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on a shared 2-core box: OpenMP threads spin against each other (10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 CFGS = {
     "dense": ModelConfig(vocab_size=300, dim=128, num_layers=3, num_heads=4, num_kv_heads=2, max_seq_len=64),
     "untied": ModelConfig(vocab_size=300, dim=128, num_layers=3, num_heads=4, tie_embeddings=False, max_seq_len=64),

@@ -11,15 +11,6 @@ import torch
 from models import ModelConfig, Transformer, load_model, save_model_dir
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on a shared 2-core box: OpenMP threads spin against each other (10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(**kw) -> ModelConfig:
     base = dict(vocab_size=40, dim=32, num_layers=2, num_heads=2, max_seq_len=16)
     base.update(kw)

@@ -9,15 +9,6 @@ from models import ModelConfig, Transformer
 from models.generate import generate, sample_next
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on a shared 2-core box: OpenMP threads spin against each other (10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module", params=[False, True], ids=["dense", "moe"])
 def model(request) -> Transformer:
     torch.manual_seed(0)

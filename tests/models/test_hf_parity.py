@@ -15,15 +15,6 @@ from models.hf_mapping import from_hf, to_hf
 transformers = pytest.importorskip("transformers", reason="HF parity needs transformers (the hf extra)")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on a shared 2-core box: OpenMP threads spin against each other (10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 CASES = {
     "llama-tied-gqa": dict(num_kv_heads=2),
     "llama-untied": dict(tie_embeddings=False, rope_theta=500.0),

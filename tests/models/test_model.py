@@ -14,15 +14,6 @@ from models import ModelConfig, Transformer, get_preset, list_presets
 from models.accounting import count_params
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on a shared 2-core box: OpenMP threads spin against each other (10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(**kw) -> ModelConfig:
     base = dict(vocab_size=97, dim=64, num_layers=2, num_heads=4, num_kv_heads=2, max_seq_len=32)
     base.update(kw)

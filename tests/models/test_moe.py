@@ -9,15 +9,6 @@ from models import ModelConfig, Transformer
 from models.moe import MoE
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on a shared 2-core box: OpenMP threads spin against each other (10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def moe_cfg(**kw) -> ModelConfig:
     base = dict(vocab_size=61, dim=64, num_layers=2, num_heads=4, max_seq_len=32, num_experts=8,
                 num_experts_per_tok=2, moe_hidden_dim=64)  # fmt: skip
