@@ -78,3 +78,14 @@ def test_help_lists_every_option_with_its_doc(tmp_path: Path):
     option_lines = [i for i, ln in enumerate(lines) if ln.startswith("  --train.") or ln.startswith("  --model.")]
     undocumented = [lines[i] for i in option_lines if i + 1 >= len(lines) or not lines[i + 1].startswith("        ")]
     assert not undocumented, undocumented
+
+
+def test_readme_config_example_validates(tmp_path: Path):
+    import re
+
+    block = re.search(r"```yaml\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    assert block, "README.md has no yaml example"
+    p = tmp_path / "readme.yaml"
+    p.write_text(block.group(1))
+    cfg = load_config(p)
+    assert cfg.name == "demo" and cfg.compress.passes
