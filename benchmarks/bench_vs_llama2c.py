@@ -246,6 +246,7 @@ def run_baseline(train_docs, val_docs, flops: float, lrs: list[float], work: Pat
     tok = Tokenizer.from_file(str(train_bpe(train_docs, 512, work / "baseline_tok512.json")))
     tr, _ = token_stream(tok, train_docs)
     va, va_bytes = token_stream(tok, val_docs)
+    trs, trs_bytes = token_stream(tok, train_docs[: len(val_docs)])
     rows = []
     for lr in lrs:
         torch.manual_seed(seed)
@@ -258,7 +259,8 @@ def run_baseline(train_docs, val_docs, flops: float, lrs: list[float], work: Pat
         bpb = heldout_bpb(model, va, va_bytes, 256)
         rows.append({"run": f"llama2.c lr={lr:g}", "params": n, "vocab": 512, "steps": steps,
                      "tokens": steps * tokens_per_step, "flops": 6 * n * steps * tokens_per_step, "lr": lr,
-                     "train_loss": last, "bpb": bpb, "wall_s": time.time() - t0,
+                     "train_loss": last, "bpb": bpb, "train_bpb": heldout_bpb(model, trs, trs_bytes, 256),
+                     "epochs": steps * tokens_per_step / tr.numel(), "wall_s": time.time() - t0,
                      "train_bytes_per_token": sum(len(d.encode()) for d in train_docs) / tr.numel()})
         print(f"  {rows[-1]['run']:<28} steps {steps:5d}  bpb {bpb:.4f}  ({rows[-1]['wall_s']:.0f}s)", flush=True)
     return rows
@@ -290,16 +292,35 @@ def fallback_plan(flops: float, seq_len: int = 256) -> dict:
 OURS_SCHEDULE = {"warmup_frac": 0.05, "min_lr_frac": 0.1, "wd": 0.1, "z_loss": 1e-4}
 
 
+SHAPE_KEYS = ("dim", "num_layers", "num_heads", "num_kv_heads", "hidden_dim", "dropout")
+SET_KEYS = ("vocab", "batch", "lr", *SHAPE_KEYS, *OURS_SCHEDULE, "warmup_frac", "min_lr_frac")
+
+
+def parse_sets(items: list[str]) -> dict[str, float]:
+    """`--set key=value` ablations of our recipe (the row names them): vocab, batch, lr, shape keys, schedule keys."""
+    out: dict[str, float] = {}
+    for item in items:
+        key, _, val = item.partition("=")
+        if key not in SET_KEYS or not val:
+            raise SystemExit(f"--set {item!r}: expected key=value with key in {', '.join(dict.fromkeys(SET_KEYS))}")
+        out[key] = float(val)
+    return out
+
+
 def run_ours(train_docs, val_docs, flops: float, work: Path, seed: int, use_rooms: bool = True,
-             trainer: str = "plain") -> dict:
+             trainer: str = "plain", sets: dict[str, float] | None = None) -> dict:
     """Our recipe: our tokenizer, our planner's shape/batch/lr (fallbacks named in the row), a plain loop or
-    train.run_train (trainer="rooms": the trainer's own schedule defaults, peak lr from the planner)."""
+    train.run_train (trainer="rooms": the trainer's own schedule defaults, peak lr from the planner).
+    `sets` overrides pieces of the recipe for ablations (the planner then plans for the overridden vocab)."""
     from tokenizers import Tokenizer
 
     from models import ModelConfig, Transformer
 
+    sets = dict(sets or {})
     used: dict[str, str] = {}
     r = fallback_plan(flops)
+    if "vocab" in sets:
+        r["vocab"] = int(sets["vocab"])
     plan = _room_plan(flops, r["vocab"], work) if use_rooms else None
     tok_file = _room_tokenizer(train_docs, r["vocab"], work, seed) if use_rooms else None
     if tok_file is None:
@@ -310,6 +331,7 @@ def run_ours(train_docs, val_docs, flops: float, work: Path, seed: int, use_room
     tok = Tokenizer.from_file(str(tok_file))
     tr, _ = token_stream(tok, train_docs)
     va, va_bytes = token_stream(tok, val_docs)
+    trs, trs_bytes = token_stream(tok, train_docs[: len(val_docs)])
     torch.manual_seed(seed)
     if plan is not None:
         mcfg = ModelConfig.from_dict({**plan["model"], "vocab_size": tok.get_vocab_size(), "max_seq_len": 256})
@@ -320,12 +342,22 @@ def run_ours(train_docs, val_docs, flops: float, work: Path, seed: int, use_room
         mcfg = ModelConfig(vocab_size=tok.get_vocab_size(), dim=r["dim"], num_layers=r["num_layers"],
                            num_heads=r["num_heads"], num_kv_heads=r["num_kv_heads"], max_seq_len=r["seq_len"])
         used["shape"] = r["source"]
+    shape_sets = {k: (float(v) if k == "dropout" else int(v)) for k, v in sets.items() if k in SHAPE_KEYS}
+    if shape_sets:
+        if "num_heads" in shape_sets and "num_kv_heads" not in shape_sets:
+            shape_sets["num_kv_heads"] = shape_sets["num_heads"]
+        mcfg = ModelConfig.from_dict({**mcfg.to_dict(), **shape_sets, "head_dim": 0, "hidden_dim":
+                                      shape_sets.get("hidden_dim", 0 if "dim" in shape_sets else mcfg.hidden_dim)})
+    r.update({k: (int(v) if k == "batch" else v) for k, v in sets.items() if k in ("batch", "lr")})
+    if sets:
+        used["set"] = ", ".join(f"{k}={v:g}" for k, v in sets.items())
     model = Transformer(mcfg)
     n = num_params(model)
     tokens_per_step = r["batch"] * r["seq_len"]
     steps = max(1, int(flops / (6 * n * tokens_per_step)))
     t0 = time.time()
-    schedule = dict(OURS_SCHEDULE)
+    schedule = {**OURS_SCHEDULE, **{k: v for k, v in sets.items() if k in (*OURS_SCHEDULE, "warmup_frac",
+                                                                             "min_lr_frac")}}
     if trainer == "rooms" and (work / "shards").is_dir():
         from models import load_model
         from train import TrainConfig, run_train
@@ -341,10 +373,13 @@ def run_ours(train_docs, val_docs, flops: float, work: Path, seed: int, use_room
         last = plain_train(model, tr, steps, r["lr"], r["batch"], r["seq_len"], seed=seed, desc="ours", **schedule)
         used["trainer"] = "plain loop (models.Transformer)"
     bpb = heldout_bpb(model, va, va_bytes, r["seq_len"])
-    shape = f"dim {mcfg.dim}, {mcfg.num_layers} layers, {mcfg.num_heads} heads, batch {r['batch']}x{r['seq_len']}"
-    return {"run": "ours", "params": n, "vocab": tok.get_vocab_size(), "steps": steps,
+    shape = (f"dim {mcfg.dim}, {mcfg.num_layers} layers, {mcfg.num_heads} heads, hidden {mcfg.hidden_dim}, "
+             f"dropout {mcfg.dropout:g}, batch {r['batch']}x{r['seq_len']}")
+    name = "ours" + (f" ({used['set']})" if sets else "")
+    return {"run": name, "params": n, "vocab": tok.get_vocab_size(), "steps": steps,
             "tokens": steps * tokens_per_step, "flops": 6 * n * steps * tokens_per_step, "lr": r["lr"],
-            "train_loss": last, "bpb": bpb, "wall_s": time.time() - t0, "shape": shape, "used": used,
+            "train_loss": last, "bpb": bpb, "train_bpb": heldout_bpb(model, trs, trs_bytes, r["seq_len"]),
+            "epochs": steps * tokens_per_step / tr.numel(), "wall_s": time.time() - t0, "shape": shape, "used": used,
             "schedule": schedule, "train_bytes_per_token": sum(len(d.encode()) for d in train_docs) / tr.numel()}
 
 
@@ -385,41 +420,52 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help=f"ablate our recipe (repeatable): {', '.join(dict.fromkeys(SET_KEYS))}")
+    ap.add_argument("--merge", type=Path, nargs="*", default=[],
+                    help="also report the rows of earlier --json files (runs split over processes or machines)")
     args = ap.parse_args()
+    sets = parse_sets(args.set)
     if args.threads:
         torch.set_num_threads(args.threads)
     flops = args.flops or (5e11 if args.quick else 1e13)
     lrs = [float(x) for x in (args.lrs or ("3e-3,6e-3,1.2e-2,2.4e-2" if args.quick else "5e-4,1e-3,3e-3,6e-3,1e-2")).split(",")]
     train_docs, val_docs = split_stories(args.seed)
     print(f"data: {len(train_docs)} train / {len(val_docs)} held-out stories; budget {flops:.2g} FLOPs per run")
-    rows: list[dict] = []
+    merged = [row for f in args.merge for row in json.loads(f.read_text())]
+    rows: list[dict] = list(merged)
+    if args.merge and args.ours == "none" and args.skip_baseline:
+        return report(rows)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if not args.skip_baseline:
             rows += run_baseline(train_docs, val_docs, flops, lrs, work, args.seed)
         if args.ours != "none":
             rows.append(run_ours(train_docs, val_docs, flops, work, args.seed, use_rooms=args.ours == "rooms",
-                                 trainer=args.trainer))
+                                 trainer=args.trainer, sets=sets))
             o = rows[-1]
-            print(f"  {'ours':<28} steps {o['steps']:5d}  bpb {o['bpb']:.4f}  ({o['wall_s']:.0f}s)  "
+            print(f"  {o['run']:<28} steps {o['steps']:5d}  bpb {o['bpb']:.4f}  ({o['wall_s']:.0f}s)  "
                   f"{o['shape']}, lr {o['lr']:.2g}; {o['used']}", flush=True)
     report(rows)
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2, default=str))
+        args.json.write_text(json.dumps([r for r in rows if r not in merged], indent=2, default=str))
 
 
 def report(rows: list[dict]) -> None:
     base = [r for r in rows if r["run"].startswith("llama2.c")]
     best = min(base, key=lambda r: r["bpb"]) if base else None
     print()
-    print(f"| {'run':<28} | {'params':>8} | {'vocab':>5} | {'tokens':>9} | {'FLOPs':>8} | {'B/tok':>5} | "
-          f"{'held-out bpb':>12} | {'vs tuned':>8} |")
-    print("|" + "|".join("-" * (w + 2) for w in (28, 8, 5, 9, 8, 5, 12, 8)) + "|")
+    print(f"| {'run':<40} | {'params':>8} | {'vocab':>5} | {'tokens':>9} | {'epochs':>6} | {'FLOPs':>8} | "
+          f"{'B/tok':>5} | {'train bpb':>9} | {'held-out bpb':>12} | {'vs tuned':>8} |")
+    print("|" + "|".join("-" * (w + 2) for w in (40, 8, 5, 9, 6, 8, 5, 9, 12, 8)) + "|")
     for r in rows:
         ratio = f"{r['bpb'] / best['bpb']:.3f}x" if best else "-"
-        print(f"| {r['run']:<28} | {r['params']:>8,} | {r['vocab']:>5} | {r['tokens']:>9,} | {r['flops']:>8.2e} | "
-              f"{r['train_bytes_per_token']:>5.2f} | {r['bpb']:>12.4f} | {ratio:>8} |")
-    ours = [r for r in rows if r["run"].startswith("ours")]
+        train_bpb = f"{r['train_bpb']:.4f}" if r.get("train_bpb") else "-"
+        epochs = f"{r['epochs']:.1f}" if r.get("epochs") else "-"
+        print(f"| {r['run']:<40} | {r['params']:>8,} | {r['vocab']:>5} | {r['tokens']:>9,} | {epochs:>6} | "
+              f"{r['flops']:>8.2e} | {r['train_bytes_per_token']:>5.2f} | {train_bpb:>9} | {r['bpb']:>12.4f} | "
+              f"{ratio:>8} |")
+    ours = [r for r in rows if r["run"] == "ours"] or [r for r in rows if r["run"].startswith("ours")]
     if best and ours:
         ratio = ours[0]["bpb"] / best["bpb"]
         verdict = "MET" if ratio <= 0.85 else "NOT met"

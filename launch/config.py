@@ -87,7 +87,11 @@ class RunConfig:
 
     def section_hash(self, *names: str, extra: Any = None) -> str:
         """A stable hash of some sections (and the seed): what decides whether a stage's outputs are current."""
-        payload = {n: to_plain(self.sections[n]) for n in names}
+        payload = {}
+        for n in names:
+            plain = to_plain(self.sections[n])
+            skip = getattr(self.sections[n], "HASH_EXCLUDE", frozenset())  # display-only fields of that section
+            payload[n] = {k: v for k, v in plain.items() if k not in skip} if isinstance(plain, dict) else plain
         payload["__seed__"] = self.seed
         payload["__extra__"] = extra
         blob = json.dumps(payload, sort_keys=True, default=str).encode()

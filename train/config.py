@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 Precision = Literal["fp32", "bf16-mixed", "16-mixed"]
 Strategy = Literal["auto", "ddp", "fsdp", "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_3"]
@@ -100,6 +100,11 @@ class TrainConfig:
     """DataLoader worker processes (windows are cut from memory-mapped shards, so 0 is usually enough)."""
     progress_bar: bool = True
     """Show a tqdm bar (tokens/s, loss, ETA) on stderr."""
+
+    # Fields that change how a run is shown or checkpointed, never what it trains: the run directory's stage hash
+    # leaves them out, so toggling the progress bar does not retrain.
+    HASH_EXCLUDE: ClassVar[frozenset[str]] = frozenset(
+        {"progress_bar", "log_every_steps", "ckpt_every_tokens", "ckpt_every_minutes", "num_keep_ckpts"})
 
     def __post_init__(self) -> None:
         for name in ("max_tokens", "batch_size", "seq_len", "val_every_tokens", "ckpt_every_tokens",

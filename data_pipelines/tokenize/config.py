@@ -10,7 +10,7 @@ Encoding uses every core through the Rust encoder's thread pool (set RAYON_NUM_T
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 MIN_VOCAB = 512
 MAX_VOCAB = 65536
@@ -44,6 +44,8 @@ class TokenizeConfig:
     """Column/key with a stable document id used for the split hash; row position is used when absent."""
     progress: bool = True
     """Show tqdm progress bars (MB/s and ETA) on stderr."""
+
+    HASH_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"progress"})  # display only: not part of the stage hash
 
     def __post_init__(self) -> None:
         if not MIN_VOCAB <= self.vocab_size <= MAX_VOCAB:

@@ -90,6 +90,10 @@ def test_rerun_skips_and_changed_config_redoes_downstream(tiny_run, capsys):
     assert main(["run", "--config", str(cfg), "--run-dir", str(run_dir)]) == 0
     assert _run_ids(rd) == before, "an unchanged rerun must skip every stage"
     assert "up to date" in capsys.readouterr().err
+    # display-only fields (HASH_EXCLUDE) do not invalidate anything
+    assert main(["run", "--config", str(cfg), "--run-dir", str(run_dir), "--train.progress_bar=false",
+                 "--train.log_every_steps=3", "--tokenize.progress=false"]) == 0
+    assert _run_ids(rd) == before, "toggling progress bars must not redo a stage"
     # change the compression passes: compress and export are redone, training and everything before it are not
     assert main(["run", "--config", str(cfg), "--run-dir", str(run_dir),
                  "--compress.passes=[{method: int8}, {method: int4, group_size: 32}]"]) == 0
