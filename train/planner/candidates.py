@@ -6,8 +6,11 @@ Design and invariants
   `_estimate` mirrors ModelConfig's layout only to *search* for (num_layers, dim) quickly; a generated shape is
   re-aimed once if accounting disagrees with the estimate by more than 1%.
 - Shape rule (a heuristic, not a law: Kaplan et al. 2020 found loss within a few percent over aspect ratios
-  dim/num_layers of ~20-200): aspect 32 up to 1e8 non-embedding params, growing as N^0.2 beyond (about 100 at
-  Chinchilla-70B scale); head_dim 32 below dim 256, 64 below 4096, 128 above; MHA; SwiGLU hidden 8/3 dim
+  dim/num_layers of ~20-200; MobileLLM (Liu et al. 2024) found deep-and-thin better below 1B): aspect 16 up to
+  1e6 non-embedding params, rising log-linearly to 32 at 1e8, growing as N^0.2 beyond (about 100 at
+  Chinchilla-70B scale); head_dim 16 below dim 128, 32 below 256, 64 below 4096, 128 above. At 1e13 FLOPs on
+  tinystories, dim 64 x 4 layers x 4 heads of 16 beat the older rule's 3 layers x 2 heads of 32 by 1.4% held-out
+  bits per byte (LOG.md, issue 10); MHA; SwiGLU hidden 8/3 dim
   (ModelConfig's default). dim steps by head_dim, num_layers by one; the score is the size mismatch (floored
   at 1%) plus a penalty for aspect ratios beyond a factor 2 of the rule, so at large sizes shapes land within
   ~1% of the target and at tiny sizes (few choices) a 10% size miss beats a 20-layer, 32-wide model.
@@ -55,11 +58,13 @@ def law_params(c: dict[str, int], convention: str, moe_gain_exponent: float = 0.
 
 
 def head_dim_for(dim: int) -> int:
-    return 32 if dim < 256 else 64 if dim < 4096 else 128
+    return 16 if dim < 128 else 32 if dim < 256 else 64 if dim < 4096 else 128
 
 
 def target_aspect(n_nonemb: float) -> float:
-    return 32.0 * max(1.0, n_nonemb / 1e8) ** 0.2
+    if n_nonemb >= 1e8:
+        return 32.0 * (n_nonemb / 1e8) ** 0.2
+    return 16.0 * 2.0 ** (max(0.0, math.log10(max(n_nonemb, 1.0) / 1e6)) / 2.0)  # 16 at <= 1e6 .. 32 at 1e8
 
 
 def _aspect_penalty(aspect: float, n_nonemb: float) -> float:
@@ -105,8 +110,8 @@ def _search_shape(target: float, key: str, vocab: int, num_experts: int, top_k: 
         score = max(mismatch, 0.01) + _aspect_penalty(aspect, est - base + dim)
         if best is None or score < best[0]:
             best = (score, layers, dim)
-        dim += head_dim_for(dim)
-        dim = (dim // head_dim_for(dim)) * head_dim_for(dim)
+        step = max(32, head_dim_for(dim))  # widths stay multiples of 32 (GGUF row blocks)
+        dim = (dim + step) // step * step
     assert best is not None
     return best[1], best[2]
 
