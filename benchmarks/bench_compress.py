@@ -118,7 +118,7 @@ def llama_cpp_run(path: Path, prompt: list[int], n: int) -> tuple[float, list[in
         import llama_cpp
     except ImportError:
         return None
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_batch=512, n_threads=2, verbose=False)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_batch=512, n_threads=torch.get_num_threads(), verbose=False)  # same threads as ours
     def run() -> list[int]:
         llm.reset()
         out = []
