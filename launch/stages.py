@@ -167,13 +167,30 @@ def model_for_data(cfg: RunConfig, rd: RunDir) -> Any:
     return model
 
 
+PLAN_LR_CAP = 1e-2  # the DeepSeek fit extrapolates to very high rates at tiny budgets; 1e-2 was stable in LOG.md
+
+
+def train_config_for(cfg: RunConfig, plan: dict[str, Any] | None) -> Any:
+    """The train section, with the plan's learning-rate hint (capped at PLAN_LR_CAP) unless train.lr was set."""
+    import dataclasses
+
+    hint = (plan or {}).get("lr_hint")
+    if not hint or "lr" in cfg.explicit.get("train", []):
+        return cfg.train
+    lr = min(PLAN_LR_CAP, float(hint))
+    log(f"train: peak lr {lr:.3g} from the plan (DeepSeek LLM fit 0.3118 C^-0.125, capped at {PLAN_LR_CAP:g}); "
+        f"set train.lr to choose another")
+    return dataclasses.replace(cfg.train, lr=lr)
+
+
 def stage_train(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
     from train import run_train
 
     plan = _load_plan(cfg, rd)
     # with a plan, the planner's model (built from the `model` section's family and the data's vocabulary) is used
     model = None if plan is not None and plan.get("model") else model_for_data(cfg, rd)
-    return run_train(cfg.train, model, rd.shards, rd.root, plan=plan, tokenizer_file=rd.tokenizer_file)
+    return run_train(train_config_for(cfg, plan), model, rd.shards, rd.root, plan=plan,
+                     tokenizer_file=rd.tokenizer_file)
 
 
 def val_tokens(shards_dir: Path, max_tokens: int = 1_000_000) -> tuple[Any, float]:

@@ -8,7 +8,14 @@ from typing import Literal
 
 import pytest
 
-from launch.config import ConfigError, build_dataclass, describe_dataclass, field_docs, parse_overrides
+from launch.config import (
+    ConfigError,
+    build_dataclass,
+    describe_dataclass,
+    field_docs,
+    load_config,
+    parse_overrides,
+)
 
 
 @dataclass
@@ -79,3 +86,15 @@ def test_field_docs_are_read_from_source():
     text = describe_dataclass(Toy, "train")
     assert "--train.lr float  [default: 0.0003]" in text and "Peak learning rate." in text
     assert "--train.inner.width int" in text
+
+
+def test_train_takes_the_plan_lr_unless_set() -> None:
+    from launch.stages import PLAN_LR_CAP, train_config_for
+
+    plan = {"lr_hint": 7.4e-3}
+    cfg = load_config(None, {"train": {"batch_size": 8}})
+    assert train_config_for(cfg, plan).lr == pytest.approx(7.4e-3)
+    assert train_config_for(cfg, {"lr_hint": 0.3}).lr == PLAN_LR_CAP  # tiny budgets: capped
+    assert train_config_for(cfg, None).lr == cfg.train.lr  # no plan: the section's default
+    explicit = load_config(None, {"train": {"lr": 1e-3}})
+    assert train_config_for(explicit, plan).lr == pytest.approx(1e-3)  # an explicit lr wins
