@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import math
 import random
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -92,25 +93,26 @@ def ours_tokens_per_s(model: Transformer, prompt: list[int], n: int) -> tuple[fl
     return len(out) / (time.perf_counter() - t0), out
 
 
-def speed_compare(base_dir: Path, pruned_dir: Path, prompt: list[int], n: int, rounds: int = 5,
-                  batches: tuple[int, ...] = (1, 8)) -> dict[int, tuple[float, float, float]]:
-    """Generation tokens/s of two model dirs, measured in alternating rounds so that load changes on a shared
-    CPU hit both alike; returns batch -> (median per-round ratio, median base tok/s, median pruned tok/s)."""
-    import statistics
+def interleaved(measure_a, measure_b, rounds: int = 5) -> tuple[float, float, float]:
+    """Alternate two tokens/s measurements so that load changes on a shared CPU hit both alike; returns
+    (median per-round ratio b/a, median a, median b)."""
+    ratios, ta, tb = [], [], []
+    for _ in range(rounds):
+        ta.append(measure_a())
+        tb.append(measure_b())
+        ratios.append(tb[-1] / ta[-1])
+    return statistics.median(ratios), statistics.median(ta), statistics.median(tb)
 
+
+def speed_compare(base_dir: Path, pruned_dir: Path, prompt: list[int], n: int,
+                  batches: tuple[int, ...] = (1, 8)) -> dict[int, tuple[float, float, float]]:
+    """Generation tokens/s of two model dirs at each batch size: batch -> interleaved()'s triple."""
     from models.compress.report import tokens_per_s
 
     base, _ = load_compressed(base_dir)
     pruned, _ = load_compressed(pruned_dir)
-    out = {}
-    for bs in batches:
-        ratios, ta, tb = [], [], []
-        for _ in range(rounds):
-            ta.append(tokens_per_s(base, prompt, n, bs, repeats=1))
-            tb.append(tokens_per_s(pruned, prompt, n, bs, repeats=1))
-            ratios.append(tb[-1] / ta[-1])
-        out[bs] = (statistics.median(ratios), statistics.median(ta), statistics.median(tb))
-    return out
+    return {bs: interleaved(lambda bs=bs: tokens_per_s(base, prompt, n, bs, repeats=1),
+                            lambda bs=bs: tokens_per_s(pruned, prompt, n, bs, repeats=1)) for bs in batches}
 
 
 def llama_cpp_run(path: Path, prompt: list[int], n: int) -> tuple[float, list[int]] | None:
@@ -251,18 +253,11 @@ def main() -> None:
     s30 = run_export(_EC(hf=False, card=False, gguf_types=["q8_0"]), args.out / "compressed" / "structured-30",
                      args.out / "export_structured30")
     s30_q8 = Path(s30["gguf"][0]["path"])
-    ratios, a_tps, b_tps = [], [], []
-    for _ in range(5):
-        a = llama_cpp_run(args.out / "export" / "gguf" / "tinyfoundry-q8_0.gguf", prompt, n)
-        b = llama_cpp_run(s30_q8, prompt, n)
-        a_tps.append(a[0])
-        b_tps.append(b[0])
-        ratios.append(b[0] / a[0])
-    import statistics
-
-    r = statistics.median(ratios)
-    print(f"llama.cpp Q8_0, batch 1, {n} tokens: baseline {statistics.median(a_tps):.1f} tok/s -> structured-30 "
-          f"{statistics.median(b_tps):.1f} tok/s = {r:.2f}x (median of 5 interleaved rounds)  "
+    r, a_tps, b_tps = interleaved(
+        lambda: llama_cpp_run(args.out / "export" / "gguf" / "tinyfoundry-q8_0.gguf", prompt, n)[0],
+        lambda: llama_cpp_run(s30_q8, prompt, n)[0])
+    print(f"llama.cpp Q8_0, batch 1, {n} tokens: baseline {a_tps:.1f} tok/s -> structured-30 "
+          f"{b_tps:.1f} tok/s = {r:.2f}x (median of 5 interleaved rounds)  "
           f"[{'PASS' if r >= 1.3 else 'FAIL'}] structured 30% + recovery >= 1.3x faster (llama.cpp)")
 
 

@@ -304,7 +304,7 @@ OURS_SCHEDULE = {"warmup_frac": 0.05, "min_lr_frac": 0.1, "wd": 0.1, "z_loss": 0
 
 
 SHAPE_KEYS = ("dim", "num_layers", "num_heads", "num_kv_heads", "hidden_dim", "dropout")
-SET_KEYS = ("vocab", "batch", "lr", *SHAPE_KEYS, *OURS_SCHEDULE, "warmup_frac", "min_lr_frac")
+SET_KEYS = ("vocab", "batch", "lr", *SHAPE_KEYS, *OURS_SCHEDULE)
 
 
 def parse_sets(items: list[str]) -> dict[str, float]:
@@ -313,7 +313,7 @@ def parse_sets(items: list[str]) -> dict[str, float]:
     for item in items:
         key, _, val = item.partition("=")
         if key not in SET_KEYS or not val:
-            raise SystemExit(f"--set {item!r}: expected key=value with key in {', '.join(dict.fromkeys(SET_KEYS))}")
+            raise SystemExit(f"--set {item!r}: expected key=value with key in {', '.join(SET_KEYS)}")
         out[key] = float(val)
     return out
 
@@ -367,8 +367,7 @@ def run_ours(train_docs, val_docs, flops: float, work: Path, seed: int, use_room
     tokens_per_step = r["batch"] * r["seq_len"]
     steps = max(1, int(flops / (6 * n * tokens_per_step)))
     t0 = time.time()
-    schedule = {**OURS_SCHEDULE, **{k: v for k, v in sets.items() if k in (*OURS_SCHEDULE, "warmup_frac",
-                                                                             "min_lr_frac")}}
+    schedule = {**OURS_SCHEDULE, **{k: v for k, v in sets.items() if k in OURS_SCHEDULE}}
     if trainer == "rooms" and (work / "shards").is_dir():
         from models import load_model
         from train import TrainConfig, run_train
@@ -432,7 +431,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help=f"ablate our recipe (repeatable): {', '.join(dict.fromkeys(SET_KEYS))}")
+                    help=f"ablate our recipe (repeatable): {', '.join(SET_KEYS)}")
     ap.add_argument("--merge", type=Path, nargs="*", default=[],
                     help="also report the rows of earlier --json files (runs split over processes or machines)")
     args = ap.parse_args()
@@ -459,7 +458,7 @@ def main() -> None:
                   f"{o['shape']}, lr {o['lr']:.2g}; {o['used']}", flush=True)
     report(rows)
     if args.json:
-        args.json.write_text(json.dumps([r for r in rows if r not in merged], indent=2, default=str))
+        args.json.write_text(json.dumps(rows[len(merged):], indent=2, default=str))  # this run's rows only
 
 
 def report(rows: list[dict]) -> None:
