@@ -209,24 +209,35 @@ def lr_at(step: int, steps: int, warmup: int, lr: float, min_lr: float) -> float
 def plain_train(
     model: nn.Module, train_stream: torch.Tensor, steps: int, lr: float, batch: int, seq_len: int, *,
     warmup_frac: float = 0.1, min_lr_frac: float = 0.0, wd: float = 0.1, betas=(0.9, 0.95), clip: float = 1.0,
-    z_loss: float = 0.0, seed: int = 0, desc: str = "",
+    z_loss: float = 0.0, muon_lr: float = 0.0, muon_wd: float = 0.0, seed: int = 0, desc: str = "",
 ) -> float:
-    """Random windows of the training stream, AdamW (decay on matrices), warmup + cosine; returns the last loss."""
+    """Random windows of the training stream, AdamW (decay on matrices), warmup + cosine; returns the last loss.
+    muon_lr > 0: the hidden matrices (not the embedding / output) go to torch.optim.Muon at that peak lr (Keller
+    Jordan's shape adjustment), weight decay muon_wd; the rest stays on AdamW. One schedule scales both."""
     from tqdm import tqdm
 
     g = torch.Generator().manual_seed(seed)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=lr, betas=betas, fused=False)
+    params = {id(p): (name, p) for name, p in model.named_parameters()}.values()  # tied weights once
+    hidden = [p for name, p in params if muon_lr and p.dim() == 2 and not any(
+        k in name for k in ("emb", "output", "lm_head"))]
+    hidden_ids = {id(p) for p in hidden}
+    decay = [p for _, p in params if p.dim() >= 2 and id(p) not in hidden_ids]
+    no_decay = [p for _, p in params if p.dim() < 2]
+    opts = [torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
+                              lr=lr, betas=betas, fused=False)]
+    if hidden:
+        opts.append(torch.optim.Muon(hidden, lr=muon_lr, weight_decay=muon_wd))
+    peaks = [lr, muon_lr]
     warmup = max(1, int(warmup_frac * steps))
     model.train()
     n = train_stream.numel() - seq_len - 1
     loss_val = float("nan")
     bar = tqdm(range(steps), desc=desc, unit="step", file=sys.stderr, leave=False, mininterval=5)
     for step in bar:
-        for grp in opt.param_groups:
-            grp["lr"] = lr_at(step, steps, warmup, lr, lr * min_lr_frac)
+        scale = lr_at(step, steps, warmup, 1.0, min_lr_frac)
+        for opt, peak in zip(opts, peaks):
+            for grp in opt.param_groups:
+                grp["lr"] = peak * scale
         ix = torch.randint(0, n, (batch,), generator=g)
         x_BT = torch.stack([train_stream[i : i + seq_len] for i in ix])
         y_BT = torch.stack([train_stream[i + 1 : i + 1 + seq_len] for i in ix])
@@ -235,11 +246,13 @@ def plain_train(
         logits = logits.float()
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y_BT.view(-1))
         total = loss + z_loss * torch.logsumexp(logits, dim=-1).pow(2).mean() if z_loss else loss
-        opt.zero_grad(set_to_none=True)
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
         total.backward()
         if clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        opt.step()
+        for opt in opts:
+            opt.step()
         loss_val = loss.item()
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss_val:.3f}")
@@ -300,7 +313,7 @@ def fallback_plan(flops: float, seq_len: int = 256) -> dict:
 
 
 # z-loss 1e-4 (PaLM) cost 0.8% held-out bpb at 1e13 FLOPs here (LOG.md), and train.run_train has none: off
-OURS_SCHEDULE = {"warmup_frac": 0.05, "min_lr_frac": 0.1, "wd": 0.1, "z_loss": 0.0}
+OURS_SCHEDULE = {"warmup_frac": 0.05, "min_lr_frac": 0.1, "wd": 0.1, "z_loss": 0.0, "muon_lr": 0.0, "muon_wd": 0.0}
 
 
 SHAPE_KEYS = ("dim", "num_layers", "num_heads", "num_kv_heads", "hidden_dim", "dropout")

@@ -19,10 +19,30 @@ Shape legend: B batch, P padded prompt length, S cache length, V vocab.
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
-from models.layers import KVCache
+from models.layers import KVCache, StaticKVCache
 from models.transformer import Transformer
+
+# model -> its compiled forward (parameters stay graph inputs, so later weight edits are seen without a rebuild)
+_COMPILED: weakref.WeakKeyDictionary[Transformer, Callable[..., Any]] = weakref.WeakKeyDictionary()
+
+
+def compiled_forward(model: Transformer) -> Callable[..., Any]:
+    """`torch.compile` of the model's forward for decoding, built once per model (and per batch/cache shape).
+
+    Why: below ~25M parameters an eager decode step is bound by per-op overhead, not by the weights (LOG.md);
+    Inductor fuses the norms, RoPE, SwiGLU and masking into generated C++ kernels. Inductor's `freezing`
+    (weights folded in as constants) measured slower here for fp32 decode, so it is not used.
+    """
+    fn = _COMPILED.get(model)
+    if fn is None:
+        fn = _COMPILED[model] = torch.compile(model, dynamic=False)
+    return fn
 
 
 def sample_next(
@@ -60,8 +80,13 @@ def generate(
     top_p: float = 1.0,
     eos_id: int | None = None,
     seed: int | None = None,
+    compile: bool = False,
 ) -> list[list[int]]:
-    """Continue each prompt; returns only the new tokens of each row (EOS excluded)."""
+    """Continue each prompt; returns only the new tokens of each row (EOS excluded).
+
+    compile=True decodes through `compiled_forward` with a static-shape cache: the first call per model and
+    batch shape pays the compilation (tens of seconds on CPU), later calls run several times faster. Tokens
+    equal the eager path's up to float rounding (greedy equality is tested)."""
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens: must be >= 0, got {max_new_tokens}")
     if temperature < 0:
@@ -97,7 +122,15 @@ def generate(
         eye_PP = torch.eye(P, dtype=torch.bool, device=device)
         mask_BPP = (causal_PP[None] & key_valid_BS[:, None, :P]) | eye_PP[None]
 
-        cache = KVCache(cfg, B, S, device, dtype)
+        if compile:  # every mask spans the whole cache; slots not yet written are masked off
+            # cache length in buckets of 128 (capped at the context): calls with similar lengths share a graph
+            S = min(cfg.max_seq_len, -(-S // 128) * 128)
+            key_valid_BS = torch.cat([key_valid_BS, key_valid_BS.new_zeros(B, S - key_valid_BS.shape[1])], dim=-1)
+            cache: KVCache = StaticKVCache(cfg, B, S, device, dtype)
+            mask_BPP = torch.cat([mask_BPP, mask_BPP.new_zeros(B, P, S - P)], dim=-1)
+            step_fn = compiled_forward(model)
+        else:
+            cache, step_fn = KVCache(cfg, B, S, device, dtype), model
         logits_BV = model(idx_BP, cache=cache, pos_BT=pos_BP, mask_BTS=mask_BPP, last_only=True).logits[:, -1]
         next_pos_B = key_valid_BS[:, :P].sum(dim=-1)
         generator = None
@@ -117,8 +150,8 @@ def generate(
             if all(done) or step == max_new_tokens - 1:
                 break
             key_valid_BS[:, P + step] = True
-            mask_B1S = key_valid_BS[:, None, : P + step + 1]
-            logits_BV = model(
+            mask_B1S = key_valid_BS[:, None, :] if compile else key_valid_BS[:, None, : P + step + 1]
+            logits_BV = step_fn(
                 tok_B[:, None], cache=cache, pos_BT=next_pos_B[:, None], mask_BTS=mask_B1S, last_only=True
             ).logits[:, -1]
             next_pos_B = next_pos_B + 1

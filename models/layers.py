@@ -87,6 +87,36 @@ class KVCache:
         self.v_LBGSK[layer, :, :, start:end] = v_BGTK
         return self.k_LBGSK[layer, :, :, :end], self.v_LBGSK[layer, :, :, :end]
 
+    def advance(self, num_positions: int) -> None:
+        """Called by the model after its last layer: the T positions just written are now filled."""
+        self.length += num_positions
+
+
+class StaticKVCache(KVCache):
+    """A KV cache whose every step has the same shapes, so `torch.compile` traces one decode graph.
+
+    The write slot is a 0-dim tensor (`start`), not a Python int, and `update` returns the whole S_max-long
+    cache: the caller's mask (B, T, S_max) hides the slots not yet written. A Python-int slot would be baked
+    into the compiled graph as a constant and force a recompile at every step.
+    """
+
+    def __init__(
+        self, cfg: ModelConfig, batch_size: int, max_len: int, device: torch.device | str, dtype: torch.dtype
+    ) -> None:
+        super().__init__(cfg, batch_size, max_len, device, dtype)
+        self.start = torch.zeros((), dtype=torch.long, device=device)
+
+    def update(
+        self, layer: int, k_BGTK: torch.Tensor, v_BGTK: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        slot_T = self.start + torch.arange(k_BGTK.shape[2], device=k_BGTK.device)
+        self.k_LBGSK[layer].index_copy_(2, slot_T, k_BGTK)
+        self.v_LBGSK[layer].index_copy_(2, slot_T, v_BGTK)
+        return self.k_LBGSK[layer], self.v_LBGSK[layer]
+
+    def advance(self, num_positions: int) -> None:
+        self.start.add_(num_positions)  # a tensor op: traced, not a guard
+
 
 class Attention(nn.Module):
     """Grouped-query causal self-attention with RoPE; K/V heads are shared by num_heads / num_kv_heads queries."""

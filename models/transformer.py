@@ -143,7 +143,7 @@ class Transformer(nn.Module):
             if aux is not None:
                 aux_total, num_moe = aux_total + aux, num_moe + 1
         if cache is not None:
-            cache.length += T
+            cache.advance(T)
         x_BTD = self.norm(x_BTD)
         if last_only:
             x_BTD = x_BTD[:, -1:]

@@ -51,15 +51,16 @@ def eval_bpb(
 
 @torch.no_grad()
 def tokens_per_s(
-    model: nn.Module, prompt: list[int], num_new: int, batch_size: int = 1, repeats: int = 2
+    model: nn.Module, prompt: list[int], num_new: int, batch_size: int = 1, repeats: int = 2, compile: bool = False
 ) -> float:
-    """Greedy generation speed (new tokens/s over the batch), best of `repeats` after a warm-up."""
+    """Greedy generation speed (new tokens/s over the batch), best of `repeats` after a warm-up.
+    compile=True times `generate(compile=True)`; its warm-up has the timed shapes, so it holds the compilation."""
     prompts = [list(prompt)] * batch_size
-    generate(model, prompts, max_new_tokens=min(8, num_new), temperature=0.0)
+    generate(model, prompts, max_new_tokens=num_new if compile else min(8, num_new), temperature=0.0, compile=compile)
     best = 0.0
     for _ in range(repeats):
         t0 = time.perf_counter()
-        out = generate(model, prompts, max_new_tokens=num_new, temperature=0.0)
+        out = generate(model, prompts, max_new_tokens=num_new, temperature=0.0, compile=compile)
         dt = time.perf_counter() - t0
         best = max(best, sum(len(o) for o in out) / dt)
     return best

@@ -89,3 +89,26 @@ def test_generate_restores_training_mode(model):
     generate(model, [[1]], max_new_tokens=2, temperature=0)
     assert model.training
     model.eval()
+
+
+def test_compiled_decode_equals_eager_and_sees_weight_edits(model):
+    """compile=True (static cache, torch.compile) gives the eager tokens, with padding; the compiled forward is
+    built once per model and a weight edited in place afterwards is used (no stale copy of the weights)."""
+    from models.generate import _COMPILED
+
+    prompts = [[1, 5, 7], [3, 9, 11, 13, 2, 4, 8]]
+    want = generate(model, prompts, max_new_tokens=10, temperature=0)
+    assert generate(model, prompts, max_new_tokens=10, temperature=0, compile=True) == want
+    fn = _COMPILED[model]
+    w = model.layers[0].attn.wq.weight
+    saved = w.detach().clone()
+    try:
+        with torch.no_grad():
+            w.mul_(-3.0)
+        edited = generate(model, prompts, max_new_tokens=10, temperature=0)
+        assert edited != want  # the edit matters
+        assert generate(model, prompts, max_new_tokens=10, temperature=0, compile=True) == edited
+        assert _COMPILED[model] is fn
+    finally:
+        with torch.no_grad():
+            w.copy_(saved)
