@@ -332,7 +332,7 @@ def parse_sets(items: list[str]) -> dict[str, float]:
 
 
 def run_ours(train_docs, val_docs, flops: float, work: Path, seed: int, use_rooms: bool = True,
-             trainer: str = "plain", sets: dict[str, float] | None = None) -> dict:
+             trainer: str = "plain", sets: dict[str, float] | None = None, save: Path | None = None) -> dict:
     """Our recipe: our tokenizer, our planner's shape/batch/lr (fallbacks named in the row), a plain loop or
     train.run_train (trainer="rooms": the trainer's own schedule defaults, peak lr from the planner).
     `sets` overrides pieces of the recipe for ablations (the planner then plans for the overridden vocab)."""
@@ -396,6 +396,10 @@ def run_ours(train_docs, val_docs, flops: float, work: Path, seed: int, use_room
         last = plain_train(model, tr, steps, r["lr"], r["batch"], r["seq_len"], seed=seed, desc="ours", **schedule)
         used["trainer"] = "plain loop (models.Transformer)"
     bpb = heldout_bpb(model, va, va_bytes, r["seq_len"])
+    if save is not None:  # a model folder (with the tokenizer) for other tools, e.g. bench_compress --model
+        from models import save_model_dir
+
+        save_model_dir(save, model, tokenizer_file=tok_file)
     shape = (f"dim {mcfg.dim}, {mcfg.num_layers} layers, {mcfg.num_heads} heads, hidden {mcfg.hidden_dim}, "
              f"dropout {mcfg.dropout:g}, batch {r['batch']}x{r['seq_len']}")
     name = "ours" + (f" ({used['set']})" if sets else "")
@@ -443,6 +447,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    ap.add_argument("--save", type=Path, default=None, help="also save our trained model (and tokenizer) here")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help=f"ablate our recipe (repeatable): {', '.join(SET_KEYS)}")
     ap.add_argument("--merge", type=Path, nargs="*", default=[],
@@ -465,7 +470,7 @@ def main() -> None:
             rows += run_baseline(train_docs, val_docs, flops, lrs, work, args.seed)
         if args.ours != "none":
             rows.append(run_ours(train_docs, val_docs, flops, work, args.seed, use_rooms=args.ours == "rooms",
-                                 trainer=args.trainer, sets=sets))
+                                 trainer=args.trainer, sets=sets, save=args.save))
             o = rows[-1]
             print(f"  {o['run']:<28} steps {o['steps']:5d}  bpb {o['bpb']:.4f}  ({o['wall_s']:.0f}s)  "
                   f"{o['shape']}, lr {o['lr']:.2g}; {o['used']}", flush=True)

@@ -38,8 +38,17 @@ class TrainConfig:
     """Micro-batches accumulated per optimizer step (gradient accumulation)."""
     data_order: Literal["random", "sequential"] = "random"
     """'random': windows at seeded random offsets; 'sequential': consecutive windows through the shards."""
+    optimizer: Literal["auto", "muon", "adamw"] = "auto"
+    """'muon': Muon on the hidden matrices + AdamW on embeddings, head and norms (train/optim.py); 'adamw':
+    AdamW on all; 'auto': muon, except under FSDP / DeepSpeed (they shard matrices, which Muon needs whole)."""
     lr: float = 3e-3
-    """Peak learning rate of AdamW."""
+    """Peak learning rate of AdamW (with Muon: of the embedding, head and norms)."""
+    muon_lr: float = 0.02
+    """Peak learning rate of Muon (scaled by sqrt(max(1, rows/cols)) per matrix, as in torch.optim.Muon)."""
+    muon_weight_decay: float = 0.1
+    """Muon's decoupled weight decay (the parameter shrinks by muon_lr * this per step)."""
+    muon_momentum: float = 0.95
+    """Muon's Nesterov momentum."""
     min_lr_ratio: float = 0.1
     """Final learning rate as a fraction of lr (cosine and WSD end there)."""
     schedule: Schedule = "cosine"
@@ -143,6 +152,28 @@ class TrainConfig:
         _check_literal(self, "accelerator", ("auto", "cpu", "gpu"))
         _check_literal(self, "strategy", ("auto", "ddp", "fsdp", "deepspeed_stage_1", "deepspeed_stage_2",
                                           "deepspeed_stage_3"))
+        _check_literal(self, "optimizer", ("auto", "muon", "adamw"))
+        if self.optimizer == "muon" and self.sharded:
+            raise ValueError(f"optimizer: 'muon' needs whole matrices, but strategy {self.strategy!r} shards them; "
+                             "use 'adamw' or 'auto' (AdamW under sharding)")
+        if not self.muon_lr > 0:
+            raise ValueError(f"muon_lr: must be positive, got {self.muon_lr}")
+        if self.muon_weight_decay < 0:
+            raise ValueError(f"muon_weight_decay: must be >= 0, got {self.muon_weight_decay}")
+        if not 0 <= self.muon_momentum < 1:
+            raise ValueError(f"muon_momentum: must be in [0, 1), got {self.muon_momentum}")
+
+    @property
+    def sharded(self) -> bool:
+        """FSDP or DeepSpeed ZeRO: parameters or optimizer state are split across devices."""
+        return self.strategy == "fsdp" or self.strategy.startswith("deepspeed")
+
+    @property
+    def resolved_optimizer(self) -> str:
+        """'muon' or 'adamw': what 'auto' means for this strategy."""
+        if self.optimizer == "auto":
+            return "adamw" if self.sharded else "muon"
+        return self.optimizer
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

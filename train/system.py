@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from models import ModelConfig, Transformer
 from train.config import TrainConfig
 from train.distill import distill_loss
+from train.optim import MuonAdamW, muon_param_groups
 from train.schedules import build_scheduler
 
 
@@ -53,6 +54,14 @@ def make_adamw(model: torch.nn.Module, cfg: TrainConfig, device_type: str) -> to
         except (RuntimeError, TypeError, ValueError):
             pass
     return torch.optim.AdamW(groups, foreach=True, **kwargs)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device_type: str) -> torch.optim.Optimizer:
+    """Muon + AdamW (train/optim.py) or plain AdamW, as `cfg.resolved_optimizer` says."""
+    if cfg.resolved_optimizer == "adamw":
+        return make_adamw(model, cfg, device_type)
+    groups = muon_param_groups(model, cfg.lr, cfg.weight_decay, cfg.muon_lr, cfg.muon_weight_decay)
+    return MuonAdamW(groups, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, momentum=cfg.muon_momentum)
 
 
 class LMSystem(L.LightningModule):
@@ -155,7 +164,7 @@ class LMSystem(L.LightningModule):
 
     # ------------------------------------------------------------------ optimizer
     def configure_optimizers(self) -> dict[str, Any]:
-        opt = make_adamw(self.model, self.cfg, self.device.type)
+        opt = make_optimizer(self.model, self.cfg, self.device.type)
         sched = build_scheduler(opt, self.cfg.schedule, self.total_steps, self.cfg.warmup_frac,
                                 self.cfg.min_lr_ratio, self.cfg.decay_frac)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
