@@ -212,22 +212,21 @@ def plain_train(
     z_loss: float = 0.0, muon_lr: float = 0.0, muon_wd: float = 0.0, seed: int = 0, desc: str = "",
 ) -> float:
     """Random windows of the training stream, AdamW (decay on matrices), warmup + cosine; returns the last loss.
-    muon_lr > 0: the hidden matrices (not the embedding / output) go to torch.optim.Muon at that peak lr (Keller
-    Jordan's shape adjustment), weight decay muon_wd; the rest stays on AdamW. One schedule scales both."""
+    muon_lr > 0 (our models only): train.optim.MuonAdamW, the trainer's optimizer: Muon at that peak lr with weight
+    decay muon_wd on the hidden matrices, AdamW on the rest. One schedule scales every group's peak lr."""
     from tqdm import tqdm
 
     g = torch.Generator().manual_seed(seed)
-    params = {id(p): (name, p) for name, p in model.named_parameters()}.values()  # tied weights once
-    hidden = [p for name, p in params if muon_lr and p.dim() == 2 and not any(
-        k in name for k in ("emb", "output", "lm_head"))]
-    hidden_ids = {id(p) for p in hidden}
-    decay = [p for _, p in params if p.dim() >= 2 and id(p) not in hidden_ids]
-    no_decay = [p for _, p in params if p.dim() < 2]
-    opts = [torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
-                              lr=lr, betas=betas, fused=False)]
-    if hidden:
-        opts.append(torch.optim.Muon(hidden, lr=muon_lr, weight_decay=muon_wd))
-    peaks = [lr, muon_lr]
+    if muon_lr and hasattr(model, "layers") and not isinstance(model, L2CTransformer):  # the trainer's optimizer
+        from train.optim import MuonAdamW, muon_param_groups
+
+        opts = [MuonAdamW(muon_param_groups(model, lr, wd, muon_lr, muon_wd), betas=betas)]
+    else:
+        decay = [p for p in model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in model.parameters() if p.dim() < 2]
+        opts = [torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=lr, betas=betas, fused=False)]
+    peaks = [[grp["lr"] for grp in opt.param_groups] for opt in opts]
     warmup = max(1, int(warmup_frac * steps))
     model.train()
     n = train_stream.numel() - seq_len - 1
@@ -235,8 +234,8 @@ def plain_train(
     bar = tqdm(range(steps), desc=desc, unit="step", file=sys.stderr, leave=False, mininterval=5)
     for step in bar:
         scale = lr_at(step, steps, warmup, 1.0, min_lr_frac)
-        for opt, peak in zip(opts, peaks):
-            for grp in opt.param_groups:
+        for opt, opt_peaks in zip(opts, peaks):
+            for grp, peak in zip(opt.param_groups, opt_peaks):
                 grp["lr"] = peak * scale
         ix = torch.randint(0, n, (batch,), generator=g)
         x_BT = torch.stack([train_stream[i : i + seq_len] for i in ix])
@@ -312,12 +311,22 @@ def fallback_plan(flops: float, seq_len: int = 256) -> dict:
             "seq_len": seq_len, "lr": optimal_lr(flops), "source": "benchmark fallback (Chinchilla + DeepSeek fits)"}
 
 
-# z-loss 1e-4 (PaLM) cost 0.8% held-out bpb at 1e13 FLOPs here (LOG.md), and train.run_train has none: off
-OURS_SCHEDULE = {"warmup_frac": 0.05, "min_lr_frac": 0.1, "wd": 0.1, "z_loss": 0.0, "muon_lr": 0.0, "muon_wd": 0.0}
+def ours_schedule() -> dict[str, float]:
+    """Our recipe's optimizer and schedule = train.TrainConfig's defaults (Muon + AdamW, warmup + cosine to 10%).
+    z-loss 1e-4 (PaLM) cost 0.8% held-out bpb at 1e13 FLOPs here (LOG.md), and train.run_train has none: off."""
+    from train import TrainConfig
+
+    d = TrainConfig()
+    muon = d.resolved_optimizer == "muon"
+    return {"warmup_frac": d.warmup_frac, "min_lr_frac": d.min_lr_ratio, "wd": d.weight_decay, "z_loss": 0.0,
+            "muon_lr": d.muon_lr if muon else 0.0, "muon_wd": d.muon_weight_decay if muon else 0.0}
+
+
+OURS_SCHEDULE = ours_schedule()
 
 
 SHAPE_KEYS = ("dim", "num_layers", "num_heads", "num_kv_heads", "hidden_dim", "dropout")
-SET_KEYS = ("vocab", "batch", "lr", *SHAPE_KEYS, *OURS_SCHEDULE)
+SET_KEYS = ("vocab", "batch", "lr", "seq_len", *SHAPE_KEYS, *OURS_SCHEDULE)
 
 
 def parse_sets(items: list[str]) -> dict[str, float]:
@@ -345,6 +354,8 @@ def run_ours(train_docs, val_docs, flops: float, work: Path, seed: int, use_room
     r = fallback_plan(flops)
     if "vocab" in sets:
         r["vocab"] = int(sets["vocab"])
+    if "seq_len" in sets:  # training and held-out windows (the baseline keeps llama2.c's 256)
+        r["seq_len"] = int(sets["seq_len"])
     plan = _room_plan(flops, r["vocab"], work) if use_rooms else None
     tok_file = _room_tokenizer(train_docs, r["vocab"], work, seed) if use_rooms else None
     if tok_file is None:
@@ -358,7 +369,8 @@ def run_ours(train_docs, val_docs, flops: float, work: Path, seed: int, use_room
     trs, trs_bytes = token_stream(tok, train_docs[: len(val_docs)])
     torch.manual_seed(seed)
     if plan is not None:
-        mcfg = ModelConfig.from_dict({**plan["model"], "vocab_size": tok.get_vocab_size(), "max_seq_len": 256})
+        mcfg = ModelConfig.from_dict({**plan["model"], "vocab_size": tok.get_vocab_size(),
+                                      "max_seq_len": r["seq_len"]})
         r.update(batch=int(plan.get("batch_size") or r["batch"]),
                  lr=min(1e-2, float(plan.get("lr") or plan.get("lr_hint") or r["lr"])))
         used["shape"] = "train.planner.run_plan"
