@@ -77,7 +77,7 @@ def test_moe_expert_weights_train_with_muon():
     assert three_d and all(id(p) in muon_ids for p in three_d)
     before = [p.detach().clone() for p in three_d]
     losses = []
-    for step in range(8):
+    for _ in range(8):
         opt.zero_grad()
         loss = _loss(model, 0)
         loss.backward()
