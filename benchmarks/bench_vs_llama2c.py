@@ -214,21 +214,21 @@ def plain_train(
     z_loss: float = 0.0, muon_lr: float = 0.0, muon_wd: float = 0.0, seed: int = 0, desc: str = "",
 ) -> float:
     """Random windows of the training stream, AdamW (decay on matrices), warmup + cosine; returns the last loss.
-    muon_lr > 0 (our models only): train.optim.MuonAdamW, the trainer's optimizer: Muon at that peak lr with weight
+    muon_lr > 0: train.optim.MuonAdamW, the trainer's optimizer: Muon at that peak lr with weight
     decay muon_wd on the hidden matrices, AdamW on the rest. One schedule scales every group's peak lr."""
     from tqdm import tqdm
 
     g = torch.Generator().manual_seed(seed)
-    if muon_lr and hasattr(model, "layers") and not isinstance(model, L2CTransformer):  # the trainer's optimizer
+    if muon_lr:  # the trainer's optimizer
         from train.optim import MuonAdamW, muon_param_groups
 
-        opts = [MuonAdamW(muon_param_groups(model, lr, wd, muon_lr, muon_wd), betas=betas)]
+        opt: torch.optim.Optimizer = MuonAdamW(muon_param_groups(model, lr, wd, muon_lr, muon_wd), betas=betas)
     else:
         decay = [p for p in model.parameters() if p.dim() >= 2]
         no_decay = [p for p in model.parameters() if p.dim() < 2]
-        opts = [torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=lr, betas=betas, fused=False)]
-    peaks = [[grp["lr"] for grp in opt.param_groups] for opt in opts]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
+                                lr=lr, betas=betas, fused=False)
+    peaks = [grp["lr"] for grp in opt.param_groups]
     warmup = max(1, int(warmup_frac * steps))
     model.train()
     n = train_stream.numel() - seq_len - 1
@@ -236,9 +236,8 @@ def plain_train(
     bar = tqdm(range(steps), desc=desc, unit="step", file=sys.stderr, leave=False, mininterval=5)
     for step in bar:
         scale = lr_at(step, steps, warmup, 1.0, min_lr_frac)
-        for opt, opt_peaks in zip(opts, peaks):
-            for grp, peak in zip(opt.param_groups, opt_peaks):
-                grp["lr"] = peak * scale
+        for grp, peak in zip(opt.param_groups, peaks):
+            grp["lr"] = peak * scale
         ix = torch.randint(0, n, (batch,), generator=g)
         x_BT = torch.stack([train_stream[i : i + seq_len] for i in ix])
         y_BT = torch.stack([train_stream[i + 1 : i + 1 + seq_len] for i in ix])
@@ -247,13 +246,11 @@ def plain_train(
         logits = logits.float()
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y_BT.view(-1))
         total = loss + z_loss * torch.logsumexp(logits, dim=-1).pow(2).mean() if z_loss else loss
-        for opt in opts:
-            opt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=True)
         total.backward()
         if clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        for opt in opts:
-            opt.step()
+        opt.step()
         loss_val = loss.item()
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss_val:.3f}")
@@ -410,7 +407,7 @@ def run_ours(train_docs, val_docs, flops: float, work: Path, seed: int, use_room
         last = plain_train(model, tr, steps, r["lr"], r["batch"], r["seq_len"], seed=seed, desc="ours", **schedule)
         used["trainer"] = "plain loop (models.Transformer)"
     bpb = heldout_bpb(model, va, va_bytes, r["seq_len"])
-    if save is not None:  # a model folder (with the tokenizer) for other tools, e.g. bench_compress --model
+    if save is not None:  # a model folder with its tokenizer, for tinyfoundry eval / compress / export
         from models import save_model_dir
 
         save_model_dir(save, model, tokenizer_file=tok_file)
