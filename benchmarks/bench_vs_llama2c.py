@@ -212,10 +212,12 @@ def plain_train(
     model: nn.Module, train_stream: torch.Tensor, steps: int, lr: float, batch: int, seq_len: int, *,
     warmup_frac: float = 0.1, min_lr_frac: float = 0.0, wd: float = 0.1, betas=(0.9, 0.95), clip: float = 1.0,
     z_loss: float = 0.0, muon_lr: float = 0.0, muon_wd: float = 0.0, seed: int = 0, desc: str = "",
+    averages: tuple = (),
 ) -> float:
     """Random windows of the training stream, AdamW (decay on matrices), warmup + cosine; returns the last loss.
     muon_lr > 0: train.optim.MuonAdamW, the trainer's optimizer: Muon at that peak lr with weight
-    decay muon_wd on the hidden matrices, AdamW on the rest. One schedule scales every group's peak lr."""
+    decay muon_wd on the hidden matrices, AdamW on the rest. One schedule scales every group's peak lr.
+    averages: train.ema.ParamEMA objects of the model, updated after every step as the trainer's WeightEMA does."""
     from tqdm import tqdm
 
     g = torch.Generator().manual_seed(seed)
@@ -251,6 +253,8 @@ def plain_train(
         if clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
+        for avg in averages:
+            avg.update(model)
         loss_val = loss.item()
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss_val:.3f}")
@@ -318,7 +322,8 @@ def ours_schedule() -> dict[str, float]:
     d = TrainConfig()
     muon = d.resolved_optimizer == "muon"
     return {"warmup_frac": d.warmup_frac, "min_lr_frac": d.min_lr_ratio, "wd": d.weight_decay, "z_loss": 0.0,
-            "muon_lr": d.muon_lr if muon else 0.0, "muon_wd": d.muon_weight_decay if muon else 0.0}
+            "muon_lr": d.muon_lr if muon else 0.0, "muon_wd": d.muon_weight_decay if muon else 0.0,
+            "ema": d.ema_decay}
 
 
 OURS_SCHEDULE = ours_schedule()
@@ -340,7 +345,8 @@ def parse_sets(items: list[str]) -> dict[str, float]:
 
 
 def run_ours(train_docs, val_docs, flops: float, work: Path, seed: int, use_rooms: bool = True,
-             trainer: str = "plain", sets: dict[str, float] | None = None, save: Path | None = None) -> dict:
+             trainer: str = "plain", sets: dict[str, float] | None = None, save: Path | None = None,
+             ema_decays: tuple[float, ...] = ()) -> dict:
     """Our recipe: our tokenizer, our planner's shape/batch/lr (fallbacks named in the row), a plain loop or
     train.run_train (trainer="rooms": the trainer's own schedule defaults, peak lr from the planner).
     `sets` overrides pieces of the recipe for ablations (the planner then plans for the overridden vocab)."""
@@ -353,9 +359,13 @@ def run_ours(train_docs, val_docs, flops: float, work: Path, seed: int, use_room
     r = fallback_plan(flops)
     if "vocab" in sets:
         r["vocab"] = int(sets["vocab"])
+    if use_rooms:  # the planner's context length (PlanConfig.seq_len) is part of our recipe
+        from train.planner import PlanConfig
+
+        r["seq_len"] = PlanConfig().seq_len
     if "seq_len" in sets:  # training and held-out windows (the baseline keeps llama2.c's 256)
         r["seq_len"] = int(sets["seq_len"])
-    plan = _room_plan(flops, r["vocab"], work) if use_rooms else None
+    plan = _room_plan(flops, r["vocab"], work, r["seq_len"]) if use_rooms else None
     tok_file = _room_tokenizer(train_docs, r["vocab"], work, seed) if use_rooms else None
     if tok_file is None:
         tok_file = train_bpe(train_docs, r["vocab"], work / f"ours_tok{r['vocab']}.json")
@@ -392,6 +402,7 @@ def run_ours(train_docs, val_docs, flops: float, work: Path, seed: int, use_room
     steps = max(1, int(flops / (6 * n * tokens_per_step)))
     t0 = time.time()
     schedule = {**OURS_SCHEDULE, **{k: v for k, v in sets.items() if k in OURS_SCHEDULE}}
+    ema_bpb: dict[str, float] = {}
     if trainer == "rooms" and (work / "shards").is_dir():
         from models import load_model
         from train import TrainConfig, run_train
@@ -404,8 +415,20 @@ def run_ours(train_docs, val_docs, flops: float, work: Path, seed: int, use_room
         used["trainer"] = "train.run_train (Lightning)"
         schedule = {k: getattr(tcfg, k) for k in ("schedule", "warmup_frac", "min_lr_ratio", "weight_decay")}
     else:
-        last = plain_train(model, tr, steps, r["lr"], r["batch"], r["seq_len"], seed=seed, desc="ours", **schedule)
+        from train.ema import ParamEMA
+
+        # the recipe's average (TrainConfig.ema_decay) is the model it delivers; --ema adds diagnostic ones
+        decays = ([schedule["ema"]] if schedule["ema"] else []) + [d for d in ema_decays if d != schedule["ema"]]
+        averages = [ParamEMA(model, d) for d in decays]
+        train_args = {k: v for k, v in schedule.items() if k != "ema"}
+        last = plain_train(model, tr, steps, r["lr"], r["batch"], r["seq_len"], seed=seed, desc="ours",
+                           averages=tuple(averages), **train_args)
         used["trainer"] = "plain loop (models.Transformer)"
+        ema_bpb["last iterate"] = heldout_bpb(model, va, va_bytes, r["seq_len"])
+        for avg in reversed(averages):  # the recipe's own average ends up in the model
+            avg.copy_to(model)
+            ema_bpb[f"ema {avg.decay:g}"] = heldout_bpb(model, va, va_bytes, r["seq_len"])
+        print("  " + ", ".join(f"{k}: {v:.4f}" for k, v in ema_bpb.items()), flush=True)
     bpb = heldout_bpb(model, va, va_bytes, r["seq_len"])
     if save is not None:  # a model folder with its tokenizer, for tinyfoundry eval / compress / export
         from models import save_model_dir
@@ -418,7 +441,7 @@ def run_ours(train_docs, val_docs, flops: float, work: Path, seed: int, use_room
             "tokens": steps * tokens_per_step, "flops": 6 * n * steps * tokens_per_step, "lr": r["lr"],
             "train_loss": last, "bpb": bpb, "train_bpb": heldout_bpb(model, trs, trs_bytes, r["seq_len"]),
             "epochs": steps * tokens_per_step / tr.numel(), "wall_s": time.time() - t0, "shape": shape, "used": used,
-            "schedule": schedule, "train_bytes_per_token": sum(len(d.encode()) for d in train_docs) / tr.numel()}
+            "schedule": schedule, "ema_bpb": ema_bpb, "train_bytes_per_token": sum(len(d.encode()) for d in train_docs) / tr.numel()}
 
 
 def _room_tokenizer(train_docs, vocab: int, work: Path, seed: int) -> Path | None:
@@ -436,12 +459,12 @@ def _room_tokenizer(train_docs, vocab: int, work: Path, seed: int) -> Path | Non
     return work / "tokenizer" / "tokenizer.json"
 
 
-def _room_plan(flops: float, vocab: int, work: Path) -> dict | None:
+def _room_plan(flops: float, vocab: int, work: Path, seq_len: int) -> dict | None:
     try:
         from train.planner import PlanConfig, run_plan
     except ImportError:
         return None
-    cfg = PlanConfig(flops=flops, vocab_size=vocab, seq_len=256)
+    cfg = PlanConfig(flops=flops, vocab_size=vocab, seq_len=seq_len)
     return run_plan(cfg, work / "plan.json")
 
 
@@ -461,6 +484,8 @@ def main() -> None:
     ap.add_argument("--save", type=Path, default=None, help="also save our trained model (and tokenizer) here")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help=f"ablate our recipe (repeatable): {', '.join(SET_KEYS)}")
+    ap.add_argument("--ema", type=str, default="",
+                    help="also score exponential moving averages of our weights at these decays, e.g. 0.99,0.999")
     ap.add_argument("--merge", type=Path, nargs="*", default=[],
                     help="also report the rows of earlier --json files (runs split over processes or machines)")
     args = ap.parse_args()
@@ -481,7 +506,8 @@ def main() -> None:
             rows += run_baseline(train_docs, val_docs, flops, lrs, work, args.seed)
         if args.ours != "none":
             rows.append(run_ours(train_docs, val_docs, flops, work, args.seed, use_rooms=args.ours == "rooms",
-                                 trainer=args.trainer, sets=sets, save=args.save))
+                                 trainer=args.trainer, sets=sets, save=args.save,
+                                 ema_decays=tuple(float(x) for x in args.ema.split(",") if x)))
             o = rows[-1]
             print(f"  {o['run']:<28} steps {o['steps']:5d}  bpb {o['bpb']:.4f}  ({o['wall_s']:.0f}s)  "
                   f"{o['shape']}, lr {o['lr']:.2g}; {o['used']}", flush=True)

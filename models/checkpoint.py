@@ -9,7 +9,8 @@ Design and invariants
   * an HF export dir (`config.json` of a Llama / Mixtral, `model.safetensors` or sharded
     `model-*.safetensors` with `model.safetensors.index.json`), mapped through `models.hf_mapping`,
   * a Lightning `.ckpt` (read with `torch.load(weights_only=True)`; `state_dict` keys prefixed `model.`, the
-    ModelConfig dict at `ckpt["hyper_parameters"]["model_config"]`).
+    ModelConfig dict at `ckpt["hyper_parameters"]["model_config"]`). Where the trainer kept a weight average
+    (`ckpt["ema_state_dict"]`, same keys), those weights are returned: they are the ones it validated.
   Anything else (another architecture, a truncated or corrupt file, missing keys) raises ValueError naming the
   path. It returns the model in eval mode and the tokenizer.json found with it (or None): in the folder, or for a
   checkpoint inside `<run>/checkpoints/`, the run's `tokenizer/tokenizer.json`.
@@ -132,6 +133,8 @@ def _load_ckpt(path: Path) -> Transformer:
     sd = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     if not sd:
         raise ValueError(f"{path}: checkpoint state_dict has no 'model.' keys")
+    ema = ckpt.get("ema_state_dict") or {}  # the trainer's weight average (train/ema.py): what it validates
+    sd.update({k[len("model.") :]: v for k, v in ema.items() if k.startswith("model.") and k[len("model.") :] in sd})
     return _build(dict(cfg_dict), sd, path)
 
 

@@ -43,8 +43,9 @@ class TrainConfig:
     AdamW on all; 'auto': muon, except under FSDP / DeepSpeed (they shard matrices, which Muon needs whole)."""
     lr: float = 3e-3
     """Peak learning rate of AdamW (with Muon: of the embedding, head and norms)."""
-    muon_lr: float = 0.02
-    """Peak learning rate of Muon (scaled by sqrt(max(1, rows/cols)) per matrix, as in torch.optim.Muon)."""
+    muon_lr: float = 0.03
+    """Peak learning rate of Muon (scaled by sqrt(max(1, rows/cols)) per matrix, as in torch.optim.Muon). 0.03 was
+    best of 0.02 / 0.03 / 0.04 at 1e13 FLOPs on TinyStories with weight decay on (LOG.md, session 4)."""
     muon_weight_decay: float = 0.2
     """Muon's decoupled weight decay (the parameter shrinks by muon_lr * this per step). 0.2 was best of
     0.1 / 0.2 / 0.4 at 1e13 FLOPs on TinyStories (LOG.md); without it Muon only memorised faster."""
@@ -60,6 +61,9 @@ class TrainConfig:
     """WSD only: fraction of the steps spent in the final linear decay."""
     weight_decay: float = 0.1
     """AdamW weight decay, applied only to parameters with >= 2 dimensions (not norms or biases)."""
+    ema_decay: float = 0.998
+    """Decay of the exponential moving average of the weights that validation, the summary and the final model
+    use (train/ema.py; warm-started, so short runs average fewer steps); 0 disables. Off under FSDP/DeepSpeed."""
     beta1: float = 0.9
     """AdamW beta1."""
     beta2: float = 0.95
@@ -135,6 +139,8 @@ class TrainConfig:
                 raise ValueError(f"{name}: must be in [0, 1], got {v}")
         if self.warmup_frac + (self.decay_frac if self.schedule == "wsd" else 0.0) > 1.0:
             raise ValueError(f"warmup_frac: warmup_frac + decay_frac must be <= 1, got {self.warmup_frac}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay: must be in [0, 1), got {self.ema_decay}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay: must be >= 0, got {self.weight_decay}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):

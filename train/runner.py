@@ -22,6 +22,7 @@ import json
 import math
 import os
 import statistics
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -35,6 +36,7 @@ from train.callbacks import AtomicCheckpointIO, Checkpointer, SampleText, TrainM
 from train.config import TrainConfig
 from train.data import ShardDataModule
 from train.distill import check_same_tokenizer, file_sha256
+from train.ema import WeightEMA
 from train.system import LMSystem, NonFiniteLossError
 
 __all__ = ["run_train", "resolve", "NonFiniteLossError"]
@@ -210,7 +212,11 @@ def _run_train(cfg: TrainConfig, model_cfg: ModelConfig | None, shards_dir: Path
     ckpt = Checkpointer(ckpt_dir, tokens_per_step, ckpt_tokens, cfg.ckpt_every_minutes, cfg.num_keep_ckpts)
     samples = SampleText(tokenizer_file, cfg.sample_prompt, min(cfg.num_sample_tokens, model_cfg.max_seq_len - 8),
                          cfg.sample_every_steps, idx.eos_id, cfg.seed)
-    callbacks: list[L.Callback] = [monitor, samples, ckpt]
+    ema = WeightEMA(cfg.ema_decay) if cfg.ema_decay > 0 and not cfg.sharded else None
+    if cfg.ema_decay > 0 and ema is None:
+        print(f"[train] ema_decay {cfg.ema_decay:g} ignored: strategy {cfg.strategy!r} shards the weights",
+              file=sys.stderr)
+    callbacks: list[L.Callback] = [monitor, samples, *([ema] if ema else []), ckpt]  # EMA before checkpoints
 
     strategy: Any = cfg.strategy
     plugins: list[Any] = []
@@ -264,6 +270,8 @@ def _run_train(cfg: TrainConfig, model_cfg: ModelConfig | None, shards_dir: Path
     if status == "interrupted":
         return summary
 
+    if ema is not None:
+        ema.copy_to(system)  # the final model is the averaged one
     val = trainer.validate(system, datamodule=dm, verbose=False)
     metrics = val[0] if val else {}
     summary_path = run_dir / "train" / "summary.json"
@@ -297,6 +305,7 @@ def _run_train(cfg: TrainConfig, model_cfg: ModelConfig | None, shards_dir: Path
         "world_size": trainer.world_size,
         "precision": cfg.precision,
         "strategy": cfg.strategy,
+        "ema_decay": cfg.ema_decay if ema is not None else 0.0,
         "model_config": model_cfg.to_dict(),
         "sample": samples.last_text,
     })
