@@ -183,3 +183,16 @@ def test_chinchilla_approach3_picks_smaller_models(tmp_path: Path) -> None:
     a1 = run_plan(PlanConfig(**kw), tmp_path / "a.json")
     a3 = run_plan(PlanConfig(chinchilla_fit="approach3", **kw), tmp_path / "b.json")
     assert a3["num_params"] < 0.7 * a1["num_params"]  # approach 3 favours more tokens per param at this budget
+
+
+def test_batch_keeps_enough_optimizer_steps(tmp_path: Path) -> None:
+    """DeepSeek's batch fit, halved at small budgets until the run has >= MIN_STEPS steps; large budgets keep it."""
+    from train.planner.plan import MIN_STEPS
+
+    small = run_plan(PlanConfig(flops=1e13, vocab_size=2048), tmp_path / "small.json")
+    fit = 2 ** round(math.log2(0.292 * 1e13**0.3271 / small["seq_len"]))
+    assert small["batch_size"] < fit
+    steps = 1e13 / (6 * small["law_optimum"]["target_num_params"]) / (small["batch_size"] * small["seq_len"])
+    assert steps >= MIN_STEPS > steps / 2  # the largest power of two that keeps MIN_STEPS
+    big = run_plan(PlanConfig(flops=1e19, vocab_size=32000), tmp_path / "big.json")
+    assert big["batch_size"] == 2 ** round(math.log2(0.292 * 1e19**0.3271 / big["seq_len"]))
