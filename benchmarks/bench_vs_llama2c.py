@@ -415,7 +415,8 @@ def run_ours(train_docs, val_docs, flops: float, work: Path, seed: int, use_room
         model, _ = load_model(work / "run" / "checkpoints" / "final")
         last = float(summary.get("final_train_loss") or float("nan"))
         used["trainer"] = "train.run_train (Lightning)"
-        schedule = {k: getattr(tcfg, k) for k in ("schedule", "warmup_frac", "min_lr_ratio", "weight_decay")}
+        schedule = {k: getattr(tcfg, k) for k in ("schedule", "warmup_frac", "min_lr_ratio", "weight_decay",
+                                                  "muon_lr", "ema_decay")}
     else:
         from train.ema import ParamEMA
 
@@ -426,10 +427,15 @@ def run_ours(train_docs, val_docs, flops: float, work: Path, seed: int, use_room
         last = plain_train(model, tr, steps, r["lr"], r["batch"], r["seq_len"], seed=seed, desc="ours",
                            averages=tuple(averages), **train_args)
         used["trainer"] = "plain loop (models.Transformer)"
+        last_iterate = {k: v.clone() for k, v in model.state_dict().items()}
         ema_bpb["last iterate"] = heldout_bpb(model, va, va_bytes, r["seq_len"])
-        for avg in reversed(averages):  # the recipe's own average ends up in the model
+        for avg in averages:
             avg.copy_to(model)
             ema_bpb[f"ema {avg.decay:g}"] = heldout_bpb(model, va, va_bytes, r["seq_len"])
+        if schedule["ema"]:  # the model the recipe delivers
+            averages[0].copy_to(model)
+        else:
+            model.load_state_dict(last_iterate)
         print("  " + ", ".join(f"{k}: {v:.4f}" for k, v in ema_bpb.items()), flush=True)
     bpb = heldout_bpb(model, va, va_bytes, r["seq_len"])
     if save is not None:  # a model folder with its tokenizer, for tinyfoundry eval / compress / export
@@ -443,7 +449,8 @@ def run_ours(train_docs, val_docs, flops: float, work: Path, seed: int, use_room
             "tokens": steps * tokens_per_step, "flops": 6 * n * steps * tokens_per_step, "lr": r["lr"],
             "train_loss": last, "bpb": bpb, "train_bpb": heldout_bpb(model, trs, trs_bytes, r["seq_len"]),
             "epochs": steps * tokens_per_step / tr.numel(), "wall_s": time.time() - t0, "shape": shape, "used": used,
-            "schedule": schedule, "ema_bpb": ema_bpb, "train_bytes_per_token": sum(len(d.encode()) for d in train_docs) / tr.numel()}
+            "schedule": schedule, "ema_bpb": ema_bpb,
+            "train_bytes_per_token": sum(len(d.encode()) for d in train_docs) / tr.numel()}
 
 
 def _room_tokenizer(train_docs, vocab: int, work: Path, seed: int) -> Path | None:
