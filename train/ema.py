@@ -32,6 +32,12 @@ from train.callbacks import _step_boundary
 EMA_KEY = "ema_state_dict"
 
 
+def check_decay(decay: float) -> float:
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"ema_decay: must be in (0, 1), got {decay}")
+    return decay
+
+
 def ema_decay_at(t: int, decay: float) -> float:
     """The decay of update t (0-based): min(decay, (1 + t) / (10 + t)), TensorFlow's num_updates warm start."""
     return min(decay, (1 + t) / (10 + t))
@@ -42,9 +48,7 @@ class ParamEMA:
 
     def __init__(self, module: torch.nn.Module, decay: float, num_updates: int = 0,
                  init: dict[str, torch.Tensor] | None = None) -> None:
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"ema_decay: must be in (0, 1), got {decay}")
-        self.decay, self.num_updates = decay, num_updates
+        self.decay, self.num_updates = check_decay(decay), num_updates
         src = init or {n: p.detach() for n, p in module.named_parameters()}
         self.avg = {n: src[n].detach().to(p.device, torch.float32).clone() for n, p in module.named_parameters()}
 
@@ -73,9 +77,7 @@ class WeightEMA(L.Callback):
     """A ParamEMA of `pl_module.model`, updated at step boundaries, swapped in for validation, checkpointed."""
 
     def __init__(self, decay: float) -> None:
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"ema_decay: must be in (0, 1), got {decay}")
-        self.decay = decay
+        self.decay = check_decay(decay)
         self.num_updates = 0
         self.ema: ParamEMA | None = None
         self._loaded: dict[str, torch.Tensor] = {}
