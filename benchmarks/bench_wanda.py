@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import statistics
 import sys
 from pathlib import Path
@@ -27,28 +26,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_vs_llama2c import heldout_bpb as bpb  # noqa: E402
+from bench_vs_llama2c import split_stories, token_stream  # noqa: E402
+
 from models import load_model  # noqa: E402
 from models.compress.calibration import calibration_stages, run_sequential, windows  # noqa: E402
 from models.compress.prune import prunable_weights, prune  # noqa: E402
-from train.eval.loss import build_stream, encode_documents, eos_id_of, stream_nats  # noqa: E402
-
-
-def held_out(tokenizer_file: Path) -> tuple[torch.Tensor, int]:
-    """The held-out stories as one token stream, and their UTF-8 bytes."""
-    from tokenizers import Tokenizer
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from bench_vs_llama2c import split_stories
-
-    _, val = split_stories(0)
-    tok = Tokenizer.from_file(str(tokenizer_file))
-    stream, nbytes, _ = build_stream(encode_documents(tok, val), val, eos_id_of(tok))
-    return stream, nbytes
-
-
-def bpb(model: torch.nn.Module, stream: torch.Tensor, nbytes: int, seq_len: int) -> float:
-    nats, _ = stream_nats(model, stream, seq_len, batch_size=16)
-    return nats / math.log(2) / nbytes
 
 
 @torch.no_grad()
@@ -76,7 +61,10 @@ def main() -> None:
     if tok_file is None:
         raise SystemExit(f"{args.model}: no tokenizer.json beside the model")
     seq = model.cfg.max_seq_len
-    stream, total_bytes = held_out(tok_file)
+    from tokenizers import Tokenizer
+
+    _, val = split_stories(0)
+    stream, total_bytes = token_stream(Tokenizer.from_file(str(tok_file)), val)
     calib = windows(stream, seq, args.calib_tokens)
     score = stream[calib.numel():]
     # bytes of the scored part, in proportion to its tokens (the same ratio for every pass: it cancels in %)
@@ -94,7 +82,7 @@ def main() -> None:
         rows[name] = bpb(m, score, nbytes, seq)
         print(f"  {name:<26} bpb {rows[name]:.4f}  ({(rows[name] / base - 1) * 100:+.2f}%)", flush=True)
 
-    norms = feature_norms(copy.deepcopy(model), calib)
+    norms = feature_norms(model, calib)  # reads the inputs only, changes nothing
     weights = prunable_weights(model)
     spread, agree = {}, {}
     for name, n_I in norms.items():

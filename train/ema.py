@@ -120,7 +120,7 @@ class WeightEMA(L.Callback):
         if self.ema is None:
             return
         avg = self.ema.avg if not self._swapped else dict(pl_module.model.named_parameters())
-        checkpoint[EMA_KEY] = {f"model.{n}": v.detach().clone().cpu() for n, v in avg.items()}
+        checkpoint[EMA_KEY] = {f"model.{n}": v.detach().to("cpu", copy=True) for n, v in avg.items()}
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
