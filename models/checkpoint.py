@@ -2,7 +2,7 @@
 
 Design and invariants
 - `save_model_dir` writes `model.safetensors` + `model_config.json` (+ `tokenizer.json`, `extra.json`) into a
-  temporary sibling folder and renames it into place, so a killed process never leaves a half-written model
+  temporary sibling folder (`models.atomic.atomic_dir`: modes from the umask) and renames it into place, so a killed process never leaves a half-written model
   under the final name. Tied embeddings are stored once (`lm_head.weight` omitted, as HF does).
 - `load_model(path)` accepts
   * a model dir (`model_config.json`, written by save_model_dir),
@@ -19,9 +19,7 @@ Design and invariants
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from models.atomic import atomic_dir
 from models.config import ModelConfig
 from models.transformer import Transformer
 
@@ -44,9 +43,7 @@ def save_model_dir(
 ) -> Path:
     """Write a self-describing model folder atomically (replacing an existing one); returns its path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         if model.cfg.tie_embeddings:
             sd.pop("lm_head.weight", None)
@@ -56,16 +53,6 @@ def save_model_dir(
             shutil.copyfile(tokenizer_file, tmp / TOKENIZER)
         if extra is not None:
             _write_json(tmp / EXTRA, extra)
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{os.getpid()}"
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

@@ -1,12 +1,15 @@
 """CompressConfig: which compression passes to try, in which order, and how they are measured.
 
 Design and invariants
-- A pass is one method with its options; `passes` is an ordered list, run in that order. Each pass
-  starts from the trained model (`input: baseline`) or from an earlier pass's output by name, so a
-  chain such as structured pruning + recovery -> int8 is two passes, and the report shows both steps.
+- A pass is one method (a `CompressionPass` registered by name in models/compress/passes.py) with its own
+  typed options dataclass; `passes` is an ordered list, run in that order. Each pass starts from the trained
+  model (`input: baseline`) or from an earlier pass's output by name, so a chain such as structured pruning +
+  recovery -> int8 is two passes, and the report shows both steps.
 - Pass names are unique (they are folder names under compressed/); an empty name means the method name.
-- Plain dicts in `passes` (as YAML gives them) are turned into PassConfig here, so the lead's loader
-  need not know about nested lists of dataclasses.
+- YAML gives each pass as one flat mapping, `{method: gptq, name: gptq-q4_0, gguf_type: q4_0}`: `method`,
+  `name` and `input` belong to PassConfig, every other key to the method's options (an `options:` mapping is
+  accepted too, which is how the resolved config is written back). An option the method does not have is an
+  error naming the pass and the key.
 """
 
 from __future__ import annotations
@@ -14,97 +17,64 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-Method = Literal["int8", "int4", "gptq", "magnitude", "wanda", "sparse24", "structured"]
-METHODS = ("int8", "int4", "gptq", "magnitude", "wanda", "sparse24", "structured")
-QUANT_METHODS = ("int8", "int4", "gptq")
+from models.compress.passes import PASSES, CompressionPass
+
+PASS_KEYS = ("method", "name", "input", "options")
 
 
 @dataclass
 class PassConfig:
-    """One compression pass: a method and its options (options a method does not use are ignored)."""
+    """One compression pass: a registered method, its folder name, its input, and the method's options."""
 
-    method: Method = "int8"
-    """int8 (per-channel weight-only), int4 (group-wise round-to-nearest), gptq (int4), magnitude, wanda, sparse24 (2:4), structured (heads/neurons/experts)."""
+    method: str = "int8"
+    """A registered method: int8, int4, gptq, rtn, magnitude, wanda, sparse24, structured (models/compress/passes.py)."""
     name: str = ""
     """Folder under compressed/ and label in the report; '' means the method name."""
     input: str = "baseline"
     """Start from the trained model ('baseline') or from an earlier pass, by name."""
-    group_size: int = 128
-    """int4/gptq: inputs sharing one scale (32, 64 or 128); falls back to a divisor of the row length."""
-    sym: bool = False
-    """int4/gptq: symmetric codes (no zero point) instead of asymmetric min/max."""
-    damp: float = 0.01
-    """gptq: dampening added to the Hessian diagonal, as a fraction of its mean."""
-    block_size: int = 128
-    """gptq: columns per lazy batch update."""
-    act_order: bool = False
-    """gptq: visit columns by decreasing Hessian diagonal (with static groups)."""
-    embeddings: Literal["int8", "int4", "fp32"] = "int8"
-    """Quant passes: precision of the token embedding (and of an untied output head unless gptq takes it)."""
-    sparsity: float = 0.5
-    """magnitude/wanda: fraction of block weights set to zero."""
-    metric: Literal["magnitude", "wanda"] = "wanda"
-    """sparse24: score deciding which 2 of every 4 weights stay."""
-    per_row: bool = False
-    """magnitude: compare weights within each output row instead of within the whole layer."""
-    heads_fraction: float = 0.3
-    """structured: fraction of GQA groups (kv head + its query heads) removed per layer."""
-    mlp_fraction: float = 0.3
-    """structured: fraction of MLP hidden neurons removed per layer (dense models)."""
-    experts_fraction: float = 0.0
-    """structured: fraction of MoE experts removed per layer, least routed first."""
-    recover: bool = True
-    """Pruning passes: run the recovery (distillation) callable when the caller provides one."""
-    runtime: Literal["auto", "dequant", "torchao", "int8"] = "auto"
-    """int8: runtime measured for tokens/s (auto = torchao if installed, else Int8Linear)."""
-    activations: Literal["none", "int8"] = "none"
-    """int8 with torchao: also quantize activations dynamically (Int8DynamicActivationInt8WeightConfig)."""
+    options: Any = None
+    """The method's options dataclass (a mapping of its fields is converted); None = its defaults."""
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method: must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method not in PASSES:
+            raise ValueError(f"method: must be one of {', '.join(PASSES)}, got {self.method!r}")
         if not self.name:
             self.name = self.method
         if not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.name) or self.name in (".", "..", "baseline"):
             raise ValueError(f"name: must be a plain folder name (letters, digits, _.-), not 'baseline', got {self.name!r}")
-        if self.group_size not in (32, 64, 128, 256):
-            raise ValueError(f"group_size: must be 32, 64, 128 or 256, got {self.group_size}")
-        if not 0.0 <= self.damp < 1.0:
-            raise ValueError(f"damp: must be in [0, 1), got {self.damp}")
-        if self.block_size <= 0:
-            raise ValueError(f"block_size: must be positive, got {self.block_size}")
-        if not 0.0 <= self.sparsity < 1.0:
-            raise ValueError(f"sparsity: must be in [0, 1), got {self.sparsity}")
-        for f in ("heads_fraction", "mlp_fraction", "experts_fraction"):
-            if not 0.0 <= getattr(self, f) < 1.0:
-                raise ValueError(f"{f}: must be in [0, 1), got {getattr(self, f)}")
-        if self.embeddings not in ("int8", "int4", "fp32"):
-            raise ValueError(f"embeddings: must be int8, int4 or fp32, got {self.embeddings!r}")
-        if self.metric not in ("magnitude", "wanda"):
-            raise ValueError(f"metric: must be magnitude or wanda, got {self.metric!r}")
-        if self.runtime not in ("auto", "dequant", "torchao", "int8"):
-            raise ValueError(f"runtime: must be auto, dequant, torchao or int8, got {self.runtime!r}")
-        if self.activations not in ("none", "int8"):
-            raise ValueError(f"activations: must be none or int8, got {self.activations!r}")
+        opts_cls = PASSES[self.method].Options
+        if self.options is None:
+            self.options = opts_cls()
+        elif isinstance(self.options, dict):
+            known = {f.name for f in dataclasses.fields(opts_cls)}
+            unknown = sorted(set(self.options) - known)
+            if unknown:
+                raise ValueError(f"{unknown[0]}: not an option of method {self.method!r} "
+                                 f"(its options: {', '.join(sorted(known))})")
+            self.options = opts_cls(**self.options)
+        elif not isinstance(self.options, opts_cls):
+            raise ValueError(f"options: must be a mapping or {opts_cls.__name__}, got {type(self.options).__name__}")
+
+    @classmethod
+    def from_mapping(cls, raw: dict[str, Any]) -> PassConfig:
+        """A flat YAML mapping (method/name/input + the method's options) -> PassConfig."""
+        opts = dict(raw.get("options") or {})
+        opts.update({k: v for k, v in raw.items() if k not in PASS_KEYS})
+        return cls(method=raw.get("method", "int8"), name=raw.get("name", ""), input=raw.get("input", "baseline"),
+                   options=opts)
+
+    def build(self) -> CompressionPass:
+        return PASSES[self.method](self.options)
 
     @property
     def is_quant(self) -> bool:
-        return self.method in QUANT_METHODS
+        return PASSES[self.method].quantizes
 
-    def options(self) -> dict[str, Any]:
-        """The options this method uses (for the report)."""
-        use = {
-            "int8": ("embeddings", "runtime", "activations"),
-            "int4": ("group_size", "sym", "embeddings"),
-            "gptq": ("group_size", "sym", "damp", "block_size", "act_order", "embeddings"),
-            "magnitude": ("sparsity", "per_row", "recover"),
-            "wanda": ("sparsity", "recover"),
-            "sparse24": ("metric", "recover"),
-            "structured": ("heads_fraction", "mlp_fraction", "experts_fraction", "recover"),
-        }[self.method]
-        return {k: getattr(self, k) for k in use}
+    def as_options(self) -> dict[str, Any]:
+        """The method's options as a plain dict (for the report and compression.json)."""
+        return dataclasses.asdict(self.options)
 
 
 def _default_passes() -> list[PassConfig]:
@@ -152,14 +122,10 @@ class CompressConfig:
             if isinstance(p, PassConfig):
                 parsed.append(p)
             elif isinstance(p, dict):
-                known = {f.name for f in dataclasses.fields(PassConfig)}
-                unknown = sorted(set(p) - known)
-                if unknown:
-                    raise ValueError(f"passes: pass {i} has unknown option {unknown[0]!r}, got {p}")
                 try:
-                    parsed.append(PassConfig(**p))
-                except ValueError as e:
-                    raise ValueError(f"passes: pass {i}: {e}") from None
+                    parsed.append(PassConfig.from_mapping(p))
+                except (ValueError, TypeError) as e:
+                    raise ValueError(f"passes: pass {i} ({p.get('name') or p.get('method')}): {e}") from None
             else:
                 raise ValueError(f"passes: pass {i} must be a mapping, got {p!r}")
         self.passes = parsed

@@ -14,6 +14,11 @@ Design and invariants (following the reference implementation, IST-DASLab/gptq `
   (fitted on the original weights), which keeps groups contiguous in the stored format.
 - The returned codes/scales are in exactly the `QTensor` format round-to-nearest produces, so the
   checkpoint, the loader and the runtimes do not know which algorithm made them.
+- `gptq_ggml` runs the same column loop on one of llama.cpp's block grids (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0;
+  models/compress/ggml_quants.py): each 32-column block's fp16 scale (+ min) is fitted when its first column
+  is reached (by `ggml_quants.fit`, weighted by the Hessian diagonal, i.e. by the inputs' energy), every
+  column is rounded to the nearest code of that stored scale and its error is fed forward. The result is
+  GGUF block bytes that llama.cpp decodes to exactly the weights compress evaluated.
 
 Shape legend: O output rows, I input columns, B columns in a lazy block, N groups per row.
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import torch
 
+from models.compress import ggml_quants
 from models.compress.quantize import (
     QTensor,
     effective_group_size,
@@ -92,3 +98,61 @@ def gptq_quantize(
     if invperm is not None:
         Q = Q[:, invperm]
     return int4_from_codes(Q, scale_ON, None if sym else zero_ON, g)
+
+
+def _hinv_upper(W: torch.Tensor, gram_II: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Dead columns zeroed, dampened H; -> (W, upper Cholesky factor of H^-1, diag(H) before dampening)."""
+    H = gram_II.detach().float().clone()
+    dead = H.diagonal() == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    diag = H.diagonal().clone()
+    H.diagonal().add_(damp * H.diagonal().mean())
+    L = torch.linalg.cholesky(H.double())
+    return W, torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True).float(), diag
+
+
+@torch.no_grad()
+def gptq_ggml(
+    w_OI: torch.Tensor,
+    gram_II: torch.Tensor,
+    gguf_type: str,
+    damp: float = 0.01,
+    block_size: int = 128,
+    fit_mode: ggml_quants.FitMode = "search",
+) -> QTensor:
+    """GPTQ onto a llama.cpp block grid; -> QTensor(kind=gguf_type) holding the GGUF block bytes."""
+    grid = ggml_quants.grid(gguf_type)
+    B = ggml_quants.BLOCK
+    O, I = w_OI.shape  # noqa: E741 (shape legend names)
+    if I % B:
+        raise ValueError(f"{gguf_type}: rows must be multiples of {B}, got {I}")
+    W, Hinv_U, diag_I = _hinv_upper(w_OI.detach().float().clone(), gram_II, damp)
+    block_size = max(B, block_size // B * B)  # lazy blocks hold whole 32-column groups
+    d_ON = torch.zeros(O, I // B)
+    m_ON = torch.zeros(O, I // B) if grid.has_min else None
+    Q = torch.zeros(O, I)
+    for i1 in range(0, I, block_size):
+        i2 = min(i1 + block_size, I)
+        W_OB = W[:, i1:i2].clone()
+        Err_OB = torch.zeros_like(W_OB)
+        Hinv_BB = Hinv_U[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            n = col // B
+            if col % B == 0:  # fit the block's scale on the weights as updated by all earlier errors
+                d, m = ggml_quants.fit(grid, W_OB[:, i : i + B], diag_I[col : col + B], fit_mode)
+                d_ON[:, n] = d
+                if m_ON is not None:
+                    m_ON[:, n] = m
+            d_O = d_ON[:, n]
+            m_O = m_ON[:, n] if m_ON is not None else None
+            w_O = W_OB[:, i]
+            q_O = ggml_quants.nearest(grid, w_O, d_O, m_O)
+            Q[:, col] = q_O
+            err_O = (w_O - ggml_quants.dequant_codes(grid, q_O, d_O, m_O)) / Hinv_BB[i, i]
+            W_OB[:, i:] -= err_O[:, None] * Hinv_BB[i, i:][None, :]
+            Err_OB[:, i] = err_O
+        W[:, i2:] -= Err_OB @ Hinv_U[i1:i2, i2:]
+    blocks = ggml_quants.pack(grid, Q.reshape(O, I // B, B), d_ON, m_ON)
+    return QTensor(gguf_type, (O, I), blocks, torch.empty(0, dtype=torch.float16), None, B)

@@ -32,7 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-QuantKind = Literal["int8", "int4"]
+QuantKind = Literal["int8", "int4", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"]
+"""int8 / int4: our formats; q8_0 ... q5_1: llama.cpp block formats (models/compress/ggml_quants.py), whose `codes`
+are the GGUF block bytes themselves (scales inside), so the GGUF writer copies them unchanged."""
 FP16_TINY = 1e-7  # smallest scale kept (fp16 subnormals reach ~6e-8); an all-zero row quantizes to zeros
 
 
@@ -51,7 +53,15 @@ class QTensor:
     group_size: int = 0
     """Inputs per scale along the last dim (int4); 0 for int8 (the whole row)."""
 
+    @property
+    def is_ggml(self) -> bool:
+        return self.kind not in ("int8", "int4")
+
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        if self.is_ggml:
+            from models.compress.ggml_quants import dequantize
+
+            return dequantize(self.kind, self.codes, self.shape, dtype)
         if self.kind == "int8":
             return (self.codes.to(dtype) * self.scale.to(dtype)[..., None]).reshape(self.shape)
         q_ONS = unpack_int4(self.codes, self.shape[-1]).reshape(*self.shape[:-1], -1, self.group_size)
@@ -60,6 +70,8 @@ class QTensor:
         return ((q_ONS - zero) * self.scale.to(dtype)[..., None]).reshape(self.shape)
 
     def nbytes(self) -> int:
+        if self.is_ggml:
+            return self.codes.numel()
         extra = self.zero.numel() * self.zero.element_size() if self.zero is not None else 0
         return self.codes.numel() * self.codes.element_size() + self.scale.numel() * 2 + extra
 

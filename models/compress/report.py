@@ -88,7 +88,7 @@ def write_plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from models.compress.storage import atomic_write_bytes
+    from models.atomic import atomic_write_bytes
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     base = report["baseline"]

@@ -27,11 +27,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.compress.calibration import calibration_stages, run_sequential, windows
+from models.compress.calibration import windows
 from models.compress.config import CompressConfig, PassConfig
-from models.compress.gptq import gptq_quantize
-from models.compress.prune import masked_training, prunable_weights, prune, sparsity_of
-from models.compress.quantize import QTensor, is_embedding, quantizable_weights, quantize_int4, quantize_int8
+from models.compress.passes import PassContext
+from models.compress.prune import sparsity_of
+from models.compress.quantize import QTensor
 from models.compress.report import eval_bpb, sample, tokens_per_s, write_plot
 from models.compress.storage import (
     atomic_write_json,
@@ -39,7 +39,6 @@ from models.compress.storage import (
     load_compressed,
     save_compressed,
 )
-from models.compress.structured import structured_prune
 from models.transformer import Transformer
 
 Recover = Callable[[nn.Module, nn.Module], nn.Module]
@@ -76,32 +75,9 @@ def check_tokens(
 
 @torch.no_grad()
 def quantize_model(model: Transformer, p: PassConfig, calib_NT: torch.Tensor | None, batch_size: int) -> dict[str, QTensor]:
-    """Quantize in place (weights replaced by their dequantized values); returns the codes by name."""
-    qt: dict[str, QTensor] = {}
-    if p.method == "gptq":
-        assert calib_NT is not None
-
-        def on_stage(stage) -> None:
-            for mod_name, lin in stage.linears.items():
-                q = gptq_quantize(lin.weight.data, stage.stats[mod_name].gram_II, p.group_size, p.sym, p.damp,
-                                  p.block_size, p.act_order)
-                lin.weight.data.copy_(q.dequantize(lin.weight.dtype))
-                qt[mod_name + ".weight"] = q
-
-        run_sequential(model, calib_NT, calibration_stages(model, include_head=False), on_stage, batch_size,
-                       desc="gptq")
-    block_weights = set(prunable_weights(model))
-    for name, w in quantizable_weights(model).items():
-        if name in qt:
-            continue
-        outer = name not in block_weights or is_embedding(model, name)
-        kind = p.embeddings if outer else ("int8" if p.method == "int8" else "int4")
-        if kind == "fp32":
-            continue
-        q = quantize_int8(w.data) if kind == "int8" else quantize_int4(w.data, p.group_size, p.sym)
-        w.data.copy_(q.dequantize(w.dtype))
-        qt[name] = q
-    return qt
+    """Quantize in place with pass `p` (weights replaced by their dequantized values); returns the codes by name."""
+    ctx = PassContext(calib_NT if calib_NT is not None else torch.zeros(0, 1, dtype=torch.long), batch_size, model)
+    return p.build().apply(model, ctx).qtensors
 
 
 def _count(model: nn.Module) -> tuple[int, int]:
@@ -178,35 +154,25 @@ def run_compress(
     for p in cfg.passes:
         t0 = time.perf_counter()
         teacher = models[p.input]
-        model = copy.deepcopy(teacher)
+        method = p.build()
         pass_dir = out_dir / p.name
-        entry: dict = {"name": p.name, "method": p.method, "input": p.input, "options": p.options()}
-        if p.is_quant:
-            qt = quantize_model(model, p, calib_NT if p.method == "gptq" else None, cfg.batch_size)
-            save_compressed(pass_dir, model, qt, tokenizer_file, {"name": p.name, "method": p.method, **p.options()})
-            speed_model, _ = load_compressed(pass_dir, runtime=p.runtime if p.method == "int8" else "dequant")
+        pass_info = {"name": p.name, "method": p.method, "input": p.input, "gguf_type": method.gguf_type(),
+                     **p.as_options()}
+        entry: dict = {"name": p.name, "method": p.method, "input": p.input, "options": p.as_options(),
+                       "gguf_type": method.gguf_type(), "exports": list(method.exports)}
+        ctx = PassContext(calib_NT, cfg.batch_size, teacher, recover,
+                          lambda m: eval_bpb(m, eval_tokens, bytes_per_token, eval_seq, cfg.batch_size))
+        out = method.apply(copy.deepcopy(teacher), ctx)
+        model = out.model.eval()
+        entry.update(out.info)
+        if out.qtensors:
+            save_compressed(pass_dir, model, out.qtensors, tokenizer_file, pass_info)
+            runtime = getattr(p.options, "runtime", "dequant")
+            speed_model, _ = load_compressed(pass_dir, runtime=runtime)
             entry["runtime"] = getattr(speed_model, "compress_runtime", "dequant")
-            entry["quantized_tensors"] = len(qt)
+            entry["quantized_tensors"] = len(out.qtensors)
         else:
-            masks: dict[str, torch.Tensor] = {}
-            if p.method == "structured":
-                model, entry["structured"] = structured_prune(
-                    model, calib_NT, p.heads_fraction, p.mlp_fraction, p.experts_fraction, cfg.batch_size)
-            else:
-                masks = prune(model, p.method, p.sparsity, p.metric, p.per_row, calib_NT, cfg.batch_size)
-            entry["recovered"] = False
-            if p.recover and recover is not None:
-                entry["val_bpb_before_recovery"] = eval_bpb(model, eval_tokens, bytes_per_token, eval_seq,
-                                                            cfg.batch_size)
-                teacher.eval()
-                with masked_training(model, masks):
-                    model = recover(model, teacher)
-                with torch.no_grad():
-                    for name, keep in masks.items():
-                        model.get_parameter(name).mul_(keep)
-                entry["recovered"] = True
-            model.eval()
-            _save_plain(pass_dir, model, tokenizer_file, {"name": p.name, "method": p.method, **p.options()})
+            _save_plain(pass_dir, model, tokenizer_file, pass_info)
             speed_model = model
         models[p.name] = model
         entry.update(

@@ -3,7 +3,8 @@
 Layout of `compressed/<pass>/` (self-describing, like every tinyfoundry model dir):
 - `model.safetensors`: unquantized tensors under their own names; a quantized weight `W` as
   `W::codes` (int8, or uint8 with two int4 codes per byte), `W::scale` (fp16) and, asymmetric int4,
-  `W::zero` (uint8). Tied weights are stored once (under their canonical name).
+  `W::zero` (uint8); a weight on a llama.cpp block grid (q8_0 ... q5_1) as `W::codes` alone: the GGUF
+  block bytes, scales included, exactly what export copies into the .gguf. Tied weights are stored once (under their canonical name).
 - `model_config.json`: the ModelConfig (possibly smaller, after structured pruning).
 - `compression.json`: {"format": "tinyfoundry-compressed", "version": 1, "pass": {...},
   "quantized": {name: {"kind", "shape", "group_size"}}}: what the loader needs to read the weights back.
@@ -16,16 +17,14 @@ no partial file under a final name.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from models.atomic import atomic_copy, atomic_file, atomic_write_json
 from models.compress.quantize import QTensor, apply_runtime, param_aliases
 from models.config import ModelConfig
 from models.transformer import Transformer
@@ -34,44 +33,9 @@ FORMAT = "tinyfoundry-compressed"
 SEP = "::"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
-def atomic_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def save_compressed(
@@ -93,7 +57,8 @@ def save_compressed(
         if name in qtensors:
             q = qtensors[name]
             tensors[name + SEP + "codes"] = q.codes.cpu()
-            tensors[name + SEP + "scale"] = q.scale.cpu().half()
+            if q.scale.numel():  # llama.cpp block types keep their scales inside the block bytes
+                tensors[name + SEP + "scale"] = q.scale.cpu().half()
             if q.zero is not None:
                 tensors[name + SEP + "zero"] = q.zero.cpu()
         else:
@@ -142,7 +107,7 @@ def read_compressed(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], d
                 kind=info["kind"],
                 shape=tuple(info["shape"]),
                 codes=raw[name + SEP + "codes"],
-                scale=raw[name + SEP + "scale"],
+                scale=raw.get(name + SEP + "scale", torch.empty(0, dtype=torch.float16)),
                 zero=raw.get(name + SEP + "zero"),
                 group_size=int(info["group_size"]),
             )
