@@ -11,6 +11,7 @@ with status 2; set TINYFOUNDRY_DEBUG=1 to see the traceback instead.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -75,6 +76,10 @@ def build_parser(with_epilogs: bool = True) -> argparse.ArgumentParser:
             p.add_argument("--flops", help="compute budget in FLOPs (e.g. 1e18)")
             p.add_argument("--hours", help="wall-clock budget in hours on --device")
             p.add_argument("--law", help="chinchilla | epoch | tokens-per-param | kaplan | fitted")
+        if name == "export":
+            p.add_argument("--model", type=Path, help="export this model outside a run: a checkpoints/final dir, a "
+                                                      "compressed/<pass> dir, an HF dir or a .ckpt (no --config needed)")
+            p.add_argument("--out", type=Path, help="with --model: output folder (default <model>-export beside it)")
 
     g = sub.add_parser("generate", help="sample text from a checkpoint or export", formatter_class=_Formatter)
     g.add_argument("--model", type=Path, required=True, help="model folder, .ckpt, HF export or compressed model")
@@ -255,6 +260,29 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_export_model(args: argparse.Namespace, overrides: list[str]) -> int:
+    """`tinyfoundry export --model DIR`: export any model dir outside a run. Held-out tokens for the runtime
+    figures come from the run the dir sits in (`<run>/shards`), when there is one."""
+    from launch.stages import val_tokens
+    from models.export import format_files, run_export
+
+    model = args.model
+    if not model.exists():
+        raise ConfigError(f"--model: no such file or folder: {model}")
+    cfg = load_config(args.config, overrides, default_name="export")
+    out = args.out or model.parent / f"{model.name}-export"
+    shards = next((p / "shards" for p in (model.parent, model.parent.parent, model.parent.parent.parent)
+                   if (p / "shards" / "index.json").is_file()), None)
+    tokens, bpt = val_tokens(shards) if shards is not None else (None, None)
+    report_path = model.parent / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else None
+    info = run_export(cfg.export, model, out, report=report, val_tokens=tokens, bytes_per_token=bpt,
+                      source_label=model.name)
+    print(format_files(info))
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_launch(args: argparse.Namespace) -> int:
     from launch.slurm import write_sbatch
 
@@ -280,6 +308,8 @@ def dispatch(argv: list[str]) -> int:
         return cmd_curate(args, rest)
     if args.command == "plan":
         return cmd_plan(args, rest)
+    if args.command == "export" and args.model is not None:
+        return cmd_export_model(args, rest)
     if args.command in (*ALL_STAGES, "run"):
         return cmd_stage(args, rest)
     if args.command == "generate":

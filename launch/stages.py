@@ -74,7 +74,7 @@ def _upstream(cfg: RunConfig, rd: RunDir, stage: str) -> dict[str, str]:
         need("tokenize")
     elif stage == "export":
         need("train")
-        if "compress" in cfg.stages:
+        if "compress" in cfg.stages or cfg.export.source != "final":
             need("compress")
     return deps
 
@@ -252,19 +252,35 @@ def _recover_fn(cfg: RunConfig, rd: RunDir) -> Callable[..., Any] | None:
     return fn
 
 
+def check_export_source(cfg: RunConfig) -> None:
+    """A bad export.source is refused before any stage runs (one line, exit 2), not after training."""
+    src = cfg.export.source
+    if src in ("final", "best") or "export" not in cfg.stages or "compress" not in cfg.stages:
+        return
+    names = [p.name for p in cfg.compress.passes]
+    if src not in names:
+        raise ConfigError(f"export.source: no compress pass named {src!r} (choose final, best or one of: "
+                          f"{', '.join(names)})")
+
+
 def stage_export(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
     import json
 
-    from models.export import run_export
+    from models.export import format_files, resolve_source, run_export
 
-    report = None
-    model_dir = rd.final_model
+    check_export_source(cfg)
+    try:
+        model_dir, label = resolve_source(cfg.export.source, rd.final_model, rd.compressed,
+                                          cfg.export.max_bpb_increase)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     report_path = rd.compressed / "report.json"
-    if report_path.is_file():
-        report = json.loads(report_path.read_text())
-        if report.get("export_model_dir"):
-            model_dir = Path(report["export_model_dir"])
-    return run_export(cfg.export, model_dir, rd.export, report=report)
+    report = json.loads(report_path.read_text()) if report_path.is_file() else None
+    tokens, bpt = val_tokens(rd.shards) if (rd.shards / "index.json").is_file() else (None, None)
+    info = run_export(cfg.export, model_dir, rd.export, report=report, val_tokens=tokens, bytes_per_token=bpt,
+                      source_label=label)
+    print(format_files(info), flush=True)
+    return {"source": label, "files": len(info["files"])}
 
 
 STAGES: dict[str, Stage] = {
@@ -279,6 +295,7 @@ STAGES: dict[str, Stage] = {
 
 
 def run_pipeline(cfg: RunConfig, rd: RunDir, force: bool = False) -> None:
+    check_export_source(cfg)
     write_config(cfg, rd)
     for name in cfg.stages:
         run_stage(cfg, rd, STAGES[name], force=force)

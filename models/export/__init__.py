@@ -1,21 +1,35 @@
-"""Export of a trained (possibly pruned or quantized) tinyfoundry model: a Hugging Face folder
-(`export/hf/`), GGUF files for llama.cpp (`export/gguf/`) and a model card (`export/README.md`).
+"""Export of a trained, pruned or quantized tinyfoundry model: a Hugging Face folder (`export/hf/`, with the model
+card as its README.md), GGUF files for llama.cpp (`export/gguf/`) and `export/report.json`, which lists every
+file with its bytes, bits per weight, and the held-out bpb and batch-1 tokens/s measured by the runtime that
+runs it.
 
-A quantized compressed dir is read back dequantized: `hf/` always holds full precision, and the GGUF
-files are quantized from those weights by the gguf package (F16 / Q8_0 / Q4_0).
+Which weights (`ExportConfig.source`, resolved by models/export/source.py): the trained model, the best pass
+within a bpb budget, or a named compress pass. The files hold exactly the weights that pass evaluated:
+- `hf/`: the pass's weights in fp32 (a quantized pass's dequantized values, exactly; a pruned pass at its
+  pruned shape, `head_dim` in config.json);
+- the GGUF type the pass quantized onto (its `gguf_type`: q4_0, q8_0, ...): its block bytes, copied;
+- any other GGUF type is made from the full-precision model the pass started from (`weights` in the report
+  says which): F16/F32 casts and Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 by our round-to-nearest on llama.cpp's grids, and
+  K-quants / IQ4_NL / llama.cpp's own Q4_0 (`llama_q4_0`) by llama.cpp's quantizer from our F16 file.
 """
 
 from __future__ import annotations
 
+import math
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from models.compress.storage import atomic_write_bytes, load_compressed
-from models.export.card import model_card
-from models.export.gguf import export_gguf
-from models.export.hf import export_hf
+import torch
 
-GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0")
+from models.atomic import atomic_write_json, atomic_write_text
+from models.compress.storage import is_compressed_dir, load_compressed, read_compressed
+from models.export.card import model_card
+from models.export.gguf import LLAMA_CPP_TYPES, OUR_TYPES, export_gguf, llama_quantize
+from models.export.hf import export_hf
+from models.export.source import full_precision_input, pass_info, resolve_source
+
+GGUF_TYPES = (*OUR_TYPES, *LLAMA_CPP_TYPES)
 
 
 def _default_gguf_types() -> list[str]:
@@ -24,16 +38,37 @@ def _default_gguf_types() -> list[str]:
 
 @dataclass
 class ExportConfig:
-    """The export stage: which deliverables to write."""
+    """The export stage: which weights, which deliverables, and how they are measured."""
 
+    source: str = "final"
+    """Weights to export: final (the trained model), best (the smallest compress pass within max_bpb_increase of the
+    baseline's bpb), or the name of a compress pass."""
+    max_bpb_increase: float = 0.02
+    """For source: best, the largest accepted relative bpb increase over the baseline (0.02 = +2%)."""
     hf: bool = True
-    """Write export/hf/ (safetensors + config.json + tokenizer) for transformers."""
+    """Write export/hf/ (fp32 safetensors + config.json + tokenizer + the card as README.md) for transformers."""
+    hf_quant: bool = True
+    """Also write export/hf-quant/ (compressed-tensors, int8/int4) when the source pass is quantized and that format
+    can hold it and the package is installed."""
     gguf_types: list[str] = field(default_factory=_default_gguf_types)
-    """GGUF files to write under export/gguf/, any of f32, f16, q8_0, q4_0 ([] for none)."""
+    """GGUF files under export/gguf/: f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1 (ours), q2_k, q3_k_s, q3_k_m, q4_k_s,
+    q4_k_m, q5_k_s, q5_k_m, q6_k, iq4_nl, llama_q4_0, llama_q8_0 (llama.cpp's quantizer) ([] for none)."""
     name: str = "tinyfoundry"
     """Model name in the GGUF metadata, file names and the model card."""
     card: bool = True
-    """Write export/README.md with the compression report's figures."""
+    """Write the model card export/hf/README.md."""
+    measure: bool = True
+    """Score every file in its runtime (bpb, tokens/s) when held-out tokens are available."""
+    num_eval_tokens: int = 16384
+    """Held-out tokens scored per file."""
+    eval_seq_len: int = 0
+    """Window length for scoring; 0 means the model's max_seq_len."""
+    num_gen_tokens: int = 64
+    """New tokens per speed measurement (batch 1, greedy)."""
+    threads: int = 1
+    """CPU threads of every runtime while measuring (fixed, so the figures compare)."""
+    license: str = "apache-2.0"
+    """License in the card's header."""
 
     def __post_init__(self) -> None:
         if isinstance(self.gguf_types, str):
@@ -46,22 +81,159 @@ class ExportConfig:
             raise ValueError(f"gguf_types: duplicates, got {self.gguf_types}")
         if not self.name or "/" in self.name:
             raise ValueError(f"name: must be a non-empty name without '/', got {self.name!r}")
+        if not self.source or any(c in self.source for c in "/\\") or self.source in (".", ".."):
+            raise ValueError(f"source: must be final, best or a pass name, got {self.source!r}")
+        if not 0.0 <= self.max_bpb_increase < 10.0:
+            raise ValueError(f"max_bpb_increase: must be a fraction >= 0 (0.02 = +2%), got {self.max_bpb_increase}")
+        for f in ("num_eval_tokens", "num_gen_tokens", "threads"):
+            if int(getattr(self, f)) <= 0:
+                raise ValueError(f"{f}: must be a positive integer, got {getattr(self, f)!r}")
+        if self.eval_seq_len < 0:
+            raise ValueError(f"eval_seq_len: must be >= 0, got {self.eval_seq_len}")
 
 
-def run_export(cfg: ExportConfig, model_dir: Path, out_dir: Path, report: dict | None = None) -> dict:
-    """Export the model in `model_dir` (model dir, compressed dir, HF dir or .ckpt) into `out_dir`."""
+def load_for_export(model_dir: Path) -> tuple[torch.nn.Module, Path | None, dict]:
+    """(model with the pass's exact weights, tokenizer.json, quantized tensors by name or {})."""
+    model, tok = load_compressed(model_dir)
+    qtensors = {}
+    if is_compressed_dir(model_dir):
+        try:
+            _, _, qtensors, _ = read_compressed(model_dir)
+        except ValueError:
+            qtensors = {}  # a pruned pass: a plain model dir marked with compression.json
+    return model.eval(), tok, qtensors
+
+
+def _sparsity(model: torch.nn.Module) -> float:
+    from models.compress.prune import sparsity_of
+
+    return float(sparsity_of(model))
+
+
+def run_export(
+    cfg: ExportConfig,
+    model_dir: Path,
+    out_dir: Path,
+    report: dict | None = None,
+    val_tokens: torch.Tensor | None = None,
+    bytes_per_token: float | None = None,
+    source_label: str | None = None,
+    meta: dict | None = None,
+) -> dict:
+    """Export the model in `model_dir` (model dir, compressed pass, HF dir or .ckpt) into `out_dir`; measure each
+    file on `val_tokens` when given; write out_dir/report.json and return it."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    model, tokenizer_file = load_compressed(model_dir)
-    model.eval()
-    info: dict = {"source": str(model_dir), "hf": None, "gguf": []}
+    model, tokenizer_file, qtensors = load_for_export(model_dir)
+    info_pass = pass_info(model_dir)
+    native = info_pass.get("gguf_type") if qtensors else None
+    fp_model = model
+    fp_from = source_label or model_dir.name
+    if qtensors and any(t != native for t in cfg.gguf_types):
+        fp_dir = full_precision_input(model_dir)
+        if fp_dir is not None and fp_dir.exists():
+            fp_model, _ = load_compressed(fp_dir)
+            fp_from = fp_dir.name if fp_dir.name != "final" else "final"
+        else:
+            fp_from = f"{fp_from} (dequantized: its full-precision input was not found)"
+    n_params = model.num_params()
+    files: list[dict] = []
+    info: dict = {"source": str(model_dir), "source_label": source_label or model_dir.name,
+                  "source_method": info_pass.get("method", ""), "gguf_type": native, "params": n_params,
+                  "sparsity": _sparsity(model), "files": files, "notes": []}
+
+    def add(path: Path, fmt: str, typ: str, weights: str, runtime: str, nbytes: int, extra: dict | None = None) -> None:
+        files.append({"file": str(path.relative_to(out_dir)), "path": str(path), "format": fmt, "type": typ,
+                      "weights": weights, "runtime": runtime, "bytes": nbytes,
+                      "bits_per_weight": nbytes * 8 / max(n_params, 1), **(extra or {})})
+
     if cfg.hf:
-        info["hf"] = export_hf(model, tokenizer_file, out_dir / "hf")
-    for t in cfg.gguf_types:
-        info["gguf"].append(export_gguf(model, tokenizer_file, out_dir / "gguf" / f"{cfg.name}-{t}.gguf", t, cfg.name))
-    if cfg.card:
-        atomic_write_bytes(out_dir / "README.md", model_card(model, info, report, cfg.name).encode())
-        info["card"] = str(out_dir / "README.md")
+        hf = export_hf(model, tokenizer_file, out_dir / "hf")
+        info["hf"] = hf
+        add(out_dir / "hf", "hf", "f32", "exact", "transformers", hf["bytes"], {"architecture": hf["architecture"]})
+    if cfg.hf and cfg.hf_quant and qtensors:
+        from models.export.hf_quant import export_hf_quant, hf_quant_supported
+
+        why = hf_quant_supported(qtensors)
+        if why is None:
+            hq = export_hf_quant(model, qtensors, tokenizer_file, out_dir / "hf-quant")
+            add(out_dir / "hf-quant", "hf", hq["type"], "exact", "transformers", hq["bytes"])
+        else:
+            info["notes"].append(f"hf-quant not written: {why}")
+    gdir = out_dir / "gguf"
+    f16_tmp: Path | None = None
+    try:
+        for t in cfg.gguf_types:
+            path = gdir / f"{cfg.name}-{t}.gguf"
+            if t in LLAMA_CPP_TYPES:
+                if f16_tmp is None:
+                    f16_tmp = Path(tempfile.mkdtemp(prefix="tinyfoundry-f16-")) / "model-f16.gguf"
+                    export_gguf(fp_model, tokenizer_file, f16_tmp, "f16", cfg.name)
+                g = llama_quantize(f16_tmp, path, t, cfg.threads)
+                add(path, "gguf", t, f"{fp_from} via llama.cpp's quantizer", "llama.cpp", g["bytes"])
+            elif t == native:
+                g = export_gguf(model, tokenizer_file, path, t, cfg.name, qtensors)
+                add(path, "gguf", t, "exact", "llama.cpp", g["bytes"], {"native": g["native"]})
+            else:
+                g = export_gguf(fp_model, tokenizer_file, path, t, cfg.name)
+                add(path, "gguf", t, "exact" if fp_model is model and t in ("f32", "f16") and not qtensors
+                    else fp_from + (" (f16 cast)" if t == "f16" else ""), "llama.cpp", g["bytes"])
+    finally:
+        if f16_tmp is not None:
+            import shutil
+
+            shutil.rmtree(f16_tmp.parent, ignore_errors=True)
+    info["gguf"] = [f for f in files if f["format"] == "gguf"]
+    if report:
+        info["reference_bpb"] = report["baseline"]["val_bpb"]
+        info["reference"] = "compress baseline (tinyfoundry forward, full precision)"
+    if cfg.measure and val_tokens is not None and bytes_per_token:
+        _measure(cfg, model, files, val_tokens, bytes_per_token)
+    if cfg.card and (out_dir / "hf").is_dir():
+        card = model_card(model, info, report, cfg.name, {"license": cfg.license, **(meta or {})})
+        atomic_write_text(out_dir / "hf" / "README.md", card)
+        info["card"] = str(out_dir / "hf" / "README.md")
+    atomic_write_json(out_dir / "report.json", info)
     return info
 
 
-__all__ = ["ExportConfig", "run_export", "export_hf", "export_gguf"]
+def _measure(cfg: ExportConfig, model: torch.nn.Module, files: list[dict], val_tokens: torch.Tensor,
+             bytes_per_token: float) -> None:
+    from models.export import runtime_eval as rt
+
+    seq = min(cfg.eval_seq_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
+    tokens = val_tokens[: cfg.num_eval_tokens].long()
+    prompt = [int(t) for t in val_tokens[:16]]
+    for f in files:
+        try:
+            if f["runtime"] == "llama.cpp":
+                f["val_bpb"] = rt.gguf_bpb(Path(f["path"]), tokens, bytes_per_token, seq, cfg.threads)
+                f["tokens_per_s"] = rt.gguf_tokens_per_s(Path(f["path"]), prompt, cfg.num_gen_tokens, cfg.threads)
+            else:
+                f["val_bpb"] = rt.hf_bpb(Path(f["path"]), tokens, bytes_per_token, seq, cfg.threads)
+                f["tokens_per_s"] = rt.hf_tokens_per_s(Path(f["path"]), prompt, cfg.num_gen_tokens, cfg.threads)
+        except ImportError as e:
+            f["val_bpb"] = None
+            f["note"] = f"not measured: {e}"
+        if isinstance(f.get("val_bpb"), float) and not math.isfinite(f["val_bpb"]):
+            f["note"] = "non-finite bpb"
+    f_seq = {"num_eval_tokens": int(tokens.numel() // seq * seq), "eval_seq_len": seq}
+    for f in files:
+        f.update(f_seq)
+
+
+def format_files(info: dict) -> str:
+    """The printed table: each exported file's size and held-out bpb beside the full-precision model's."""
+    ref = info.get("reference_bpb")
+    lines = [f"export of {info.get('source_label')}: " + (f"full-precision bpb {ref:.4f} (compress baseline)" if ref
+                                                        else "")]
+    lines.append(f"  {'file':<34} {'runtime':<12} {'MB':>8} {'bits/w':>7} {'val bpb':>8} {'vs fp':>8} {'tok/s':>8}")
+    for f in info["files"]:
+        bpb = f.get("val_bpb")
+        vs = f"{100 * (bpb / ref - 1):+.2f}%" if ref and isinstance(bpb, float) else "—"
+        lines.append(f"  {f['file']:<34} {f['runtime']:<12} {f['bytes'] / 1e6:>8.2f} {f['bits_per_weight']:>7.2f} "
+                     f"{bpb if isinstance(bpb, float) else float('nan'):>8.4f} {vs:>8} "
+                     f"{f.get('tokens_per_s') or float('nan'):>8.1f}")
+    return "\n".join(lines)
+
+
+__all__ = ["ExportConfig", "run_export", "export_hf", "export_gguf", "format_files", "resolve_source"]

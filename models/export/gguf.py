@@ -1,4 +1,13 @@
-"""export/gguf/: GGUF files (F16, Q8_0, Q4_0) that llama.cpp loads and generates from.
+"""export/gguf/: GGUF files that llama.cpp loads and generates from.
+
+Three ways a tensor gets its bytes:
+- native: a compressed pass that quantized onto one of llama.cpp's block grids (models/compress/ggml_quants.py:
+  Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, by RTN or GPTQ) stored the GGUF block bytes; they are copied unchanged
+  (rows permuted for RoPE like any other tensor: blocks run along rows, so a row permutation moves whole
+  blocks). The file then holds exactly the weights compress evaluated.
+- ours: F32 / F16 casts, or our round-to-nearest onto a block grid (`ggml_quants.quantize_rtn`) of a
+  full-precision model.
+- llama.cpp's quantizer: K-quants and IQ4_NL (`llama_quantize`), from our F16 file.
 
 Design and invariants (mirroring llama.cpp's own `convert_hf_to_gguf.py` for Llama / Mixtral)
 - Source: the HF state dict from `models.hf_mapping.to_hf`, so the GGUF sees exactly what an HF
@@ -23,20 +32,40 @@ Design and invariants (mirroring llama.cpp's own `convert_hf_to_gguf.py` for Lla
 
 from __future__ import annotations
 
+import ctypes
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 
+from models.atomic import atomic_file
+from models.compress import ggml_quants
+from models.compress.quantize import QTensor
 from models.export.hf import special_token_ids
 from models.hf_mapping import to_hf
 from models.transformer import Transformer
 
-GGUFType = Literal["f32", "f16", "q8_0", "q4_0"]
+GGUFType = Literal["f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"]
+OUR_TYPES = ("f32", "f16", *ggml_quants.GGML_TYPES)
+LLAMA_CPP_TYPES = {
+    "q2_k": "LLAMA_FTYPE_MOSTLY_Q2_K",
+    "q3_k_s": "LLAMA_FTYPE_MOSTLY_Q3_K_S",
+    "q3_k_m": "LLAMA_FTYPE_MOSTLY_Q3_K_M",
+    "q4_k_s": "LLAMA_FTYPE_MOSTLY_Q4_K_S",
+    "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+    "q5_k_s": "LLAMA_FTYPE_MOSTLY_Q5_K_S",
+    "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+    "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K",
+    "iq4_nl": "LLAMA_FTYPE_MOSTLY_IQ4_NL",
+    # the same ftypes under llama.cpp's own names, for its quantizer's reference files
+    "llama_q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
+    "llama_q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
+}
+"""Types made by llama.cpp's own quantizer from our F16 file. The importance matrix is not wired: llama.cpp's
+C API takes it as a pointer to a C++ std::unordered_map (llama_model_quantize_params.imatrix), which ctypes
+cannot build; llama.cpp's `llama-imatrix` / `llama-quantize` tools (not shipped by llama-cpp-python) can."""
 
 _LAYER = {
     "input_layernorm.weight": "attn_norm.weight",
@@ -56,6 +85,47 @@ _EXPERTS = {"w1": "ffn_gate_exps.weight", "w3": "ffn_up_exps.weight", "w2": "ffn
 def permute_rope(w: np.ndarray, n_head: int) -> np.ndarray:
     """HF rotate_half row order -> llama.cpp interleaved pairs (convert_hf_to_gguf.py LlamaModel.permute)."""
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def gguf_name(ours: str, cfg) -> str | None:
+    """GGUF tensor name of one of our parameter names (None when the file has no such tensor)."""
+    from models.hf_mapping import _LAYER_MAP
+
+    if ours == "tok_emb.weight" or (ours == "lm_head.weight" and cfg.tie_embeddings):
+        return "token_embd.weight"
+    if ours == "lm_head.weight":
+        return "output.weight"
+    if ours == "norm.weight":
+        return "output_norm.weight"
+    parts = ours.split(".", 2)
+    if len(parts) == 3 and parts[0] == "layers":
+        i, rest = parts[1], parts[2]
+        if rest in _LAYER_MAP:
+            return f"blk.{i}.{_LAYER[_LAYER_MAP[rest]]}"
+        moe = {"mlp.w_gate": "ffn_gate_exps.weight", "mlp.w_up": "ffn_up_exps.weight",
+               "mlp.w_down": "ffn_down_exps.weight", "mlp.router.weight": "ffn_gate_inp.weight"}
+        if rest in moe:
+            return f"blk.{i}.{moe[rest]}"
+    return None
+
+
+def native_blocks(model: Transformer, qtensors: dict[str, QTensor]) -> dict[str, tuple[str, np.ndarray]]:
+    """GGUF name -> (type, block bytes in the file's row order) of every tensor already on a llama.cpp grid."""
+    cfg = model.cfg
+    out: dict[str, tuple[str, np.ndarray]] = {}
+    for name, q in qtensors.items():
+        if not q.is_ggml:
+            continue
+        g = gguf_name(name, cfg)
+        if g is None:
+            continue
+        b = q.codes.cpu().numpy()
+        if g.endswith("attn_q.weight"):
+            b = permute_rope(b, cfg.num_heads)
+        elif g.endswith("attn_k.weight"):
+            b = permute_rope(b, cfg.num_kv_heads)
+        out[g] = (q.kind, np.ascontiguousarray(b))
+    return out
 
 
 def gguf_tensors(model: Transformer) -> list[tuple[str, np.ndarray]]:
@@ -84,17 +154,14 @@ def gguf_tensors(model: Transformer) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def _tensor_type(name: str, arr: np.ndarray, ftype: GGUFType):
-    import gguf
-
-    Q = gguf.GGMLQuantizationType
+def _tensor_type(name: str, arr: np.ndarray, ftype: str) -> str:
     if arr.ndim == 1 or name.endswith("ffn_gate_inp.weight") or ftype == "f32":
-        return Q.F32
+        return "f32"
     if ftype == "f16" or arr.shape[-1] % 32:
-        return Q.F16
-    if ftype == "q4_0" and name in ("token_embd.weight", "output.weight"):
-        return Q.Q8_0
-    return {"q8_0": Q.Q8_0, "q4_0": Q.Q4_0}[ftype]
+        return "f16"
+    if ftype not in ("q8_0",) and name in ("token_embd.weight", "output.weight"):
+        return "q8_0"  # as llama.cpp's quantizer, the embedding / output matrix keeps more precision
+    return ftype
 
 
 def _vocab(tokenizer_file: Path, vocab_size: int) -> tuple[list[str], list[int], list[str]]:
@@ -126,9 +193,17 @@ def _vocab(tokenizer_file: Path, vocab_size: int) -> tuple[list[str], list[int],
 
 
 def export_gguf(
-    model: Transformer, tokenizer_file: Path | None, out_path: Path, ftype: GGUFType = "q8_0", name: str = "tinyfoundry"
+    model: Transformer,
+    tokenizer_file: Path | None,
+    out_path: Path,
+    ftype: str = "q8_0",
+    name: str = "tinyfoundry",
+    qtensors: dict[str, QTensor] | None = None,
 ) -> dict:
-    """Write one GGUF file atomically; returns {path, type, bytes, tensors}."""
+    """Write one GGUF file atomically; returns {path, type, bytes, tensors, native}.
+
+    With `qtensors` (a compressed pass), every tensor already on a llama.cpp grid is copied byte for byte
+    and `ftype` only names the file; the others follow `ftype` (norms F32)."""
     import gguf
 
     cfg = model.cfg
@@ -136,19 +211,16 @@ def export_gguf(
         raise ValueError(f"num_shared_experts: the Mixtral GGUF layout has no shared expert, got {cfg.num_shared_experts}")
     if tokenizer_file is None or not Path(tokenizer_file).is_file():
         raise ValueError(f"tokenizer_file: GGUF export embeds the tokenizer, got {tokenizer_file}")
-    if ftype not in ("f32", "f16", "q8_0", "q4_0"):
-        raise ValueError(f"gguf_types: must be f32, f16, q8_0 or q4_0, got {ftype!r}")
+    if ftype not in OUR_TYPES:
+        raise ValueError(f"gguf_types: must be one of {', '.join(OUR_TYPES)}, got {ftype!r}")
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     tokens, types, merges = _vocab(Path(tokenizer_file), cfg.vocab_size)
     special = special_token_ids(tokenizer_file)
-    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[ftype]
-
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        w = gguf.GGUFWriter(tmp, "llama")
+    native = native_blocks(model, qtensors or {})
+    file_type = getattr(gguf.LlamaFileType, {"f32": "ALL_F32", "f16": "MOSTLY_F16"}.get(ftype, "MOSTLY_" + ftype.upper()))
+    n = 0
+    with atomic_file(out_path) as tmp:
+        w = gguf.GGUFWriter(str(tmp), "llama")
         w.add_name(name)
         w.add_context_length(cfg.max_seq_len)
         w.add_embedding_length(cfg.dim)
@@ -176,18 +248,40 @@ def export_gguf(
         w.add_pad_token_id(special["pad_token_id"])
         w.add_add_bos_token(False)
         w.add_add_eos_token(False)
-        n = 0
         for tname, arr in gguf_tensors(model):
-            qtype = _tensor_type(tname, arr, ftype)
-            data = gguf.quants.quantize(np.ascontiguousarray(arr, dtype=np.float32), qtype)
-            w.add_tensor(tname, data, raw_dtype=qtype)
+            if tname in native:
+                kind, data = native[tname]
+            else:
+                kind = _tensor_type(tname, arr, ftype)
+                if native and kind not in ("f32",):
+                    kind = "f32"  # a pass's unquantized matrix (embeddings: fp32): kept exact
+                if kind in ggml_quants.GGML_TYPES:
+                    data = ggml_quants.quantize_rtn(kind, torch.from_numpy(arr)).numpy()
+                else:
+                    data = np.ascontiguousarray(arr, dtype=np.float16 if kind == "f16" else np.float32)
+            w.add_tensor(tname, data, raw_dtype=getattr(gguf.GGMLQuantizationType, kind.upper()))
             n += 1
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return {"path": str(out_path), "type": ftype, "bytes": out_path.stat().st_size, "tensors": n}
+    return {"path": str(out_path), "type": ftype, "bytes": out_path.stat().st_size, "tensors": n,
+            "native": sorted({k for k, _ in native.values()})}
+
+
+def llama_quantize(f16_path: Path, out_path: Path, qtype: str, threads: int = 1) -> dict:
+    """llama.cpp's own quantizer (llama_model_quantize) from our F16 file, atomically; no importance matrix."""
+    import llama_cpp
+
+    if qtype not in LLAMA_CPP_TYPES:
+        raise ValueError(f"gguf_types: llama.cpp types are {', '.join(LLAMA_CPP_TYPES)}, got {qtype!r}")
+    out_path = Path(out_path)
+    with atomic_file(out_path) as tmp:
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = getattr(llama_cpp, LLAMA_CPP_TYPES[qtype])
+        params.nthread = max(1, threads)
+        rc = llama_cpp.llama_model_quantize(str(f16_path).encode(), str(tmp).encode(), ctypes.byref(params))
+        if rc != 0:
+            raise ValueError(f"{f16_path}: llama.cpp's quantizer failed for {qtype} (status {rc})")
+    return {"path": str(out_path), "type": qtype, "bytes": out_path.stat().st_size, "native": [],
+            "quantizer": "llama.cpp"}

@@ -7,20 +7,20 @@ Design and invariants
 - Special tokens are read from tokenizer.json's added tokens by content (<|bos|>, <|endoftext|>,
   <|pad|>) and written to config.json, generation_config.json, tokenizer_config.json and
   special_tokens_map.json consistently.
-- The folder is built under a temporary name beside the final one and swapped in with renames, so an
-  interrupted export never leaves a half-written `hf/`.
+- The folder is built under a temporary name beside the final one and swapped in with renames
+  (`models.atomic.atomic_dir`, modes from the umask), so an interrupted export never leaves a half-written `hf/`.
+- The model card is the folder's README.md, so a copied or uploaded folder carries it.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from safetensors.torch import save_file
 
+from models.atomic import atomic_dir
 from models.hf_mapping import to_hf
 from models.transformer import Transformer
 
@@ -39,49 +39,41 @@ def special_token_ids(tokenizer_file: Path | None) -> dict[str, int]:
     return ids
 
 
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Swap a fully written temporary folder in under its final name."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def write_tokenizer_files(folder: Path, config: dict, special: dict[str, int], tokenizer_file: Path | None,
+                          max_len: int) -> None:
+    """config.json, generation_config.json and the tokenizer files AutoTokenizer needs, into `folder`."""
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    gen = {k: special[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    (folder / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+    if tokenizer_file is not None and Path(tokenizer_file).is_file():
+        shutil.copyfile(tokenizer_file, folder / "tokenizer.json")
+        tok_cfg = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": BOS,
+            "eos_token": EOS,
+            "pad_token": PAD,
+            "model_max_length": max_len,
+            "add_bos_token": False,
+            "add_eos_token": False,
+            "clean_up_tokenization_spaces": False,
+        }
+        (folder / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
+        smap = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD}
+        (folder / "special_tokens_map.json").write_text(json.dumps(smap, indent=2) + "\n")
 
 
-def export_hf(model: Transformer, tokenizer_file: Path | None, out_dir: Path) -> dict:
-    """Write `out_dir` (e.g. export/hf/) atomically; returns {path, architecture, files, bytes}."""
+def export_hf(model: Transformer, tokenizer_file: Path | None, out_dir: Path, card: str | None = None) -> dict:
+    """Write `out_dir` (e.g. export/hf/) atomically, with `card` as its README.md; returns {path, architecture,
+    files, bytes}."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     special = special_token_ids(tokenizer_file)
     config, sd = to_hf(model, **special)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    try:
+    with atomic_dir(out_dir) as tmp:
         save_file({k: v.float().contiguous() for k, v in sd.items()}, str(tmp / "model.safetensors"),
                   metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        gen = {k: special[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
-        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
-        if tokenizer_file is not None and Path(tokenizer_file).is_file():
-            shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
-            tok_cfg = {
-                "tokenizer_class": "PreTrainedTokenizerFast",
-                "bos_token": BOS,
-                "eos_token": EOS,
-                "pad_token": PAD,
-                "model_max_length": model.cfg.max_seq_len,
-                "add_bos_token": False,
-                "add_eos_token": False,
-                "clean_up_tokenization_spaces": False,
-            }
-            (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
-            smap = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD}
-            (tmp / "special_tokens_map.json").write_text(json.dumps(smap, indent=2) + "\n")
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_tokenizer_files(tmp, config, special, tokenizer_file, model.cfg.max_seq_len)
+        if card is not None:
+            (tmp / "README.md").write_text(card)
     files = sorted(p.name for p in out_dir.iterdir())
     return {
         "path": str(out_dir),
