@@ -4,7 +4,9 @@ Why not `tempfile.mkstemp` / `mkdtemp`: they create 0600 files and 0700 folders 
 exported GGUF or HF folder could not be read by a llama.cpp or vLLM container running as another user.
 Here a temporary sibling is created with `os.open(..., 0o666)` / `os.mkdir(..., 0o777)`, which the kernel
 masks with the process umask exactly as for any ordinary file (0644 / 0755 under umask 022), written,
-fsynced and renamed over the final name: a reader never sees a half-written file under the final name.
+given the umask's mode again (a library that writes through its own 0600 temporary file, as safetensors does,
+would otherwise leave 0600), fsynced and renamed over the final name: a reader never sees a half-written file
+under the final name.
 
 - `atomic_file(path)`: context manager yielding a temporary path beside `path` (same folder, so the rename
   is atomic); on success it is fsynced and renamed to `path`, on error removed.
@@ -28,6 +30,20 @@ def _tmp_name(path: Path, kind: str) -> Path:
     return path.parent / f".{path.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _settle(path: Path, mask: int) -> None:
+    """fsync a finished file and give it the umask's mode: some writers (safetensors) create their own 0600
+    temporary file and rename it, so the mode we created the file with is not always the one it ends with."""
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+    if path.is_file():
+        _fsync(path)
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -45,7 +61,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield tmp
-        _fsync(tmp)
+        _settle(tmp, _umask())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -61,9 +77,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     os.mkdir(tmp, 0o777)
     try:
         yield tmp
+        mask = _umask()
         for f in tmp.rglob("*"):
-            if f.is_file():
-                _fsync(f)
+            _settle(f, mask)
         old = None
         if path.exists():
             old = _tmp_name(path, "old")

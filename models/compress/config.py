@@ -85,8 +85,9 @@ def _default_passes() -> list[PassConfig]:
 class CompressConfig:
     """The compress stage: an ordered list of passes, calibration and evaluation budgets."""
 
-    passes: list[PassConfig] = field(default_factory=_default_passes)
-    """Ordered passes, e.g. [{method: int8}, {method: gptq, group_size: 64}, {method: wanda, sparsity: 0.5}]."""
+    passes: list[Any] = field(default_factory=_default_passes)
+    """Ordered passes, each a flat mapping of method, name, input and the method's options (PassConfig after
+    validation), e.g. [{method: int8}, {method: gptq, name: gptq-q4_0, gguf_type: q4_0}, {method: wanda, sparsity: 0.5}]."""
     num_calib_tokens: int = 32768
     """Calibration tokens (GPTQ, Wanda, structured importance), taken from val tokens not used for eval."""
     calib_seq_len: int = 256

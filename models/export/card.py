@@ -86,7 +86,8 @@ def model_card(model: Transformer, info: dict, report: dict | None, name: str, m
         f"A small Llama-style language model trained with tinyfoundry: {kind}, {model.num_params():,} parameters,",
         f"{cfg.num_layers} layers, width {cfg.dim}, {cfg.num_heads} query / {cfg.num_kv_heads} key-value heads of "
         f"width {cfg.head_dim}, context {cfg.max_seq_len}, vocabulary {cfg.vocab_size} (byte-level BPE).",
-        f"Exported weights: `{info.get('source_label', 'final')}`" + (f" ({info['source_method']})" if info.get(
+        (f"Architecture: `{info['hf']['architecture']}` in transformers. " if info.get("hf") else "")
+        + f"Exported weights: `{info.get('source_label', 'final')}`" + (f" ({info['source_method']})" if info.get(
             "source_method") else "") + ".",
         "",
     ]

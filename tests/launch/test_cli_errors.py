@@ -89,3 +89,21 @@ def test_readme_config_example_validates(tmp_path: Path):
     p.write_text(block.group(1))
     cfg = load_config(p)
     assert cfg.name == "demo" and cfg.compress.passes
+
+
+def test_bad_export_source_is_one_line_and_exit_2(tmp_path: Path):
+    """A misspelt export.source is refused before any stage runs, naming the key and the passes there are."""
+    cfg = _write(tmp_path, "name: t\ncompress:\n  passes:\n    - {method: gptq, name: gptq-q4_0, gguf_type: q4_0}\n"
+                           "export:\n  source: gptq-q4\n")
+    r = _cli("run", "--config", str(cfg), "--run-dir", str(tmp_path / "run"), cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "export.source: no compress pass named 'gptq-q4'" in lines[0], r.stderr
+    assert "gptq-q4_0" in lines[0] and not (tmp_path / "run" / "synth").exists()
+    # a pass option the method does not have names the pass and the key
+    cfg = _write(tmp_path, "name: t\ncompress:\n  passes:\n    - {method: rtn, group_size: 32}\n")
+    r = _cli("run", "--config", str(cfg), "--run-dir", str(tmp_path / "run"), cwd=tmp_path)
+    assert r.returncode == 2 and "group_size: not an option of method 'rtn'" in r.stderr, r.stderr
+    # `export --model` outside a run: a missing model is one line too
+    r = _cli("export", "--model", str(tmp_path / "no-model"), cwd=tmp_path)
+    assert r.returncode == 2 and "no-model" in r.stderr and "Traceback" not in r.stderr

@@ -39,8 +39,12 @@ train:
 compress:
   passes:
     - {method: int8}
+    - {method: gptq, name: gptq-q4_0, gguf_type: q4_0}
 export:
-  gguf_types: [q8_0]
+  source: gptq-q4_0
+  gguf_types: [q4_0, q8_0]
+  num_eval_tokens: 2048
+  num_gen_tokens: 16
 """
 
 
@@ -63,7 +67,7 @@ def test_every_contract_artifact_is_written(tiny_run):
     rd = RunDir(run_dir)
     for rel in ["config.yaml", "synth/stats.json", "data/stats.json", "tokenizer/tokenizer.json", "shards/index.json",
                 "checkpoints/last.ckpt", "train/summary.json", "compressed/report.json", "export/hf/config.json",
-                "export/hf/model.safetensors", "export/hf/tokenizer.json", "export/README.md"]:
+                "export/hf/model.safetensors", "export/hf/tokenizer.json", "export/hf/README.md", "export/report.json"]:
         assert (run_dir / rel).is_file(), rel
     assert list((run_dir / "synth").glob("*.parquet")) and list((run_dir / "data").glob("*.parquet"))
     assert list((run_dir / "export" / "gguf").glob("*.gguf"))
@@ -76,7 +80,17 @@ def test_every_contract_artifact_is_written(tiny_run):
     # the story-quality and fairness probes are recorded before (baseline) and after every pass, and shown in the card
     assert "word_usage" in report["baseline"]["probes"] and all("fairness_male_share" in p["probes"]
                                                                  for p in report["passes"])
-    assert "Behaviour before and after compression" in (run_dir / "export" / "README.md").read_text()
+    assert "Behaviour before and after compression" in (run_dir / "export" / "hf" / "README.md").read_text()
+    # the export ships the GPTQ pass: its GGUF Q4_0 holds the pass's own blocks, and every file is measured
+    exported = json.loads((run_dir / "export" / "report.json").read_text())
+    assert exported["source_label"] == "gptq-q4_0"
+    by_file = {f["file"]: f for f in exported["files"]}
+    assert by_file["gguf/tinyfoundry-q4_0.gguf"]["weights"] == "exact"
+    assert "q4_0" in by_file["gguf/tinyfoundry-q4_0.gguf"]["native"]
+    assert by_file["gguf/tinyfoundry-q8_0.gguf"]["weights"] == "final"
+    pytest.importorskip("llama_cpp", reason="runtime figures need llama-cpp-python")
+    for f in exported["files"]:
+        assert f["val_bpb"] > 0 and f["tokens_per_s"] > 0, f
     for stage, rid in _run_ids(rd).items():
         assert rid, f"{stage} has no manifest"
         m = rd.read_manifest(stage)
@@ -96,7 +110,7 @@ def test_rerun_skips_and_changed_config_redoes_downstream(tiny_run, capsys):
     assert _run_ids(rd) == before, "toggling progress bars must not redo a stage"
     # change the compression passes: compress and export are redone, training and everything before it are not
     assert main(["run", "--config", str(cfg), "--run-dir", str(run_dir),
-                 "--compress.passes=[{method: int8}, {method: int4, group_size: 32}]"]) == 0
+                 "--compress.passes=[{method: int4, group_size: 32}, {method: gptq, name: gptq-q4_0, gguf_type: q4_0, damp: 0.02}]"]) == 0
     after = _run_ids(rd)
     for stage in ("synth", "curate", "tokenize", "train"):
         assert after[stage] == before[stage], stage
@@ -112,7 +126,7 @@ def test_killed_stage_is_not_trusted(tiny_run):
     (run_dir / "export" / "hf" / "model.safetensors").write_bytes(b"half-written")
     before = _run_ids(rd)
     assert main(["run", "--config", str(cfg), "--run-dir", str(run_dir),
-                 "--compress.passes=[{method: int8}, {method: int4, group_size: 32}]"]) == 0
+                 "--compress.passes=[{method: int4, group_size: 32}, {method: gptq, name: gptq-q4_0, gguf_type: q4_0, damp: 0.02}]"]) == 0
     after = _run_ids(rd)
     assert after["export"] and after["export"] != before["export"]
     assert after["compress"] == before["compress"]

@@ -70,30 +70,31 @@ def test_run_export_card_and_atomicity(tmp_path, tokenizer_file, monkeypatch):
     }
     out = tmp_path / "export"
     info = run_export(ExportConfig(gguf_types=["q8_0"]), mdir, out, report)
-    card = (out / "README.md").read_text()
+    card = (out / "hf" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: text-generation\nlicense: apache-2.0\n")
     assert "| int8 | int8 | 1.01 MB | 3.96 |" in card and "+0.07%" in card and "LlamaForCausalLM" in card
     assert Path(info["gguf"][0]["path"]).name == "tinyfoundry-q8_0.gguf"
     before = (out / "gguf" / "tinyfoundry-q8_0.gguf").read_bytes()
 
     # an export killed half-way through a file leaves the previous file and no temporary behind
-    import gguf
+    from models.compress import ggml_quants
 
-    real = gguf.quants.quantize
+    real = ggml_quants.quantize_rtn
     calls = {"n": 0}
 
-    def dying_quantize(data, qtype):
+    def dying_quantize(*a, **kw):
         calls["n"] += 1
         if calls["n"] == 5:
             raise KeyboardInterrupt
-        return real(data, qtype)
+        return real(*a, **kw)
 
-    monkeypatch.setattr(gguf.quants, "quantize", dying_quantize)
+    monkeypatch.setattr(ggml_quants, "quantize_rtn", dying_quantize)
     with pytest.raises(KeyboardInterrupt):
         run_export(ExportConfig(hf=False, gguf_types=["q8_0", "q4_0"], card=False), mdir, out)
     assert (out / "gguf" / "tinyfoundry-q8_0.gguf").read_bytes() == before
     assert not (out / "gguf" / "tinyfoundry-q4_0.gguf").exists()
     assert sorted(p.name for p in (out / "gguf").iterdir()) == ["tinyfoundry-q8_0.gguf"]
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "gguf", "hf"]
+    assert sorted(p.name for p in out.iterdir()) == ["gguf", "hf", "report.json"]
 
 
 def test_export_config_validation():
