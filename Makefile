@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip --disable-pip-version-check
 BASE := $(VENV)/.base-installed
 FULL := $(VENV)/.full-installed
+EXPORT := $(VENV)/.export-installed
 
 .PHONY: install install-full demo test lint bench clean
 
@@ -24,15 +25,21 @@ $(BASE): pyproject.toml | $(BIN)/python
 # llama.cpp through llama-cpp-python, which compiles llama.cpp from source once: ~6 minutes, then pip's wheel cache).
 # DeepSpeed builds against the torch already installed (--no-build-isolation), never a second one.
 $(FULL): $(BASE)
-	$(PIP) install -q -e ".[dev,hf,teacher,warc,quant]" "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[dev,hf,teacher,warc,quant,export]" "$(TORCH_SPEC)"
 	$(PIP) install -q --no-build-isolation "deepspeed>=0.14" "$(TORCH_SPEC)"
 	$(PIP) install -q "llama-cpp-python>=0.3" "$(TORCH_SPEC)"
+	touch $@
+
+# What `make demo` needs beyond the base: the runtimes that score its exported files (llama.cpp through
+# llama-cpp-python, compiled once; transformers + compressed-tensors for the HF folders).
+$(EXPORT): $(BASE)
+	$(PIP) install -q -e ".[dev,hf,llamacpp,export]" "$(TORCH_SPEC)"
 	touch $@
 
 install: $(BASE)
 install-full: $(FULL)
 
-demo: $(BASE)
+demo: $(EXPORT)
 	$(BIN)/tinyfoundry run --config configs/demo.yaml
 
 test: $(FULL)
