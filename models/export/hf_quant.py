@@ -22,6 +22,7 @@ and are reported as such.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import torch
@@ -29,7 +30,7 @@ from safetensors.torch import save_file
 
 from models.atomic import atomic_dir
 from models.compress import ggml_quants
-from models.compress.quantize import QTensor, unpack_int4
+from models.compress.quantize import QTensor, _quiet, unpack_int4
 from models.export.hf import special_token_ids, write_tokenizer_files
 from models.hf_mapping import _LAYER_MAP, to_hf
 from models.transformer import Transformer
@@ -82,16 +83,15 @@ def hf_quant_supported(qtensors: dict[str, QTensor]) -> str | None:
         return "no quantized Linear weights"
     if len(schemes) > 1:
         return f"block weights mix schemes {sorted(schemes)}"
-    try:
-        import compressed_tensors  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("compressed_tensors") is None:
         return "compressed-tensors is not installed (pip install compressed-tensors)"
     return None
 
 
 def export_hf_quant(model: Transformer, qtensors: dict[str, QTensor], tokenizer_file: Path | None, out_dir: Path) -> dict:
     """Write a compressed-tensors pack-quantized HF folder atomically; returns {path, type, bytes}."""
-    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+    with _quiet():  # compressed_tensors imports torchao, which prints loader noise for CUDA-only kernels
+        from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
 
     why = hf_quant_supported(qtensors)
     if why is not None:

@@ -187,3 +187,48 @@ def test_pruned_shapes_export_to_transformers_and_llama_cpp(compressed):
     pytest.importorskip("llama_cpp", reason="llama-cpp-python builds llama.cpp from source")
     diff = np.abs(_loglik(_llama_logits(info["files"][-1]["path"], seq), seq) - _loglik(ours, seq)).max()
     assert diff < LOGLIK_TOL["f16"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["gptq-q4_0", "rtn-q8_0"])
+def test_hf_quant_export_loads_without_tinyfoundry_with_our_weights(compressed, name):
+    """compressed-tensors folder: transformers decompresses it on CPU to exactly our weights, in a child interpreter
+    that cannot import tinyfoundry (no site .pth processing, repo off sys.path)."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("compressed_tensors", reason="the quantized HF export needs compressed-tensors")
+    import site
+    import subprocess
+    import sys
+
+    root, report, tokens = compressed
+    info = run_export(ExportConfig(gguf_types=[], measure=False, card=False), root / "compressed" / name,
+                      root / f"export-hq-{name}")
+    hq = next(f for f in info["files"] if f["file"] == "hf-quant")
+    cfg = json.loads((Path(hq["path"]) / "config.json").read_text())["quantization_config"]
+    assert cfg["quant_method"] == "compressed-tensors" and cfg["format"] == "pack-quantized"
+    seq = [int(t) for t in tokens[:24]]
+    sp = [p for p in site.getsitepackages() if p.endswith("site-packages")][0]
+    child = f"""
+import json, sys
+sys.path = [p for p in sys.path if p] + [{sp!r}]
+for name in ("models", "launch", "train"):
+    try:
+        __import__(name)
+        raise SystemExit("tinyfoundry importable: " + name)
+    except ImportError:
+        pass
+import torch, transformers
+transformers.logging.set_verbosity_error()
+m = transformers.AutoModelForCausalLM.from_pretrained({hq['path']!r}, dtype=torch.float32).eval()
+with torch.no_grad():
+    print(json.dumps(m(torch.tensor([{seq!r}])).logits[0].tolist()))
+"""
+    r = subprocess.run([sys.executable, "-S", "-I", "-c", child], capture_output=True, text=True, cwd="/", timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    theirs = np.array(json.loads(r.stdout.strip().splitlines()[-1]), dtype=np.float32)
+    from models.compress import load_compressed
+
+    ours, _ = load_compressed(root / "compressed" / name)
+    with torch.no_grad():
+        mine = ours(torch.tensor([seq])).logits[0].numpy()
+    assert np.abs(theirs - mine).max() < 1e-4
