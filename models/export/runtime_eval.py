@@ -38,11 +38,40 @@ def _nll(logits_TV: np.ndarray, targets_T: np.ndarray) -> float:
     return float((lse - x[np.arange(len(targets_T)), targets_T]).sum())
 
 
+EXTRA_BUFFER_TYPES = False
+"""llama.cpp's CPU "extra buffer types" (weights repacked at load for AMX / AVX-512 kernels). Off: on a VM whose CPU
+advertises AMX (amx_int8 in /proc/cpuinfo) every quantized GGUF, llama.cpp's own files included, segfaulted in the
+first matmul with them on (llama-cpp-python 0.3.36, LOG.md); the plain CPU kernels compute the same blocks."""
+
+
+@contextlib.contextmanager
+def _model_params(extra_bufts: bool):
+    """llama-cpp-python's Llama() takes no use_extra_bufts argument: patch the default params while it loads."""
+    import llama_cpp
+    import llama_cpp.llama as llama_mod
+
+    real = llama_cpp.llama_model_default_params
+
+    def params():
+        p = real()
+        if hasattr(p, "use_extra_bufts"):
+            p.use_extra_bufts = extra_bufts
+        return p
+
+    llama_mod.llama_cpp.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        llama_mod.llama_cpp.llama_model_default_params = real
+
+
 def open_gguf(path: Path, n_ctx: int, threads: int = 1, logits_all: bool = True):
     import llama_cpp
 
-    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=threads,
-                           n_threads_batch=threads, logits_all=logits_all, verbose=False)
+    n_ctx = max(n_ctx, 256)  # llama.cpp pads smaller contexts to 256; ask for what it will allocate
+    with _model_params(EXTRA_BUFFER_TYPES):
+        return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_threads=threads,
+                               n_threads_batch=threads, logits_all=logits_all, verbose=False)
 
 
 def gguf_logprobs(llm, window: np.ndarray) -> np.ndarray:

@@ -112,8 +112,10 @@ def test_gguf_export_refuses_non_bpe_tokenizer(tmp_path):
 
 
 def _llama_greedy(path: str, prompt: list[int], n: int) -> tuple[list[int], np.ndarray]:
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python builds llama.cpp from source")
-    llm = llama_cpp.Llama(model_path=path, n_ctx=128, n_batch=128, n_threads=2, logits_all=True, verbose=False)
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python builds llama.cpp from source")
+    from models.export.runtime_eval import open_gguf
+
+    llm = open_gguf(Path(path), 128, threads=2)
     llm.eval(prompt)
     first = np.array(llm.scores[len(prompt) - 1], dtype=np.float32)
     out = []
