@@ -124,7 +124,11 @@ def llama_cpp_run(path: Path, prompt: list[int], n: int) -> tuple[float, list[in
         import llama_cpp
     except ImportError:
         return None
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_batch=512, n_threads=torch.get_num_threads(), verbose=False)  # same threads as ours
+    from models.export.runtime_eval import EXTRA_BUFFER_TYPES, llama_model_params
+
+    with llama_model_params(EXTRA_BUFFER_TYPES):  # repacked weights segfault on AMX-advertising VMs (LOG.md)
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_batch=512, n_threads=torch.get_num_threads(),
+                              verbose=False)  # same threads as ours
     def run() -> list[int]:
         llm.reset()
         out = []

@@ -45,7 +45,7 @@ first matmul with them on (llama-cpp-python 0.3.36, LOG.md); the plain CPU kerne
 
 
 @contextlib.contextmanager
-def _model_params(extra_bufts: bool):
+def llama_model_params(extra_bufts: bool):
     """llama-cpp-python's Llama() takes no use_extra_bufts argument: patch the default params while it loads."""
     import llama_cpp
     import llama_cpp.llama as llama_mod
@@ -69,7 +69,7 @@ def open_gguf(path: Path, n_ctx: int, threads: int = 1, logits_all: bool = True)
     import llama_cpp
 
     n_ctx = max(n_ctx, 256)  # llama.cpp pads smaller contexts to 256; ask for what it will allocate
-    with _model_params(EXTRA_BUFFER_TYPES):
+    with llama_model_params(EXTRA_BUFFER_TYPES):
         return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_threads=threads,
                                n_threads_batch=threads, logits_all=logits_all, verbose=False)
 
