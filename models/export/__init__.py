@@ -153,7 +153,11 @@ def run_export(
     if cfg.hf and cfg.hf_quant and qtensors:
         from models.export.hf_quant import export_hf_quant, hf_quant_supported
 
+        from models.export.hf import hf_head_padding
+
         why = hf_quant_supported(qtensors)
+        if why is None and hf_head_padding(model.cfg) != (model.cfg.num_heads, model.cfg.num_kv_heads):
+            why = "a pruned head count that transformers only loads padded"
         if why is None:
             hq = export_hf_quant(model, qtensors, tokenizer_file, out_dir / "hf-quant")
             add(out_dir / "hf-quant", "hf", hq["type"], "exact", "transformers", hq["bytes"])

@@ -91,6 +91,10 @@ def model_card(model: Transformer, info: dict, report: dict | None, name: str, m
             "source_method") else "") + ".",
         "",
     ]
+    if (info.get("hf") or {}).get("padded_heads"):
+        lines += [f"The HF folder adds {info['hf']['padded_heads']} all-zero query heads (whole GQA groups): transformers "
+                  "requires hidden_size to be a multiple of the head count even with `head_dim` set. They change no "
+                  "logit; the GGUF files keep the pruned shape.", ""]
     sparsity = info.get("sparsity", 0.0)
     if sparsity and sparsity > 0.01:
         lines += [f"**Sparsity:** {sparsity:.1%} of the weights are zero (pruned); the files store them densely, so "

@@ -10,6 +10,9 @@ Design and invariants
 - The folder is built under a temporary name beside the final one and swapped in with renames
   (`models.atomic.atomic_dir`, modes from the umask), so an interrupted export never leaves a half-written `hf/`.
 - The model card is the folder's README.md, so a copied or uploaded folder carries it.
+- A structured-pruned model keeps its real shape (fewer heads, `head_dim` in config.json) unless transformers'
+  LlamaConfig would refuse it (hidden_size % num_attention_heads != 0): then whole zero GQA groups are added
+  (`pad_heads`, exact: same logits) and the card says so; the GGUF files keep the real shape.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import shutil
 from pathlib import Path
 
+import torch
 from safetensors.torch import save_file
 
 from models.atomic import atomic_dir
@@ -37,6 +41,39 @@ def special_token_ids(tokenizer_file: Path | None) -> dict[str, int]:
         if tok in added:
             ids[key] = int(added[tok])
     return ids
+
+
+def hf_head_padding(cfg) -> tuple[int, int]:
+    """(query heads, kv heads) of the HF config: ours, or, when transformers' LlamaConfig would refuse our pruned
+    shape (it requires hidden_size % num_attention_heads == 0 even with an explicit head_dim), the fewest heads above
+    ours that it accepts, in whole GQA groups. -> (num_heads, num_kv_heads)."""
+    H, G = cfg.num_heads, cfg.num_kv_heads
+    if cfg.is_moe or cfg.dim % H == 0:
+        return H, G
+    rep = H // G
+    for H2 in range(H + rep, cfg.dim + 1, rep):
+        if cfg.dim % H2 == 0:
+            return H2, H2 // rep
+    raise ValueError(f"num_heads: no head count >= {H} divides hidden size {cfg.dim} in groups of {rep}")
+
+
+def pad_heads(config: dict, sd: dict[str, torch.Tensor], cfg) -> int:
+    """Pad a pruned attention with all-zero GQA groups up to `hf_head_padding`: zero query and key rows give padded heads
+    uniform attention over zero value rows, and zero output-projection columns drop them, so the logits are unchanged
+    (tested against our model). GGUF keeps the real, smaller shape. Returns the number of added query heads."""
+    H2, G2 = hf_head_padding(cfg)
+    extra_q, extra_kv = (H2 - cfg.num_heads) * cfg.head_dim, (G2 - cfg.num_kv_heads) * cfg.head_dim
+    if not extra_q:
+        return 0
+    for i in range(cfg.num_layers):
+        a = f"model.layers.{i}.self_attn."
+        for name, extra in (("q_proj", extra_q), ("k_proj", extra_kv), ("v_proj", extra_kv)):
+            w = sd[a + name + ".weight"]
+            sd[a + name + ".weight"] = torch.cat([w, w.new_zeros(extra, w.shape[1])], 0)
+        w = sd[a + "o_proj.weight"]
+        sd[a + "o_proj.weight"] = torch.cat([w, w.new_zeros(w.shape[0], extra_q)], 1)
+    config["num_attention_heads"], config["num_key_value_heads"] = H2, G2
+    return H2 - cfg.num_heads
 
 
 def write_tokenizer_files(folder: Path, config: dict, special: dict[str, int], tokenizer_file: Path | None,
@@ -68,6 +105,7 @@ def export_hf(model: Transformer, tokenizer_file: Path | None, out_dir: Path, ca
     out_dir = Path(out_dir)
     special = special_token_ids(tokenizer_file)
     config, sd = to_hf(model, **special)
+    padded = pad_heads(config, sd, model.cfg)
     with atomic_dir(out_dir) as tmp:
         save_file({k: v.float().contiguous() for k, v in sd.items()}, str(tmp / "model.safetensors"),
                   metadata={"format": "pt"})
@@ -80,4 +118,5 @@ def export_hf(model: Transformer, tokenizer_file: Path | None, out_dir: Path, ca
         "architecture": config["architectures"][0],
         "files": files,
         "bytes": (out_dir / "model.safetensors").stat().st_size,
+        "padded_heads": padded,
     }

@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 from models.atomic import atomic_dir
 from models.compress import ggml_quants
 from models.compress.quantize import QTensor, _quiet, unpack_int4
-from models.export.hf import special_token_ids, write_tokenizer_files
+from models.export.hf import hf_head_padding, special_token_ids, write_tokenizer_files
 from models.hf_mapping import _LAYER_MAP, to_hf
 from models.transformer import Transformer
 
@@ -94,6 +94,8 @@ def export_hf_quant(model: Transformer, qtensors: dict[str, QTensor], tokenizer_
         from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
 
     why = hf_quant_supported(qtensors)
+    if why is None and hf_head_padding(model.cfg) != (model.cfg.num_heads, model.cfg.num_kv_heads):
+        why = "a pruned head count transformers only loads padded (the padding would have to be quantized too)"
     if why is not None:
         raise ValueError(f"hf-quant: {why}")
     special = special_token_ids(tokenizer_file)
