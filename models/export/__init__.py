@@ -151,9 +151,8 @@ def run_export(
         info["hf"] = hf
         add(out_dir / "hf", "hf", "f32", "exact", "transformers", hf["bytes"], {"architecture": hf["architecture"]})
     if cfg.hf and cfg.hf_quant and qtensors:
-        from models.export.hf_quant import export_hf_quant, hf_quant_supported
-
         from models.export.hf import hf_head_padding
+        from models.export.hf_quant import export_hf_quant, hf_quant_supported
 
         why = hf_quant_supported(qtensors)
         if why is None and hf_head_padding(model.cfg) != (model.cfg.num_heads, model.cfg.num_kv_heads):
