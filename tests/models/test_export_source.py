@@ -86,3 +86,21 @@ def test_written_files_and_folders_follow_the_umask(tmp_path, umask, shared_data
     for p in written:
         assert _mode(p) == (want_dir if p.is_dir() else want_file), (p, oct(_mode(p)))
     assert not [p for p in written if ".tmp" in p.name or ".old" in p.name]
+
+
+def test_export_command_outside_a_run(tmp_path, shared_data, capsys):
+    """`tinyfoundry export --model DIR`: any model dir, no config, no run directory."""
+    from test_export import make_model_dir, write_tokenizer
+
+    from launch.cli import main
+
+    tok = tmp_path / "tokenizer.json"
+    write_tokenizer(tok, (shared_data / "tinystories" / "tinystories_2000.txt").read_text()[:20000])
+    mdir = make_model_dir(tmp_path, tok)
+    out = tmp_path / "out"
+    assert main(["export", "--model", str(mdir), "--out", str(out), "--export.gguf_types=[f16, q4_0]",
+                 "--export.hf_quant=false"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [f["file"] for f in report["files"]] == ["hf", "gguf/tinyfoundry-f16.gguf", "gguf/tinyfoundry-q4_0.gguf"]
+    assert (out / "hf" / "README.md").is_file() and "wrote" in capsys.readouterr().out
+    assert main(["export", "--model", str(mdir), "--out", str(out), "--export.gguf_types=[q9_9]"]) == 2
