@@ -353,6 +353,10 @@ def print_run_summary(cfg: RunConfig, rd: RunDir) -> None:
         if isinstance(val, (int, float)) and math.isfinite(val):
             lines.append(f"\nval loss {val:.3f} nats/token vs unigram baseline {base:.3f} "
                          f"({val / base:.0%} of it); val bits-per-byte {s.get('val_bpb', float('nan')):.3f}")
+    if (rd.export / "report.json").is_file():  # the deliverables: each file's size and bpb in its own runtime
+        from models.export import format_files
+
+        lines.append("\n" + format_files(json.loads((rd.export / "report.json").read_text())))
     story_model = rd.export / "hf" if (rd.export / "hf" / "config.json").is_file() else rd.final_model
     if story_model.is_dir():
         lines.append(f"\nA story from {story_model}:\n")

@@ -229,11 +229,13 @@ def format_files(info: dict) -> str:
     ref = info.get("reference_bpb")
     lines = [f"export of {info.get('source_label')}: " + (f"full-precision bpb {ref:.4f} (compress baseline)" if ref
                                                         else "")]
-    lines.append(f"  {'file':<34} {'runtime':<12} {'MB':>8} {'bits/w':>7} {'val bpb':>8} {'vs fp':>8} {'tok/s':>8}")
+    lines.append(f"  {'file':<34} {'runtime':<12} {'weights':<16} {'MB':>8} {'bits/w':>7} {'val bpb':>8} {'vs fp':>8} "
+                 f"{'tok/s':>8}")
     for f in info["files"]:
         bpb = f.get("val_bpb")
         vs = f"{100 * (bpb / ref - 1):+.2f}%" if ref and isinstance(bpb, float) else "—"
-        lines.append(f"  {f['file']:<34} {f['runtime']:<12} {f['bytes'] / 1e6:>8.2f} {f['bits_per_weight']:>7.2f} "
+        lines.append(f"  {f['file']:<34} {f['runtime']:<12} {f['weights'][:16]:<16} {f['bytes'] / 1e6:>8.2f} "
+                     f"{f['bits_per_weight']:>7.2f} "
                      f"{bpb if isinstance(bpb, float) else float('nan'):>8.4f} {vs:>8} "
                      f"{f.get('tokens_per_s') or float('nan'):>8.1f}")
     return "\n".join(lines)
