@@ -178,8 +178,8 @@ def run_export(
                 add(path, "gguf", t, "exact", "llama.cpp", g["bytes"], {"native": g["native"]})
             else:
                 g = export_gguf(fp_model, tokenizer_file, path, t, cfg.name)
-                add(path, "gguf", t, "exact" if fp_model is model and t in ("f32", "f16") and not qtensors
-                    else fp_from + (" (f16 cast)" if t == "f16" else ""), "llama.cpp", g["bytes"])
+                weights = "exact" if t == "f32" and not qtensors else fp_from + (" (f16 cast)" if t == "f16" else "")
+                add(path, "gguf", t, weights, "llama.cpp", g["bytes"])
     finally:
         if f16_tmp is not None:
             import shutil
