@@ -75,7 +75,9 @@ class PlanConfig:
     include_presets: bool = True
     """Also list the models package's named presets (with this vocabulary) as candidates."""
     max_memory_gb: float = 0.0
-    """Drop candidates whose training-memory estimate exceeds this per device (GiB); 0 keeps all."""
+    """Training memory per device (GiB) a candidate's micro-batch must fit; 0 takes a GPU's memory from the table
+    (no limit for 'cpu': the training machine's RAM is unknown to the plan). Candidates use smaller micro-batches with gradient accumulation,
+    then activation checkpointing, before they are dropped."""
 
     def __post_init__(self) -> None:
         for name in ("flops", "hours", "flops_per_s", "inference_tokens", "max_memory_gb", "moe_gain_exponent"):
