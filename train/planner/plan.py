@@ -83,8 +83,9 @@ def _golden_min(f, lo: float, hi: float, iters: int = 100) -> float:
     return (a + b) / 2
 
 
-def continuous_plan(law: Law, c: float, unique: float, d_inf: float, mode: str) -> dict:
-    """Steps 2-3 on continuous N (law convention, C = 6ND). Returns target N, training FLOPs and notes."""
+def continuous_plan(law: Law, c: float, unique: float, d_inf: float, mode: str, shrink_for_repeats: bool = True) -> dict:
+    """Steps 2-3 on continuous N (law convention, C = 6ND). Returns target N, training FLOPs and notes.
+    `shrink_for_repeats` False keeps the data-constrained optimum at or above the loss model's own (PlanConfig)."""
     n0, d0 = law.allocate(c)
     out: dict[str, Any] = {"law_num_params": n0, "law_num_tokens": d0, "train_flops": c, "scale": 1.0, "notes": []}
     constrained = unique > 0 and d0 > unique
@@ -107,7 +108,13 @@ def continuous_plan(law: Law, c: float, unique: float, d_inf: float, mode: str) 
 
     n_free = math.exp(_golden_min(free_loss, lo, hi))  # loss model's own optimum, no adjustment
     n_dc = math.exp(_golden_min(dc_loss, lo, hi)) if constrained else n_free
-    if constrained:
+    if constrained and n_dc < n_free and not shrink_for_repeats:
+        out["notes"].append(
+            f"data-constrained: {unique:.3g} unique tokens < law's {d0:.3g}; Muennighoff et al.'s fit would shrink "
+            f"the model x{n_dc / n_free:.3g} for more epochs; kept at the law's size (plan.shrink_for_repeats)"
+        )
+        n_dc = n_free
+    elif constrained:
         out["notes"].append(
             f"data-constrained (Muennighoff et al. 2023): {unique:.3g} unique tokens < law's {d0:.3g}; "
             f"optimum moves by x{n_dc / n_free:.3g} in params"
@@ -183,6 +190,8 @@ def _row(name: str, kind: str, cfg: ModelConfig, law: Law, pc: PlanConfig, train
         "flops": train_flops,
         "inference_flops": fpt / (3.0 * (cands.RECOMPUTE_FACTOR if mb.activation_checkpointing else 1.0)) * d_inf,
         "predicted_loss": constrained_loss(law, n_law, d, unique),
+        # what the choice minimises: without shrink_for_repeats, the law's own loss (repeats not discounted)
+        "choice_loss": constrained_loss(law, n_law, d, unique if pc.shrink_for_repeats else 0.0),
         "wall_hours": train_flops / flops_per_s / 3600.0 if flops_per_s > 0 else None,
         "memory_gib": mb.memory_gib,
         "micro_batch_size": mb.micro_batch_size,
@@ -251,7 +260,7 @@ def run_plan(cfg: PlanConfig, out_path: Path, shards_dir: Path | None = None,
     # 2-3. law optimum and adjustments
     law = get_law(cfg.law, cfg.tokens_per_param, cfg.fitted_law,
                   1 if cfg.chinchilla_fit == "approach1" else 3)
-    cont = continuous_plan(law, budget, unique, cfg.inference_tokens, cfg.inference_mode)
+    cont = continuous_plan(law, budget, unique, cfg.inference_tokens, cfg.inference_mode, cfg.shrink_for_repeats)
     steps.append(
         f"law {law.name}: N = {cont['law_num_params']:.4g} ({law.param_convention} params), "
         f"D = {cont['law_num_tokens']:.4g} tokens under C = 6ND"
@@ -316,8 +325,9 @@ def run_plan(cfg: PlanConfig, out_path: Path, shards_dir: Path | None = None,
             chosen["epochs"] = epochs(chosen["num_tokens"], unique)
             rule = "lowest training + inference FLOPs at the compute-optimal loss (Sardana et al.)"
         else:
-            chosen = min(eligible, key=lambda r: r["predicted_loss"])
-            rule = "lowest predicted loss at the budget"
+            chosen = min(eligible, key=lambda r: r["choice_loss"])
+            rule = "lowest predicted loss at the budget" + ("" if cfg.shrink_for_repeats or not unique else
+                                                            " (repeats not discounted in the choice)")
     else:
         chosen = min(eligible, key=lambda r: abs(math.log(r["law_params"] / n_target)))
         rule = f"nearest the target N = {n_target:.4g} ({law.param_convention} params)"
