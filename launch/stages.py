@@ -171,16 +171,32 @@ PLAN_LR_CAP = 1e-2  # the DeepSeek fit extrapolates to very high rates at tiny b
 
 
 def train_config_for(cfg: RunConfig, plan: dict[str, Any] | None) -> Any:
-    """The train section, with the plan's learning-rate hint (capped at PLAN_LR_CAP) unless train.lr was set."""
+    """The train section, with what the plan chose unless the section sets it: the learning-rate hint (capped at
+    PLAN_LR_CAP), the micro-batch and gradient accumulation that fit the device's memory (taken together, and only
+    when neither batch_size nor num_accum_steps is set, so a set batch is never multiplied), and activation
+    checkpointing."""
     import dataclasses
 
-    hint = (plan or {}).get("lr_hint")
-    if not hint or "lr" in cfg.explicit.get("train", []):
-        return cfg.train
-    lr = min(PLAN_LR_CAP, float(hint))
-    log(f"train: peak lr {lr:.3g} from the plan (DeepSeek LLM fit 0.3118 C^-0.125, capped at {PLAN_LR_CAP:g}); "
-        f"set train.lr to choose another")
-    return dataclasses.replace(cfg.train, lr=lr)
+    plan = plan or {}
+    explicit = set(cfg.explicit.get("train", []))
+    changes: dict[str, Any] = {}
+    hint = plan.get("lr_hint")
+    if hint and "lr" not in explicit:
+        changes["lr"] = min(PLAN_LR_CAP, float(hint))
+        log(f"train: peak lr {changes['lr']:.3g} from the plan (DeepSeek LLM fit 0.3118 C^-0.125, capped at "
+            f"{PLAN_LR_CAP:g}); set train.lr to choose another")
+    if plan.get("micro_batch_size") and not explicit & {"batch_size", "num_accum_steps"}:
+        changes["batch_size"] = int(plan["micro_batch_size"])
+        changes["num_accum_steps"] = int(plan.get("num_accum_steps") or 1)
+    if "activation_checkpointing" in plan and "activation_checkpointing" not in explicit:
+        changes["activation_checkpointing"] = bool(plan["activation_checkpointing"])
+    out = dataclasses.replace(cfg.train, **changes) if changes else cfg.train
+    if changes.get("num_accum_steps", 1) > 1 or changes.get("activation_checkpointing"):
+        log(f"train: micro-batch {out.batch_size} x {out.num_accum_steps} accumulation steps"
+            f"{', activation checkpointing' if out.activation_checkpointing else ''} from the plan "
+            f"({plan.get('memory_gib', 0):.3g} GiB per device); set train.batch_size / num_accum_steps / "
+            "activation_checkpointing to choose another")
+    return out
 
 
 def stage_train(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:

@@ -13,11 +13,17 @@ Design and invariants
   the convention MFU figures are quoted in. Forward alone is one third of this.
   Element-wise work (norms, SiLU, softmax, RoPE) is ignored: under 1% for these shapes, and inside the 5%
   tolerance of the DeepSpeed flops-profiler test.
-- `memory_estimate` is a planning figure: weights, grads, AdamW's two fp32 moments (and an fp32 master copy for
-  bf16-true), and activations saved for backward, counted per layer in the manner of Korthikanti et al. 2022
-  ("Reducing Activation Recomputation") for this implementation (SwiGLU, RoPE, GQA, a fused attention kernel
-  that keeps no T x T scores), plus the logits for the loss. Allocator overhead and temporaries are not
-  included; budget ~10-20% on top.
+- `memory_estimate` is the peak of one training step (one micro-batch): weights, then the larger of two phases,
+  (a) the backward: grads plus the activations alive at its peak, and (b) the optimizer step: grads, optimizer
+  state (AdamW's two fp32 moments, an upper bound for Muon's one momentum; an fp32 master copy for bf16-true) and
+  the step's temporaries (Muon's Newton-Schulz: ~3 copies of the largest matrix). Activations saved for backward
+  are counted per layer in the manner of Korthikanti et al. 2022 ("Reducing Activation Recomputation") for this
+  implementation (SwiGLU, RoPE, GQA, a fused attention kernel that keeps no T x T scores), plus the output head's
+  logits; the backward's peak adds to them the larger of the logits' fp32 gradient (at the head) and a block's
+  backward temporaries (~0.65 of its saved tensors). With activation checkpointing only block inputs are kept and
+  one block is recomputed at a time (its saved tensors + temporaries, ~1.65 of them). tests/models/test_accounting.py
+  holds the total within 10% of the peak of live tensors measured on CPU (fp32), with and without checkpointing,
+  at micro-batches of 1 and 4. Allocator overhead and fragmentation are not included; budget ~10% on top.
 """
 
 from __future__ import annotations
@@ -80,10 +86,13 @@ def memory_estimate(
     seq_len: int | None = None,
     precision: Literal["fp32", "bf16-mixed", "bf16-true"] = "bf16-mixed",
     activation_checkpointing: bool = False,
+    num_params: int = 0,
 ) -> dict[str, int]:
-    """Training memory in bytes: weights, grads, optimizer (AdamW), activations, total (see module docstring)."""
+    """Peak training memory in bytes of one step on a micro-batch of `batch_size` sequences (module docstring):
+    weights, grads, optimizer, optimizer_step (temporaries), activations (at the backward's peak) and total.
+    `num_params`: count_params(cfg)["total"] when the caller has it (a planner scanning micro-batches)."""
     T = seq_len or cfg.max_seq_len
-    n = count_params(cfg)["total"]
+    n = num_params or count_params(cfg)["total"]
     w_bytes = 4 if precision in ("fp32", "bf16-mixed") else 2
     weights = n * w_bytes
     grads = n * w_bytes
@@ -91,28 +100,33 @@ def memory_estimate(
     a = 4 if precision == "fp32" else 2  # bytes per saved activation element
     B, D, L, V = batch_size, cfg.dim, cfg.num_layers, cfg.vocab_size
     # Elements saved per token per layer, fitted to autograd's saved tensors of this implementation
-    # (saved_tensors_hooks; tests/models/test_accounting.py holds it to 10%): two RMSNorms keep input, normalised
-    # and output (6D); RoPE keeps q and k before and after rotation, SDPA q/k/v (k, v not expanded for GQA)
-    # and output, the output projection its reshaped input (2D + 2 kv); SwiGLU keeps gate, silu(gate), up and
-    # their product (4F).
+    # (saved_tensors_hooks): two RMSNorms keep input, normalised and output (6D); RoPE keeps q and k before and
+    # after rotation, SDPA q/k/v (k, v not expanded for GQA) and output, the output projection its reshaped input
+    # (2D + 2 kv); SwiGLU keeps gate, silu(gate), up and their product (4F).
     per_token = 8 * D + 2 * cfg.num_kv_heads * cfg.head_dim
     if cfg.is_moe:
         k, F_ = cfg.num_experts_per_tok, cfg.moe_hidden_dim
         # per assignment: gathered input, expert output before weighting, and the expert's 4F; plus router
         per_token += k * (2 * D + 4 * F_) + 2 * D + 4 * F_ * cfg.num_shared_experts + 6 * cfg.num_experts
+        largest = D * max(F_, D)
     else:
         per_token += 4 * cfg.hidden_dim
-    if activation_checkpointing:  # only block inputs are kept; one block is recomputed at a time
-        activations = B * T * (L * D + per_token) * a
-    else:
-        activations = B * T * L * per_token * a
+        largest = D * max(cfg.hidden_dim, D)
+    block = B * T * per_token * a
     # output: final norm, logits, and the fp32 log-softmax the loss keeps (+ the fp32 upcast under bf16)
-    activations += B * T * (3 * D * a + V * (8 if precision == "fp32" else 10))
-    total = weights + grads + optimizer + activations
+    head = B * T * (3 * D * a + V * (8 if precision == "fp32" else 10))
+    head_grad = B * T * V * 4  # the loss's fp32 gradient of the logits, alive beside what the head saved
+    if activation_checkpointing:  # block inputs kept; the head first, then one block recomputed at a time
+        activations = B * T * L * D * a + max(head + head_grad, block * 165 // 100)
+    else:  # every block kept; the head's backward first, then each block's temporaries
+        activations = L * block + max(head + head_grad, block * 65 // 100)
+    optimizer_step = 3 * 4 * largest
+    total = weights + max(grads + activations, grads + optimizer + optimizer_step)
     return {
         "weights": weights,
         "grads": grads,
         "optimizer": optimizer,
+        "optimizer_step": optimizer_step,
         "activations": activations,
         "total": total,
     }

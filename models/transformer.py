@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from models.config import ModelConfig
@@ -78,6 +79,9 @@ class Transformer(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         self.register_buffer("inv_freq", rope_inv_freq(cfg.head_dim, cfg.rope_theta), persistent=False)
+        self.activation_checkpointing = False
+        """Training only: recompute each block in the backward instead of keeping its activations (a training
+        choice set from outside, not part of the model's config; models.accounting counts what it saves)."""
         self.reset_parameters()
 
     @torch.no_grad()
@@ -138,8 +142,13 @@ class Transformer(nn.Module):
         cos_BTK, sin_BTK = rope_cos_sin(pos_BT, self.inv_freq, torch.float32)
         aux_total = x_BTD.new_zeros((), dtype=torch.float32)
         num_moe = 0
+        recompute = self.activation_checkpointing and cache is None and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.layers):
-            x_BTD, aux = block(x_BTD, cos_BTK, sin_BTK, mask_BTS, cache, i)
+            if recompute:
+                x_BTD, aux = torch.utils.checkpoint.checkpoint(block, x_BTD, cos_BTK, sin_BTK, mask_BTS, None, i,
+                                                               use_reentrant=False)
+            else:
+                x_BTD, aux = block(x_BTD, cos_BTK, sin_BTK, mask_BTS, cache, i)
             if aux is not None:
                 aux_total, num_moe = aux_total + aux, num_moe + 1
         if cache is not None:

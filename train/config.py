@@ -35,7 +35,12 @@ class TrainConfig:
     seq_len: int = 0
     """Tokens per training sequence; 0 takes the plan's seq_len (else the model's max_seq_len)."""
     num_accum_steps: int = 1
-    """Micro-batches accumulated per optimizer step (gradient accumulation)."""
+    """Micro-batches accumulated per optimizer step (gradient accumulation); with a plan, unless batch_size or this
+    is set, the plan's micro_batch_size x num_accum_steps (chosen to fit the device's memory) are used."""
+    activation_checkpointing: bool = False
+    """Keep only each block's input in the forward and recompute the block in the backward (torch.utils.checkpoint):
+    activations shrink from L blocks' to one block's, for a third more FLOPs. With a plan, unless set here, the
+    plan's choice (on only where a micro-batch of one sequence would not fit otherwise)."""
     data_order: Literal["random", "sequential"] = "random"
     """'random': windows at seeded random offsets; 'sequential': consecutive windows through the shards."""
     optimizer: Literal["auto", "muon", "adamw"] = "auto"

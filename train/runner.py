@@ -112,7 +112,8 @@ def check_machine(cfg: TrainConfig) -> str:
 
 def warn_memory(model_cfg: ModelConfig, cfg: TrainConfig, batch_size: int, seq_len: int, accel: str) -> dict:
     prec = "fp32" if cfg.precision == "fp32" else "bf16-mixed"
-    est = memory_estimate(model_cfg, batch_size, seq_len, precision=prec)  # type: ignore[arg-type]
+    est = memory_estimate(model_cfg, batch_size, seq_len, precision=prec,  # type: ignore[arg-type]
+                          activation_checkpointing=cfg.activation_checkpointing)
     if accel == "gpu":
         avail = torch.cuda.get_device_properties(0).total_memory
         where = f"GPU {torch.cuda.get_device_name(0)}"

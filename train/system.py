@@ -76,6 +76,7 @@ class LMSystem(L.LightningModule):
         self.total_steps = int(total_steps)
         self.bytes_per_token = float(bytes_per_token)
         self.model = Transformer(self.model_cfg)
+        self.model.activation_checkpointing = self.cfg.activation_checkpointing
         if self.cfg.compile:
             self.model.compile()
         self._teacher: list[torch.nn.Module] = []  # a list so Lightning/DDP never see it as a submodule

@@ -89,13 +89,18 @@ def test_data_constrained_warns_and_prefers_epochs_over_params(tmp_path: Path) -
     c = 1e17
     free = run_plan(PlanConfig(flops=c, law="epoch"), tmp_path / "a.json")
     assert not any("epochs" in w for w in free["warnings"])
-    few = run_plan(PlanConfig(flops=c, law="epoch", unique_tokens=int(free["num_tokens"] / 20)), tmp_path / "b.json")
+    few = run_plan(PlanConfig(flops=c, law="epoch", unique_tokens=int(free["num_tokens"] / 20),
+                              shrink_for_repeats=True), tmp_path / "b.json")
     # Muennighoff et al.: excess params decay faster than repeated tokens (R*_N = 5.3 < R*_D = 15.4), so the
     # constrained optimum is a smaller model trained for more epochs, and it predicts a higher loss
     assert few["num_params"] < free["num_params"]
     assert few["predicted_loss"] > free["predicted_loss"]
     assert any("epochs" in w and "Muennighoff" in w for w in few["warnings"])
     assert few["epochs"] > 4
+    # by default the model is not shrunk below the law's (the repeats still cost predicted loss and warn)
+    kept = run_plan(PlanConfig(flops=c, law="epoch", unique_tokens=int(free["num_tokens"] / 20)), tmp_path / "k.json")
+    assert kept["num_params"] == free["num_params"] and kept["predicted_loss"] > free["predicted_loss"]
+    assert any("kept at the law's size" in s for s in kept["steps"]) and kept["warnings"]
     # enough data: identical to the unconstrained plan
     plenty = run_plan(PlanConfig(flops=c, law="epoch", unique_tokens=int(free["num_tokens"] * 10)), tmp_path / "c.json")
     assert plenty["num_params"] == free["num_params"]

@@ -149,6 +149,40 @@ def preset_shapes(vocab_size: int, seq_len: int) -> list[tuple[str, ModelConfig]
     return out
 
 
-def memory_gib(cfg: ModelConfig, batch_size: int, seq_len: int, gpu: bool) -> float:
-    m = memory_estimate(cfg, batch_size=batch_size, seq_len=seq_len, precision="bf16-mixed" if gpu else "fp32")
+def memory_gib(cfg: ModelConfig, batch_size: int, seq_len: int, gpu: bool,
+               activation_checkpointing: bool = False) -> float:
+    """models.accounting's training memory of one micro-batch per device (bf16-mixed on a GPU, fp32 on a CPU)."""
+    m = memory_estimate(cfg, batch_size=batch_size, seq_len=seq_len, precision="bf16-mixed" if gpu else "fp32",
+                        activation_checkpointing=activation_checkpointing, num_params=counts(cfg)["total"])
     return m["total"] / 2**30
+
+
+RECOMPUTE_FACTOR = 4.0 / 3.0
+"""Training FLOPs per token with activation checkpointing: each block's forward (1/3 of forward + backward) runs
+twice (Chen et al. 2016; Korthikanti et al. 2022 count the same full-recompute cost)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MicroBatch:
+    """How one device runs a global batch: `micro_batch_size` sequences at a time, `num_accum_steps` of them per
+    optimizer step, with or without activation checkpointing, needing `memory_gib` per device."""
+
+    micro_batch_size: int
+    num_accum_steps: int
+    activation_checkpointing: bool
+    memory_gib: float
+    fits: bool
+
+
+def fit_micro_batch(cfg: ModelConfig, per_device_batch: int, seq_len: int, gpu: bool, limit_gib: float) -> MicroBatch:
+    """The largest micro-batch (a divisor of the per-device batch, so accumulation keeps the batch exact) whose
+    memory fits `limit_gib` (0: no limit). Accumulation costs no FLOPs, checkpointing a third more, so
+    checkpointing is turned on only when a micro-batch of one sequence does not fit without it. `fits` is False
+    when even one checkpointed sequence does not fit; the figures are then that smallest configuration's."""
+    divisors = [d for d in range(per_device_batch, 0, -1) if per_device_batch % d == 0]
+    for ckpt in (False, True):
+        for micro in divisors:
+            mem = memory_gib(cfg, micro, seq_len, gpu, ckpt)
+            if not limit_gib or mem <= limit_gib:
+                return MicroBatch(micro, per_device_batch // micro, ckpt, mem, True)
+    return MicroBatch(1, per_device_batch, True, memory_gib(cfg, 1, seq_len, gpu, True), False)

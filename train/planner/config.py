@@ -50,6 +50,11 @@ class PlanConfig:
     """Tokens per parameter for law 'tokens-per-param'."""
     unique_tokens: int = 0
     """Unique training tokens available; 0 reads the train split size from the shards' index.json (else unlimited)."""
+    shrink_for_repeats: bool = False
+    """Let the data-constrained optimum (Muennighoff et al. 2023: excess parameters lose value faster than repeated
+    tokens, R*_N 5.3 < R*_D 15.4, fitted on 10M-9B params) shrink the model below the law's size for more epochs.
+    Off by default: on 2,000 TinyStories at 1e13 FLOPs (12-14 epochs) models at or above the law's size measured
+    better (4 layers beat 3 by 0.8-1.4% held-out bpb, LOG.md sessions 2 and 4), where the fit halves the model."""
     inference_tokens: float = 0.0
     """Tokens the model will generate/score over its life; > 0 shifts the plan to smaller models (Sardana et al.)."""
     inference_mode: Literal["match-loss", "lifetime-budget"] = "match-loss"
@@ -75,7 +80,9 @@ class PlanConfig:
     include_presets: bool = True
     """Also list the models package's named presets (with this vocabulary) as candidates."""
     max_memory_gb: float = 0.0
-    """Drop candidates whose training-memory estimate exceeds this per device (GiB); 0 keeps all."""
+    """Training memory per device (GiB) a candidate's micro-batch must fit; 0 takes a GPU's memory from the table
+    (no limit for 'cpu': the training machine's RAM is unknown to the plan). Candidates use smaller micro-batches with gradient accumulation,
+    then activation checkpointing, before they are dropped."""
 
     def __post_init__(self) -> None:
         for name in ("flops", "hours", "flops_per_s", "inference_tokens", "max_memory_gb", "moe_gain_exponent"):

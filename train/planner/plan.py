@@ -10,11 +10,15 @@ The steps, each visible in the plan's `steps` list:
    plan with plenty of data and no inference demand is exactly the law's (Chinchilla Table 3 stays Table 3).
 4. Candidates: a geometric ladder of generated shapes around the target N plus the presets, each with its
    exact params and FLOPs per token from models.accounting, tokens = training FLOPs / FLOPs per token,
-   epochs over the unique data, predicted loss, wall time, memory.
-5. Choice: laws that predict loss natively (epoch, fitted, chinchilla approach 3) take the candidate with the
+   epochs over the unique data, predicted loss, wall time, and the largest micro-batch per device that fits
+   the memory limit (max_memory_gb, else the device's) with the gradient accumulation that keeps the planned
+   global batch; activation checkpointing (+1/3 FLOPs per token, so fewer tokens) only where one sequence does
+   not fit without it. The memory figure is what the chosen micro-batch needs.
+5. Choice among the candidates that fit (a plan fails only when none fits one checkpointed sequence): laws that predict loss natively (epoch, fitted, chinchilla approach 3) take the candidate with the
    lowest predicted loss (lowest lifetime FLOPs at the target loss in 'match-loss' mode); allocation laws
    (chinchilla approach 1, tokens-per-param, kaplan) take the candidate nearest the target N.
-6. plan.json written atomically; warnings (epochs > 4, outside the law's fitted range, over memory, budget
+6. plan.json written atomically (train takes its micro_batch_size, num_accum_steps and activation_checkpointing
+   unless the train section sets them); warnings (epochs > 4, outside the law's fitted range, budget
    overrun in match-loss mode) are listed in the plan and printed by `format_candidates`.
 """
 
@@ -79,8 +83,9 @@ def _golden_min(f, lo: float, hi: float, iters: int = 100) -> float:
     return (a + b) / 2
 
 
-def continuous_plan(law: Law, c: float, unique: float, d_inf: float, mode: str) -> dict:
-    """Steps 2-3 on continuous N (law convention, C = 6ND). Returns target N, training FLOPs and notes."""
+def continuous_plan(law: Law, c: float, unique: float, d_inf: float, mode: str, shrink_for_repeats: bool = True) -> dict:
+    """Steps 2-3 on continuous N (law convention, C = 6ND). Returns target N, training FLOPs and notes.
+    `shrink_for_repeats` False keeps the data-constrained optimum at or above the loss model's own (PlanConfig)."""
     n0, d0 = law.allocate(c)
     out: dict[str, Any] = {"law_num_params": n0, "law_num_tokens": d0, "train_flops": c, "scale": 1.0, "notes": []}
     constrained = unique > 0 and d0 > unique
@@ -103,7 +108,13 @@ def continuous_plan(law: Law, c: float, unique: float, d_inf: float, mode: str) 
 
     n_free = math.exp(_golden_min(free_loss, lo, hi))  # loss model's own optimum, no adjustment
     n_dc = math.exp(_golden_min(dc_loss, lo, hi)) if constrained else n_free
-    if constrained:
+    if constrained and n_dc < n_free and not shrink_for_repeats:
+        out["notes"].append(
+            f"data-constrained: {unique:.3g} unique tokens < law's {d0:.3g}; Muennighoff et al.'s fit would shrink "
+            f"the model x{n_dc / n_free:.3g} for more epochs; kept at the law's size (plan.shrink_for_repeats)"
+        )
+        n_dc = n_free
+    elif constrained:
         out["notes"].append(
             f"data-constrained (Muennighoff et al. 2023): {unique:.3g} unique tokens < law's {d0:.3g}; "
             f"optimum moves by x{n_dc / n_free:.3g} in params"
@@ -158,10 +169,13 @@ def _batch_size(c: float, d: float, seq_len: int) -> int:
 
 
 def _row(name: str, kind: str, cfg: ModelConfig, law: Law, pc: PlanConfig, train_flops: float, unique: float,
-         flops_per_s: float, gpu: bool, batch_size: int, d_inf: float) -> dict:
+         flops_per_s: float, gpu: bool, batch_size: int, d_inf: float, limit_gib: float) -> dict:
     c = cands.counts(cfg)
     n_law = cands.law_params(c, law.param_convention, pc.moe_gain_exponent)
+    mb = cands.fit_micro_batch(cfg, _per_device(batch_size, pc.num_devices), pc.seq_len, gpu, limit_gib)
     fpt = cands.train_flops_per_token(cfg, pc.seq_len, pc.count_attention, law_n=n_law)
+    if mb.activation_checkpointing:
+        fpt *= cands.RECOMPUTE_FACTOR  # the recomputed forward is paid for out of the same budget: fewer tokens
     d = train_flops / fpt
     row = {
         "name": name,
@@ -174,13 +188,33 @@ def _row(name: str, kind: str, cfg: ModelConfig, law: Law, pc: PlanConfig, train
         "epochs": epochs(d, unique),
         "flops_per_token": fpt,
         "flops": train_flops,
-        "inference_flops": fpt / 3.0 * d_inf,
+        "inference_flops": fpt / (3.0 * (cands.RECOMPUTE_FACTOR if mb.activation_checkpointing else 1.0)) * d_inf,
         "predicted_loss": constrained_loss(law, n_law, d, unique),
+        # what the choice minimises: without shrink_for_repeats, the law's own loss (repeats not discounted)
+        "choice_loss": constrained_loss(law, n_law, d, unique if pc.shrink_for_repeats else 0.0),
         "wall_hours": train_flops / flops_per_s / 3600.0 if flops_per_s > 0 else None,
-        "memory_gib": cands.memory_gib(cfg, batch_size, pc.seq_len, gpu),
+        "memory_gib": mb.memory_gib,
+        "micro_batch_size": mb.micro_batch_size,
+        "num_accum_steps": mb.num_accum_steps,
+        "activation_checkpointing": mb.activation_checkpointing,
+        "fits": mb.fits,
         "model": cfg.to_dict(),
     }
     return row
+
+
+def _per_device(batch_size: int, num_devices: int) -> int:
+    """Sequences each device handles per optimizer step (at least one: the global batch then grows to a device
+    count)."""
+    return max(1, batch_size // num_devices)
+
+
+def memory_limit_gib(cfg: PlanConfig) -> float:
+    """max_memory_gb, else a GPU's memory from the table; 0 (no limit) for device 'cpu' without max_memory_gb: host
+    RAM is the training machine's, which a plan made elsewhere cannot know (train warns when it runs short)."""
+    if cfg.max_memory_gb:
+        return cfg.max_memory_gb
+    return GPU_MEMORY_GB.get(cfg.device, 0.0) if cfg.device != "cpu" else 0.0
 
 
 def run_plan(cfg: PlanConfig, out_path: Path, shards_dir: Path | None = None,
@@ -226,7 +260,7 @@ def run_plan(cfg: PlanConfig, out_path: Path, shards_dir: Path | None = None,
     # 2-3. law optimum and adjustments
     law = get_law(cfg.law, cfg.tokens_per_param, cfg.fitted_law,
                   1 if cfg.chinchilla_fit == "approach1" else 3)
-    cont = continuous_plan(law, budget, unique, cfg.inference_tokens, cfg.inference_mode)
+    cont = continuous_plan(law, budget, unique, cfg.inference_tokens, cfg.inference_mode, cfg.shrink_for_repeats)
     steps.append(
         f"law {law.name}: N = {cont['law_num_params']:.4g} ({law.param_convention} params), "
         f"D = {cont['law_num_tokens']:.4g} tokens under C = 6ND"
@@ -237,9 +271,10 @@ def run_plan(cfg: PlanConfig, out_path: Path, shards_dir: Path | None = None,
     if train_flops <= 0:
         raise ValueError("inference_tokens: inference alone exceeds the lifetime budget; raise flops or lower it")
 
-    # 4. candidates
+    # 4. candidates, each with the largest micro-batch per device that fits the memory limit
     d_guess = train_flops / (6 * n_target)
     batch_size = cfg.batch_size or _batch_size(train_flops, d_guess, cfg.seq_len)
+    limit = memory_limit_gib(cfg)
     rows: list[dict] = []
     k = cfg.num_candidates
     seen: set[str] = set()
@@ -251,7 +286,7 @@ def run_plan(cfg: PlanConfig, out_path: Path, shards_dir: Path | None = None,
             continue
         seen.add(key)
         rows.append(_row(f"gen-{i}", "generated", shape, law, cfg, train_flops, unique, flops_per_s, gpu,
-                         batch_size, cfg.inference_tokens))
+                         batch_size, cfg.inference_tokens, limit))
     extra: list[tuple[str, str, ModelConfig]] = []
     if cfg.include_presets:
         extra += [(n, "preset", c) for n, c in cands.preset_shapes(vocab, cfg.seq_len)]
@@ -262,14 +297,20 @@ def run_plan(cfg: PlanConfig, out_path: Path, shards_dir: Path | None = None,
         extra.append(("given", "given", given))
     for name, kind, shape in extra:
         rows.append(_row(name, kind, shape, law, cfg, train_flops, unique, flops_per_s, gpu, batch_size,
-                         cfg.inference_tokens))
+                         cfg.inference_tokens, limit))
     rows.sort(key=lambda r: r["law_params"])
 
     # 5. choice
-    limit = cfg.max_memory_gb or (GPU_MEMORY_GB.get(cfg.device, 0.0) if gpu else 0.0)
-    eligible = [r for r in rows if not limit or r["memory_gib"] <= limit]
+    eligible = [r for r in rows if r["fits"]]
     if not eligible:
-        raise ValueError(f"max_memory_gb: no candidate fits in {limit:g} GiB per device")
+        small = min(rows, key=lambda r: r["memory_gib"])
+        m = small["model"]
+        raise ValueError(
+            f"max_memory_gb: no candidate fits in {limit:.3g} GiB per device, not even one sequence of "
+            f"{cfg.seq_len} tokens with activation checkpointing: the smallest, {small['name']} (dim {m['dim']} x "
+            f"{m['num_layers']} layers, {small['num_params']:,} params), needs {small['memory_gib']:.3g} GiB; "
+            "lower plan.seq_len, add devices with a sharded strategy, or raise max_memory_gb"
+        )
     if law.name in LOSS_NATIVE:
         if cfg.inference_tokens > 0 and cfg.inference_mode == "match-loss":
             target_loss = cont["target_loss_model"]
@@ -284,8 +325,9 @@ def run_plan(cfg: PlanConfig, out_path: Path, shards_dir: Path | None = None,
             chosen["epochs"] = epochs(chosen["num_tokens"], unique)
             rule = "lowest training + inference FLOPs at the compute-optimal loss (Sardana et al.)"
         else:
-            chosen = min(eligible, key=lambda r: r["predicted_loss"])
-            rule = "lowest predicted loss at the budget"
+            chosen = min(eligible, key=lambda r: r["choice_loss"])
+            rule = "lowest predicted loss at the budget" + ("" if cfg.shrink_for_repeats or not unique else
+                                                            " (repeats not discounted in the choice)")
     else:
         chosen = min(eligible, key=lambda r: abs(math.log(r["law_params"] / n_target)))
         rule = f"nearest the target N = {n_target:.4g} ({law.param_convention} params)"
@@ -309,8 +351,24 @@ def run_plan(cfg: PlanConfig, out_path: Path, shards_dir: Path | None = None,
         steps.append("MoE: planned by active params; no quality gain credited (moe_gain_exponent = 0)")
     elif num_experts:
         steps.append(f"MoE: effective N = active N x (total/active)^{cfg.moe_gain_exponent:g} (an assumption)")
+    if not cfg.batch_size:  # the steps rule again on the chosen shape's own tokens (6N guessed them above)
+        batch_size = min(batch_size, _batch_size(train_flops, chosen["num_tokens"], cfg.seq_len))
     if chosen["num_tokens"] < batch_size * cfg.seq_len:
         batch_size = max(1, chosen["num_tokens"] // cfg.seq_len)
+    micro, accum = chosen["micro_batch_size"], chosen["num_accum_steps"]
+    per_device = _per_device(batch_size, cfg.num_devices)
+    if micro * accum != per_device:  # a smaller batch: the largest micro-batch that fitted, or a divisor below it
+        micro = max(d for d in range(1, min(micro, per_device) + 1) if per_device % d == 0)
+        accum = per_device // micro
+        chosen["memory_gib"] = cands.memory_gib(ModelConfig.from_dict(chosen["model"]), micro, cfg.seq_len, gpu,
+                                                chosen["activation_checkpointing"])
+        chosen.update(micro_batch_size=micro, num_accum_steps=accum)
+    if accum > 1 or chosen["activation_checkpointing"]:
+        steps.append(
+            f"memory: {chosen['memory_gib']:.3g} GiB per device of {limit:.3g} GiB with micro-batches of {micro} x "
+            f"{accum} accumulation steps" + (" and activation checkpointing (+1/3 FLOPs per token)"
+                                             if chosen["activation_checkpointing"] else "")
+        )
     model = chosen["model"]
     plan = {
         "num_params": chosen["num_params"],
@@ -338,6 +396,11 @@ def run_plan(cfg: PlanConfig, out_path: Path, shards_dir: Path | None = None,
         "candidates": [{k: v for k, v in r.items() if k != "model"} | {"model": r["model"]} for r in rows],
         "model": model,
         "batch_size": batch_size,
+        "micro_batch_size": micro,
+        "num_accum_steps": accum,
+        "activation_checkpointing": chosen["activation_checkpointing"],
+        "memory_gib": chosen["memory_gib"],
+        "memory_limit_gib": limit,
         "seq_len": cfg.seq_len,
         "warmup_tokens": int(WARMUP_FRAC * chosen["num_tokens"]),
         "decay_tokens": int(DECAY_FRAC * chosen["num_tokens"]),
@@ -381,7 +444,7 @@ def _fmt(x: float | None) -> str:
 def format_candidates(plan: dict) -> str:
     """The candidates table of a plan as text, chosen row marked '*', followed by steps and warnings."""
     header = ("", "name", "dim x layers", "params", "active", "law N", "tokens", "epochs", "FLOPs", "loss",
-              "wall h", "mem GiB")
+              "wall h", "micro x accum", "mem GiB")
     rows = [header]
     for r in plan["candidates"]:
         m = r["model"]
@@ -391,7 +454,9 @@ def format_candidates(plan: dict) -> str:
             "*" if r["chosen"] else "", r["name"], shape, _fmt(r["num_params"]), _fmt(r["num_active_params"]),
             _fmt(r["law_params"]), _fmt(r["num_tokens"]), f"{r['epochs']:.2f}" if r["epochs"] else "-",
             f"{r['flops']:.3g}", f"{r['predicted_loss']:.4f}",
-            f"{r['wall_hours']:.3g}" if r["wall_hours"] is not None else "-", f"{r['memory_gib']:.3g}",
+            f"{r['wall_hours']:.3g}" if r["wall_hours"] is not None else "-",
+            f"{r['micro_batch_size']} x {r['num_accum_steps']}" + (" ckpt" if r["activation_checkpointing"] else "")
+            + ("" if r["fits"] else " (too big)"), f"{r['memory_gib']:.3g}",
         ))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
@@ -402,7 +467,9 @@ def format_candidates(plan: dict) -> str:
         f"law: {law['name']} ({law['reference']}); N counts {plan['param_convention']}",
         f"chosen: {plan['chosen']} — {_fmt(plan['num_params'])} params, {_fmt(plan['num_tokens'])} tokens, "
         f"{plan['flops']:.3g} FLOPs, predicted loss {plan['predicted_loss']:.4f}, batch {plan['batch_size']} x "
-        f"{plan['seq_len']}",
+        f"{plan['seq_len']} (micro-batch {plan['micro_batch_size']} x {plan['num_accum_steps']} accumulation steps"
+        f"{', activation checkpointing' if plan['activation_checkpointing'] else ''}; {plan['memory_gib']:.3g} GiB "
+        "per device)",
     ]
     lines += [f"  - {s}" for s in plan["steps"]]
     lines += [f"WARNING: {w}" for w in plan["warnings"]]
