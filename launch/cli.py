@@ -91,6 +91,10 @@ def build_parser(with_epilogs: bool = True) -> argparse.ArgumentParser:
     s.add_argument("--model", type=Path, required=True, help="model folder or export")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     s.add_argument("--port", type=int, default=8000, help="port")
+    s.add_argument("--model-name", default=None, help="model id clients send (default: the model folder's name)")
+    s.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' (default: $TINYFOUNDRY_API_KEY; none when unset)")
+    s.add_argument("--max-batch", type=int, default=16, help="requests decoded together at most")
 
     e = sub.add_parser("eval", help="loss, bits-per-byte and story-quality probes of a model on held-out text",
                        formatter_class=_Formatter)
@@ -231,7 +235,10 @@ def cmd_models() -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from launch.serve import serve_main
 
-    serve_main(str(args.model), host=args.host, port=args.port)
+    if args.max_batch < 1:
+        raise ConfigError(f"--max-batch: must be >= 1, got {args.max_batch}")
+    serve_main(str(args.model), host=args.host, port=args.port, model_name=args.model_name, api_key=args.api_key,
+               max_batch=args.max_batch)
     return 0
 
 

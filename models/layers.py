@@ -118,6 +118,47 @@ class StaticKVCache(KVCache):
         self.start.add_(num_positions)  # a tensor op: traced, not a guard
 
 
+class SlotKVCache(KVCache):
+    """A KV cache for continuous batching: each row (slot) holds its own sequence with its own length.
+
+    Rows 0..n-1 are the live ones (the server keeps them packed). Before each decode step the caller sets
+    `pos_B` (n,), the slot index each row writes its one new token to (= its RoPE position), and `span`, the
+    number of key slots the step reads (max position + 1); keys beyond a row's own position are hidden by the
+    caller's mask. `view(row)` is a plain `KVCache` over one row's buffers, for a prefill that writes in place.
+    """
+
+    def __init__(
+        self, cfg: ModelConfig, batch_size: int, max_len: int, device: torch.device | str, dtype: torch.dtype
+    ) -> None:
+        super().__init__(cfg, batch_size, max_len, device, dtype)
+        self.pos_B = torch.zeros(0, dtype=torch.long, device=device)
+        self.rows_B = torch.arange(batch_size, device=device)
+        self.span = 0
+
+    def view(self, row: int) -> KVCache:
+        one = KVCache.__new__(KVCache)
+        one.k_LBGSK, one.v_LBGSK = self.k_LBGSK[:, row : row + 1], self.v_LBGSK[:, row : row + 1]
+        one.length, one.max_len = 0, self.max_len
+        return one
+
+    def move_row(self, src: int, dst: int) -> None:
+        """Copy row src's keys/values into row dst (to keep the live rows packed after dst finished)."""
+        self.k_LBGSK[:, dst] = self.k_LBGSK[:, src]
+        self.v_LBGSK[:, dst] = self.v_LBGSK[:, src]
+
+    def update(
+        self, layer: int, k_BGTK: torch.Tensor, v_BGTK: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        n = k_BGTK.shape[0]
+        rows_B = self.rows_B[:n]
+        self.k_LBGSK[layer, rows_B, :, self.pos_B] = k_BGTK[:, :, 0]  # (n, G, K) at each row's own slot
+        self.v_LBGSK[layer, rows_B, :, self.pos_B] = v_BGTK[:, :, 0]
+        return self.k_LBGSK[layer, :n, :, : self.span], self.v_LBGSK[layer, :n, :, : self.span]
+
+    def advance(self, num_positions: int) -> None:
+        pass  # positions are the caller's (pos_B)
+
+
 class Attention(nn.Module):
     """Grouped-query causal self-attention with RoPE; K/V heads are shared by num_heads / num_kv_heads queries."""
 
