@@ -98,21 +98,29 @@ class StaticKVCache(KVCache):
     The write slot is a 0-dim tensor (`start`), not a Python int, and `update` returns the whole S_max-long
     cache: the caller's mask (B, T, S_max) hides the slots not yet written. A Python-int slot would be baked
     into the compiled graph as a constant and force a recompile at every step.
+    Keys and values are one tensor per layer (`k_L[i]`: (B, G, S_max, K)), not views of one (L, ...) tensor: an
+    in-place write into a view of a compiled graph's input is functionalized into a rewrite of the whole base
+    tensor, for every layer at every step (L x the whole cache copied per token; that made compiled decoding
+    slower than eager, LOG.md). A write into a whole input tensor stays an in-place scatter.
     """
 
     def __init__(
         self, cfg: ModelConfig, batch_size: int, max_len: int, device: torch.device | str, dtype: torch.dtype
     ) -> None:
-        super().__init__(cfg, batch_size, max_len, device, dtype)
+        shape = (batch_size, cfg.num_kv_heads, max_len, cfg.head_dim)
+        self.k_L = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
+        self.v_L = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
+        self.length = 0
+        self.max_len = max_len
         self.start = torch.zeros((), dtype=torch.long, device=device)
 
     def update(
         self, layer: int, k_BGTK: torch.Tensor, v_BGTK: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         slot_T = self.start + torch.arange(k_BGTK.shape[2], device=k_BGTK.device)
-        self.k_LBGSK[layer].index_copy_(2, slot_T, k_BGTK)
-        self.v_LBGSK[layer].index_copy_(2, slot_T, v_BGTK)
-        return self.k_LBGSK[layer], self.v_LBGSK[layer]
+        self.k_L[layer].index_copy_(2, slot_T, k_BGTK)
+        self.v_L[layer].index_copy_(2, slot_T, v_BGTK)
+        return self.k_L[layer], self.v_L[layer]
 
     def advance(self, num_positions: int) -> None:
         self.start.add_(num_positions)  # a tensor op: traced, not a guard
