@@ -117,7 +117,10 @@ class Engine:
 
     # ---- the decode thread -----------------------------------------------------------------------------
     def _loop(self) -> None:
-        torch.set_grad_enabled(False)
+        with torch.inference_mode():
+            self._run()
+
+    def _run(self) -> None:
         while not self._stop:
             try:
                 self._admit()

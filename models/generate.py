@@ -85,7 +85,7 @@ def sample_next(
     return torch.multinomial(probs_BV, 1, generator=generator).squeeze(-1)
 
 
-@torch.no_grad()
+@torch.inference_mode()  # no autograd bookkeeping at all: less per-op overhead than no_grad
 def generate(
     model: Transformer,
     prompts: list[list[int]],
