@@ -27,7 +27,8 @@ $(BASE): pyproject.toml | $(BIN)/python
 $(FULL): $(BASE)
 	$(PIP) install -q -e ".[dev,hf,teacher,warc,quant,export]" "$(TORCH_SPEC)"
 	$(PIP) install -q --no-build-isolation "deepspeed>=0.14" "$(TORCH_SPEC)"
-	$(PIP) install -q "llama-cpp-python>=0.3" "$(TORCH_SPEC)"
+	$(PIP) install -q "llama-cpp-python[server]>=0.3" "$(TORCH_SPEC)"
+	$(PIP) install -q "lm_eval[api]>=0.4.5,<0.5" "$(TORCH_SPEC)"
 	touch $@
 
 # What `make demo` needs beyond the base: the runtimes that score its exported files (llama.cpp through

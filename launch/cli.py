@@ -96,12 +96,22 @@ def build_parser(with_epilogs: bool = True) -> argparse.ArgumentParser:
     s.add_argument("--model", type=Path, required=True, help="model folder or export")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     s.add_argument("--port", type=int, default=8000, help="port")
+    s.add_argument("--model-name", default=None, help="model id clients send (default: the model folder's name)")
+    s.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' (default: $TINYFOUNDRY_API_KEY; none when unset)")
+    s.add_argument("--max-batch", type=int, default=16, help="requests decoded together at most")
 
     e = sub.add_parser("eval", help="loss, bits-per-byte and story-quality probes of a model on held-out text",
                        formatter_class=_Formatter)
     e.add_argument("--model", type=Path, required=True, help="model folder, .ckpt, export or compressed model")
-    e.add_argument("--data", type=Path, required=True, help="held-out text: .txt, .jsonl or .parquet")
+    e.add_argument("--data", type=Path, default=None,
+                   help="held-out text: .txt, .jsonl or .parquet (with --harness: the file of the task 'local')")
     e.add_argument("--out", type=Path, default=None, help="where to write eval.json (default beside the model)")
+    e.add_argument("--harness", default=None, metavar="TASKS",
+                   help="run lm-evaluation-harness instead: comma-separated task names; 'local' = a task from --data")
+    e.add_argument("--harness-via", choices=["hf", "serve"], default="hf",
+                   help="lm-eval backend: 'hf' on the HF export, or 'serve' (local-completions on our server)")
+    e.add_argument("--harness-limit", type=int, default=None, help="documents per task at most")
 
     la = sub.add_parser("launch", help="write cluster launch scripts (SLURM sbatch / torchrun)")
     la.add_argument("target", choices=["slurm"], help="what to write")
@@ -236,7 +246,10 @@ def cmd_models() -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from launch.serve import serve_main
 
-    serve_main(str(args.model), host=args.host, port=args.port)
+    if args.max_batch < 1:
+        raise ConfigError(f"--max-batch: must be >= 1, got {args.max_batch}")
+    serve_main(str(args.model), host=args.host, port=args.port, model_name=args.model_name, api_key=args.api_key,
+               max_batch=args.max_batch)
     return 0
 
 
@@ -251,9 +264,26 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     if unknown:
         raise ConfigError(f"eval: unknown option section '{unknown[0]}' (options look like --eval.key=value)")
     cfg = build_dataclass(EvalConfig, raw.get("eval", {}), "eval")
-    if not args.data.exists():
+    if args.data is not None and not args.data.exists():
         raise ConfigError(f"--data: {args.data} does not exist")
+    if not args.model.exists():
+        raise ConfigError(f"--model: {args.model} does not exist")
     out = args.out or ((args.model if args.model.is_dir() else args.model.parent) / "eval.json")
+    if args.harness is not None:
+        from launch.harness import run_harness
+
+        tasks = [t.strip() for t in args.harness.split(",") if t.strip()]
+        if not tasks:
+            raise ConfigError("--harness: name at least one task")
+        if args.harness_limit is not None and args.harness_limit < 1:
+            raise ConfigError(f"--harness-limit: must be >= 1, got {args.harness_limit}")
+        hout = out.parent / f"harness-{args.harness_via}.json"
+        res = run_harness(args.model, tasks, args.harness_via, hout, data=args.data, limit=args.harness_limit)
+        print(json.dumps(res["results"], indent=2))
+        print(f"wrote {hout}")
+        return 0
+    if args.data is None:
+        raise ConfigError("eval: --data is required (held-out text), unless --harness is given")
     result = run_eval(cfg, args.model, args.data, out)
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (list, dict))}, indent=2))
     print(f"wrote {out}")

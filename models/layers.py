@@ -98,24 +98,73 @@ class StaticKVCache(KVCache):
     The write slot is a 0-dim tensor (`start`), not a Python int, and `update` returns the whole S_max-long
     cache: the caller's mask (B, T, S_max) hides the slots not yet written. A Python-int slot would be baked
     into the compiled graph as a constant and force a recompile at every step.
+    Keys and values are one tensor per layer (`k_L[i]`: (B, G, S_max, K)), not views of one (L, ...) tensor: an
+    in-place write into a view of a compiled graph's input is functionalized into a rewrite of the whole base
+    tensor, for every layer at every step (L x the whole cache copied per token; that made compiled decoding
+    slower than eager, LOG.md). A write into a whole input tensor stays an in-place scatter.
     """
 
     def __init__(
         self, cfg: ModelConfig, batch_size: int, max_len: int, device: torch.device | str, dtype: torch.dtype
     ) -> None:
-        super().__init__(cfg, batch_size, max_len, device, dtype)
+        shape = (batch_size, cfg.num_kv_heads, max_len, cfg.head_dim)
+        self.k_L = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
+        self.v_L = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
+        self.length = 0
+        self.max_len = max_len
         self.start = torch.zeros((), dtype=torch.long, device=device)
 
     def update(
         self, layer: int, k_BGTK: torch.Tensor, v_BGTK: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         slot_T = self.start + torch.arange(k_BGTK.shape[2], device=k_BGTK.device)
-        self.k_LBGSK[layer].index_copy_(2, slot_T, k_BGTK)
-        self.v_LBGSK[layer].index_copy_(2, slot_T, v_BGTK)
-        return self.k_LBGSK[layer], self.v_LBGSK[layer]
+        self.k_L[layer].index_copy_(2, slot_T, k_BGTK)
+        self.v_L[layer].index_copy_(2, slot_T, v_BGTK)
+        return self.k_L[layer], self.v_L[layer]
 
     def advance(self, num_positions: int) -> None:
         self.start.add_(num_positions)  # a tensor op: traced, not a guard
+
+
+class SlotKVCache(KVCache):
+    """A KV cache for continuous batching: each row (slot) holds its own sequence with its own length.
+
+    Rows 0..n-1 are the live ones (the server keeps them packed). Before each decode step the caller sets
+    `pos_B` (n,), the slot index each row writes its one new token to (= its RoPE position), and `span`, the
+    number of key slots the step reads (max position + 1); keys beyond a row's own position are hidden by the
+    caller's mask. `view(row)` is a plain `KVCache` over one row's buffers, for a prefill that writes in place.
+    """
+
+    def __init__(
+        self, cfg: ModelConfig, batch_size: int, max_len: int, device: torch.device | str, dtype: torch.dtype
+    ) -> None:
+        super().__init__(cfg, batch_size, max_len, device, dtype)
+        self.pos_B = torch.zeros(0, dtype=torch.long, device=device)
+        self.rows_B = torch.arange(batch_size, device=device)
+        self.span = 0
+
+    def view(self, row: int) -> KVCache:
+        one = KVCache.__new__(KVCache)
+        one.k_LBGSK, one.v_LBGSK = self.k_LBGSK[:, row : row + 1], self.v_LBGSK[:, row : row + 1]
+        one.length, one.max_len = 0, self.max_len
+        return one
+
+    def move_row(self, src: int, dst: int) -> None:
+        """Copy row src's keys/values into row dst (to keep the live rows packed after dst finished)."""
+        self.k_LBGSK[:, dst] = self.k_LBGSK[:, src]
+        self.v_LBGSK[:, dst] = self.v_LBGSK[:, src]
+
+    def update(
+        self, layer: int, k_BGTK: torch.Tensor, v_BGTK: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        n = k_BGTK.shape[0]
+        rows_B = self.rows_B[:n]
+        self.k_LBGSK[layer, rows_B, :, self.pos_B] = k_BGTK[:, :, 0]  # (n, G, K) at each row's own slot
+        self.v_LBGSK[layer, rows_B, :, self.pos_B] = v_BGTK[:, :, 0]
+        return self.k_LBGSK[layer, :n, :, : self.span], self.v_LBGSK[layer, :n, :, : self.span]
+
+    def advance(self, num_positions: int) -> None:
+        pass  # positions are the caller's (pos_B)
 
 
 class Attention(nn.Module):

@@ -3,10 +3,12 @@ openai / tinyfoundry teachers against it (journal resume, retries on 429/5xx, fa
 
 from __future__ import annotations
 
+import http.client
 import json
 import random
 import re
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -56,6 +58,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(model_dir: Path) -> Iterator:
+    torch.set_num_threads(1)
     srv = make_server(model_dir, port=0)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
@@ -64,81 +67,308 @@ def server(model_dir: Path) -> Iterator:
     srv.server_close()
 
 
-def client(srv) -> openai.OpenAI:
-    return openai.OpenAI(base_url=srv.url, api_key="unused", max_retries=0, timeout=60)
+def client(srv, key: str = "unused") -> openai.OpenAI:
+    return openai.OpenAI(base_url=srv.url, api_key=key, max_retries=0, timeout=60)
+
+
+def post(srv, path: str, body: bytes | dict, headers: dict | None = None) -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(srv.url + path, data=data, method="POST",
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
 
 
 def test_binds_loopback_and_lists_the_model(server) -> None:
     assert server.server_address[0] == "127.0.0.1"
-    models = list(client(server).models.list())
-    assert [m.id for m in models] == ["tiny-story-model"]
-
-
-def test_completions_match_the_model(server) -> None:
     c = client(server)
-    r = c.completions.create(model="tiny-story-model", prompt="Once upon a time", max_tokens=12, temperature=0)
-    direct = server.lm.complete(["Once upon a time"], 12, temperature=0)[0]
-    assert r.choices[0].text == direct[0]
-    assert r.choices[0].finish_reason in ("stop", "length")
-    assert r.usage.completion_tokens == direct[2] and r.usage.prompt_tokens == server.lm.count_tokens(
-        "Once upon a time")
-    # n and a list of prompts are served in one batched call
-    r2 = c.completions.create(model="tiny-story-model", prompt=["a", "b"], max_tokens=4, n=2, temperature=0.8,
-                              seed=1)
-    assert len(r2.choices) == 4 and [ch.index for ch in r2.choices] == [0, 1, 2, 3]
+    assert [m.id for m in c.models.list()] == ["tiny-story-model"]
+    assert c.models.retrieve("tiny-story-model").id == "tiny-story-model"
+    with pytest.raises(openai.NotFoundError):
+        c.models.retrieve("gpt-17")
 
 
-def test_chat_and_streaming(server) -> None:
+def test_greedy_text_equals_generate_and_transformers(server, model_dir: Path, tmp_path: Path) -> None:
+    """Same ids (no BOS added by our tokenizer) and the same decoder: identical greedy text across the three."""
+    transformers = pytest.importorskip("transformers")
+    from launch.generation import generate_text
+    from models import load_model
+    from models.export.hf import export_hf
+
+    model, tok_file = load_model(model_dir)
+    export_hf(model, tok_file, tmp_path / "hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    for prompt in ["Once upon a time", "Tom and Sue went to the"]:
+        r = client(server).completions.create(model="tiny-story-model", prompt=prompt, max_tokens=20, temperature=0)
+        ours = generate_text(model_dir, prompt, max_new_tokens=20, temperature=0)
+        ids = hf_tok(prompt, return_tensors="pt").input_ids
+        out = hf.generate(ids, max_new_tokens=20, do_sample=False, eos_token_id=server.eos_id,
+                          pad_token_id=server.eos_id)
+        theirs = hf_tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        assert r.choices[0].text == ours == theirs
+        assert r.usage.prompt_tokens == len(ids[0]) == len(server.tokenizer.encode(prompt).ids)
+        assert r.usage.completion_tokens == 20 or r.choices[0].finish_reason == "stop"
+
+
+def _forward_logprobs(server, ids: list[int]) -> torch.Tensor:
+    model = server.engine.model
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+
+
+def test_logprobs_and_echo_equal_a_forward_pass(server) -> None:
     c = client(server)
+    prompt = "Once upon a time there was"
+    r = c.completions.create(model="tiny-story-model", prompt=prompt, max_tokens=6, temperature=0, logprobs=3,
+                             echo=True)
+    ch = r.choices[0]
+    ids = server.tokenizer.encode(prompt).ids
+    lp = ch.logprobs
+    n_p = len(ids)
+    assert ch.text.startswith(prompt) and lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert len(lp.tokens) == n_p + r.usage.completion_tokens == len(lp.token_logprobs) == len(lp.text_offset)
+    from models.generate import generate
+
+    gen_ids = generate(server.engine.model, [ids], max_new_tokens=6, temperature=0, eos_id=server.eos_id)[0]
+    assert ch.text == prompt + server.tokenizer.decode(gen_ids)
+    full = ids + gen_ids
+    ref = _forward_logprobs(server, full)
+    want = [ref[i - 1, full[i]].item() for i in range(1, len(full))]
+    assert lp.token_logprobs[1:] == pytest.approx(want, abs=1e-4)
+    for i in range(1, len(full)):  # top-3 alternatives, best first, the same values
+        top = sorted(lp.top_logprobs[i].values(), reverse=True)
+        assert top == pytest.approx(ref[i - 1].topk(3).values.tolist(), abs=1e-4)
+    # token-id prompts (lm-evaluation-harness local-completions) with max_tokens=1: the prompt's log-probs
+    status, body = post(server, "/completions", {"model": "tiny-story-model", "prompt": [full, full[:5]],
+                                                 "max_tokens": 1, "echo": True, "logprobs": 1, "temperature": 0})
+    assert status == 200 and len(body["choices"]) == 2
+    got = body["choices"][0]["logprobs"]["token_logprobs"]
+    assert got[1:len(full)] == pytest.approx(want, abs=1e-4)
+    assert body["choices"][1]["logprobs"]["token_logprobs"][1:5] == pytest.approx(want[:4], abs=1e-4)
+    # chat logprobs: the chosen tokens' values, in the chat shape
+    rc = c.chat.completions.create(model="tiny-story-model", messages=[{"role": "user", "content": "Hi"}],
+                                   max_tokens=4, temperature=0, logprobs=True, top_logprobs=2)
+    content = rc.choices[0].logprobs.content
+    assert len(content) == rc.usage.completion_tokens and all(len(t.top_logprobs) == 2 for t in content)
+    assert all(t.logprob == pytest.approx(t.top_logprobs[0].logprob) for t in content)  # greedy: the best
+
+
+def test_streaming_sends_tokens_as_they_are_made(server) -> None:
+    c = client(server)
+    kw = dict(model="tiny-story-model", prompt="Once upon a time", max_tokens=200, temperature=0)
+    whole = c.completions.create(**kw)
+    assert whole.choices[0].finish_reason == "length"  # precondition: the answer is long
+    t0 = time.perf_counter()
+    arrivals, pieces = [], []
+    for ch in c.completions.create(**kw, stream=True, stream_options={"include_usage": True}):
+        if ch.choices and ch.choices[0].text:
+            arrivals.append(time.perf_counter() - t0)
+            pieces.append(ch.choices[0].text)
+        if ch.usage:
+            assert ch.usage.completion_tokens == whole.usage.completion_tokens == 200
+    assert "".join(pieces) == whole.choices[0].text
+    assert len(pieces) >= 50  # token by token (a few tokens may join when one ends mid-character)
+    assert arrivals[0] < 0.5 * arrivals[-1], (arrivals[0], arrivals[-1])
+    # chat streams too, with the role first and the same text as the non-streamed answer
     msgs = [{"role": "user", "content": "Write a story about a red ball."}]
-    r = c.chat.completions.create(model="tiny-story-model", messages=msgs, max_tokens=16, temperature=0)
-    text = r.choices[0].message.content
-    assert r.choices[0].message.role == "assistant" and isinstance(text, str)
-    stream = c.chat.completions.create(model="tiny-story-model", messages=msgs, max_tokens=16, temperature=0,
-                                       stream=True)
-    pieces = [ch.choices[0].delta.content or "" for ch in stream if ch.choices]
-    assert "".join(pieces) == text
-    s2 = c.completions.create(model="tiny-story-model", prompt="Tom", max_tokens=10, temperature=0, stream=True)
-    assert "".join(ch.choices[0].text for ch in s2) == c.completions.create(
-        model="tiny-story-model", prompt="Tom", max_tokens=10, temperature=0).choices[0].text
+    text = c.chat.completions.create(model="tiny-story-model", messages=msgs, max_tokens=16,
+                                     temperature=0).choices[0].message.content
+    stream = list(c.chat.completions.create(model="tiny-story-model", messages=msgs, max_tokens=16, temperature=0,
+                                            stream=True))
+    assert stream[0].choices[0].delta.role == "assistant"
+    assert "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices) == text
 
 
-def test_concurrent_requests_share_batches_and_match_single_answers(model_dir: Path) -> None:
-    srv = make_server(model_dir, port=0, batch_wait_s=0.5)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        prompts = ["Once upon a time", "Tom and Sue went to the", "The big red ball", "Lily", "One day, a cat"]
-        alone = [srv.lm.complete([p], 10, temperature=0)[0][0] for p in prompts]
-        got: list[str | None] = [None] * len(prompts)
+def test_utf8_split_across_tokens_streams_whole_characters(server) -> None:
+    from launch.batching import TokenLogprob
+    from launch.serve import _Choice
 
-        def ask(i: int) -> None:
-            r = client(srv).completions.create(model="tiny-story-model", prompt=prompts[i], max_tokens=10,
+    tok = server.tokenizer
+    ids = tok.encode("Tom saw a 🐶 and é").ids  # byte-level: the emoji is several byte tokens
+    ch = _Choice(tok, [], [])
+    sent = []
+    for t in ids:
+        ch.add(TokenLogprob(t, None, None))
+        sent.append(ch.pending(final=False))
+    sent.append(ch.pending(final=True))
+    assert "".join(sent) == "Tom saw a 🐶 and é" and not any("\ufffd" in s for s in sent)
+
+
+def test_stop_n_seed_and_usage(server) -> None:
+    c = client(server)
+    base = c.completions.create(model="tiny-story-model", prompt="Tom", max_tokens=30, temperature=0)
+    text = base.choices[0].text
+    assert len(text) > 6
+    stop = text[4:7]
+    r = c.completions.create(model="tiny-story-model", prompt="Tom", max_tokens=30, temperature=0, stop=[stop])
+    cut = text[: text.find(stop)]
+    assert r.choices[0].text == cut and r.choices[0].finish_reason == "stop"
+    # completion_tokens counts the tokens of the text returned, not the ones cut by `stop`
+    assert r.usage.completion_tokens < base.usage.completion_tokens
+    streamed = "".join(ch.choices[0].text for ch in c.completions.create(
+        model="tiny-story-model", prompt="Tom", max_tokens=30, temperature=0, stop=[stop], stream=True)
+        if ch.choices)
+    assert streamed == cut
+    # n and a list of prompts; a seed makes sampling reproducible, whatever else is decoded
+    r2 = c.completions.create(model="tiny-story-model", prompt=["a", "b"], max_tokens=8, n=2, temperature=1.0,
+                              seed=1)
+    assert [ch.index for ch in r2.choices] == [0, 1, 2, 3]
+    r3 = c.completions.create(model="tiny-story-model", prompt=["a", "b"], max_tokens=8, n=2, temperature=1.0,
+                              seed=1)
+    assert [ch.text for ch in r2.choices] == [ch.text for ch in r3.choices]
+    assert r2.usage.prompt_tokens == 2 and r2.usage.completion_tokens <= 32
+
+
+def test_chat_uses_the_model_chat_template(server, model_dir: Path, tmp_path: Path) -> None:
+    from launch.chat import CHATML, ChatTemplate, load_chat_template
+
+    msgs = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Tell a story."}]
+    assert load_chat_template(model_dir, model_dir / "tokenizer.json").source == CHATML  # ours has none
+    rendered = ChatTemplate().render(msgs)
+    assert rendered == ("<|im_start|>system\nBe kind.<|im_end|>\n<|im_start|>user\nTell a story.<|im_end|>\n"
+                        "<|im_start|>assistant\n")
+    r = client(server).chat.completions.create(model="tiny-story-model", messages=msgs, max_tokens=10,
                                                temperature=0)
-            got[i] = r.choices[0].text
-
-        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert got == alone
-        assert srv.num_generations == len(prompts) and srv.num_batches < len(prompts)
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    direct = client(server).completions.create(model="tiny-story-model", prompt=rendered, max_tokens=10,
+                                               temperature=0)
+    assert r.choices[0].message.content == direct.choices[0].text
+    assert r.usage.prompt_tokens == len(server.tokenizer.encode(rendered).ids)
+    # a tokenizer_config.json with a template wins (transformers' variables: bos_token, add_generation_prompt)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<s>", "chat_template": "{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] "
+        "{{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}"}))
+    t = load_chat_template(tmp_path, tmp_path / "tokenizer.json")
+    assert t.render(msgs) == "<s>[system] Be kind.\n[user] Tell a story.\n[assistant] "
 
 
-def test_errors(server) -> None:
+@pytest.mark.parametrize(("path", "body", "param"), [
+    ("/completions", {"prompt": 123}, "prompt"),
+    ("/completions", {"prompt": []}, "prompt"),
+    ("/completions", {"prompt": [1, "a"]}, "prompt"),
+    ("/completions", {"prompt": [10**9]}, "prompt"),
+    ("/completions", {}, "prompt"),
+    ("/completions", {"prompt": "hi", "max_tokens": "5"}, "max_tokens"),
+    ("/completions", {"prompt": "hi", "max_tokens": -1}, "max_tokens"),
+    ("/completions", {"prompt": "hi", "max_tokens": 0}, "max_tokens"),
+    ("/completions", {"prompt": "hi", "temperature": "hot"}, "temperature"),
+    ("/completions", {"prompt": "hi", "temperature": 9}, "temperature"),
+    ("/completions", {"prompt": "hi", "top_p": 3}, "top_p"),
+    ("/completions", {"prompt": "hi", "top_p": 0}, "top_p"),
+    ("/completions", {"prompt": "hi", "n": 0}, "n"),
+    ("/completions", {"prompt": "hi", "n": 1000}, "n"),
+    ("/completions", {"prompt": "hi", "n": True}, "n"),
+    ("/completions", {"prompt": "hi", "seed": 1.5}, "seed"),
+    ("/completions", {"prompt": "hi", "stop": 5}, "stop"),
+    ("/completions", {"prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ("/completions", {"prompt": "hi", "stream": "yes"}, "stream"),
+    ("/completions", {"prompt": "hi", "logprobs": 99}, "logprobs"),
+    ("/completions", {"prompt": "hi", "echo": 1}, "echo"),
+    ("/completions", {"prompt": "hi", "model": 7}, "model"),
+    ("/completions", {"prompt": "hi", "stream_options": 3}, "stream_options"),
+    ("/completions", {"prompt": [list(range(5))] * 1 + [[1] * 300], "echo": True, "max_tokens": 1}, "prompt"),
+    ("/chat/completions", {"messages": "hi"}, "messages"),
+    ("/chat/completions", {"messages": []}, "messages"),
+    ("/chat/completions", {"messages": [{"content": "hi"}]}, "messages"),
+    ("/chat/completions", {"messages": [{"role": "user", "content": 5}]}, "messages"),
+    ("/chat/completions", {"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, "top_logprobs"),
+    ("/chat/completions", {"messages": [{"role": "user", "content": "x"}], "logprobs": 2}, "logprobs"),
+])
+def test_malformed_requests_get_400_with_openai_error_shape(server, path: str, body: dict, param: str) -> None:
+    status, out = post(server, path, body)
+    assert status == 400, out
+    err = out["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["type"] == "invalid_request_error"
+    assert err["param"] == param and err["message"]
+
+
+def test_other_errors(server) -> None:
     c = client(server)
     with pytest.raises(openai.NotFoundError):
         c.completions.create(model="gpt-17", prompt="hi", max_tokens=2)
     with pytest.raises(openai.BadRequestError):
         c.completions.create(model="tiny-story-model", prompt="hi", max_tokens=2, top_p=3)
-    req = urllib.request.Request(server.url + "/completions", data=b"{not json", method="POST",
-                                 headers={"Content-Type": "application/json"})
-    with pytest.raises(urllib.error.HTTPError) as e:
-        urllib.request.urlopen(req, timeout=10)
-    assert e.value.code == 400 and "invalid JSON" in json.loads(e.value.read())["error"]["message"]
+    for raw in (b"{not json", b"[1, 2]", b"\xff\xfe"):
+        status, out = post(server, "/completions", raw)
+        assert status == 400 and out["error"]["type"] == "invalid_request_error"
+    status, out = post(server, "/nope", {})
+    assert status == 404 and out["error"]["code"] == "not_found"
+    # a body over the limit is refused from its Content-Length, before it is read
+    conn = http.client.HTTPConnection(*server.server_address[:2], timeout=10)
+    conn.putrequest("POST", "/v1/completions")
+    conn.putheader("Content-Length", str(server.max_body_bytes + 1))
+    conn.endheaders()
+    resp = conn.getresponse()
+    assert resp.status == 413 and "limit" in json.loads(resp.read())["error"]["message"]
+    conn.close()
+
+
+def test_api_key_required_when_set(model_dir: Path) -> None:
+    srv = make_server(model_dir, port=0, api_key="sk-local-123", model_name="named")
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(openai.AuthenticationError):
+            client(srv, "wrong").completions.create(model="named", prompt="hi", max_tokens=2)
+        status, out = post(srv, "/completions", {"prompt": "hi", "max_tokens": 2})
+        assert status == 401 and out["error"]["type"] == "authentication_error"
+        assert "sk-local-123" not in json.dumps(out)
+        r = client(srv, "sk-local-123").completions.create(model="named", prompt="hi", max_tokens=2)
+        assert r.model == "named" and [m.id for m in client(srv, "sk-local-123").models.list()] == ["named"]
+        with urllib.request.urlopen(srv.url.removesuffix("/v1") + "/health", timeout=10) as h:
+            assert h.status == 200  # liveness needs no key
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_concurrent_clients_are_batched_and_match_single_answers(model_dir: Path) -> None:
+    """Many clients at once: rows share decode steps, every answer equals the answer alone (greedy), and a
+    client that disconnects mid-stream frees its row while the others finish."""
+    srv = make_server(model_dir, port=0, max_batch=8)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        prompts = ["Once upon a time", "Tom and Sue went to the", "The big red ball", "Lily", "One day, a cat",
+                   "The dog", "Mia had a", "A kite"] * 2
+        alone = {p: client(srv).completions.create(model="tiny-story-model", prompt=p, max_tokens=40,
+                                                   temperature=0).choices[0].text for p in set(prompts)}
+        got: list[str | None] = [None] * len(prompts)
+        errors: list[BaseException] = []
+
+        def ask(i: int) -> None:
+            try:
+                stream = client(srv).completions.create(model="tiny-story-model", prompt=prompts[i], max_tokens=40,
+                                                        temperature=0, stream=True)
+                got[i] = "".join(ch.choices[0].text for ch in stream if ch.choices)
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+
+        def quitter() -> None:  # reads one chunk of a long answer, then hangs up
+            stream = client(srv).completions.create(model="tiny-story-model", prompt="Tom", max_tokens=240,
+                                                    temperature=0, stream=True)
+            next(iter(stream))
+            stream.close()
+
+        steps_before = srv.engine.num_steps
+        threads = [threading.Thread(target=quitter)] + [threading.Thread(target=ask, args=(i,))
+                                                       for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not errors and got == [alone[p] for p in prompts]
+        assert srv.engine.max_rows_seen > 1  # requests shared decode steps
+        assert srv.engine.num_steps - steps_before < len(prompts) * 40  # fewer steps than one by one
+        deadline = time.time() + 10
+        while srv.engine._rows and time.time() < deadline:  # the quitter's row is freed, not decoded to the end
+            time.sleep(0.05)
+        assert not srv.engine._rows
+        assert srv.engine.num_row_steps < len(prompts) * 40 + len(alone) * 40 + 200
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 def test_run_synth_through_the_server_resumes_from_the_journal(server, tmp_path: Path) -> None:

@@ -72,10 +72,14 @@ def judge_models(shared_data: Path, tmp_path_factory):
 
     tok = Tokenizer.from_file(str(tok_file))
     eos = tok.token_to_id("<|endoftext|>")
-    # What the server feeds the model for a chat request: EOS + message + blank line, cropped from the left to
-    # the context left after max_tokens (128 - 60). The grader memorises that tail followed by GRADES.
-    prompt_ids = [eos] + tok.encode(build_prompt("Tom had a red ball.", "He played.") + "\n\n").ids
-    seq = torch.tensor(prompt_ids[-(128 - 60):] + tok.encode(GRADES).ids + [eos])
+    # What the server feeds the model for a chat request: the message in its chat template (ChatML here), cropped
+    # from the left to the context left after max_tokens. The grader memorises that tail followed by GRADES.
+    from launch.chat import ChatTemplate
+    from launch.generation import fit_to_context
+
+    chat = ChatTemplate().render([{"role": "user", "content": build_prompt("Tom had a red ball.", "He played.")}])
+    prompt_ids, _ = fit_to_context(tok.encode(chat).ids, 60, 128)
+    seq = torch.tensor(prompt_ids + tok.encode(GRADES).ids + [eos])
     model = tiny_model(tok.get_vocab_size(), max_seq_len=128)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     for _ in range(80):
