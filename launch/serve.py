@@ -198,6 +198,7 @@ class ModelServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 256  # listen backlog: socketserver's default of 5 refused connections from 32 clients at once
 
     def __init__(self, address: tuple[str, int], engine: Engine, tokenizer: Any, model_name: str,
                  eos_id: int | None, chat: ChatTemplate, api_key: str | None = None,
