@@ -1,6 +1,6 @@
 """tinyfoundry models: Llama-style dense and mixture-of-experts decoders in pure PyTorch.
 
-Public API (see /work/notes/API.md): ModelConfig, get_preset, list_presets, Transformer, ModelOutput,
+Public API: ModelConfig, get_preset, list_presets, Transformer, ModelOutput,
 save_model_dir, load_model; generation in models.generate, accounting in models.accounting, HF mapping in
 models.hf_mapping. Never imports Lightning or train/.
 """
