@@ -8,6 +8,7 @@ Design and invariants
   * a model dir (`model_config.json`, written by save_model_dir),
   * an HF export dir (`config.json` of a Llama / Mixtral, `model.safetensors` or sharded
     `model-*.safetensors` with `model.safetensors.index.json`), mapped through `models.hf_mapping`,
+  * a llama.cpp `.gguf` file of a Llama (dequantized to fp32 through gguf-py, see models/gguf_import.py),
   * a Lightning `.ckpt` (read with `torch.load(weights_only=True)`; `state_dict` keys prefixed `model.`, the
     ModelConfig dict at `ckpt["hyper_parameters"]["model_config"]`). Where the trainer kept a weight average
     (`ckpt["ema_state_dict"]`, same keys), those weights are returned: they are the ones it validated.
@@ -149,7 +150,7 @@ def _find_tokenizer(path: Path) -> Path | None:
 def load_model(
     path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> tuple[Transformer, Path | None]:
-    """Load a model dir, HF export dir or Lightning .ckpt -> (model in eval mode, tokenizer.json path or None)."""
+    """Load a model dir, HF export dir, Lightning .ckpt or GGUF -> (model in eval mode, tokenizer.json or None)."""
     path = Path(path)
     if path.is_dir():
         if (path / CONFIG).exists():
@@ -163,9 +164,14 @@ def load_model(
         else:
             raise ValueError(f"{path}: neither a model dir ({CONFIG}) nor an HF export dir (config.json)")
     elif path.is_file():
-        if path.suffix != ".ckpt":
-            raise ValueError(f"{path}: expected a folder or a Lightning .ckpt file")
-        model = _load_ckpt(path)
+        if path.suffix == ".gguf":
+            from models.gguf_import import load_gguf
+
+            model = load_gguf(path)
+        elif path.suffix != ".ckpt":
+            raise ValueError(f"{path}: expected a folder, a Lightning .ckpt or a .gguf file")
+        else:
+            model = _load_ckpt(path)
     else:
         raise ValueError(f"{path}: no such file or folder")
     model = model.to(device=device, dtype=dtype)
