@@ -236,13 +236,16 @@ class MaskedDataModule(L.LightningDataModule):
             rank, world = self.trainer.global_rank, self.trainer.world_size
         ds = MaskedTrainWindows(self.train_stream, self.train_mask, self.batch_size, self.seq_len, self.seed,
                                 self.order, start=self.next_index, rank=rank, world_size=world)
-        return DataLoader(ds, batch_size=None, num_workers=0)
+        # an own generator: a DataLoader iterator draws its base seed from the global RNG otherwise, which a resumed
+        # run (RNG restored from the checkpoint, then a new iterator) would consume at another point -> dropout drift
+        return DataLoader(ds, batch_size=None, num_workers=0, generator=torch.Generator().manual_seed(self.seed))
 
     def val_dataloader(self) -> DataLoader | list:
         if not self.val_stream.arrays:
             return []
         ds = MaskedValWindows(self.val_stream, self.val_mask, self.seq_len, self.num_val_tokens)
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=False) if len(ds) else []
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=False,
+                          generator=torch.Generator().manual_seed(self.seed)) if len(ds) else []
 
     def state_dict(self) -> dict[str, Any]:
         return {"next_index": int(self.next_index), "seed": int(self.seed), "order": self.order,
@@ -273,6 +276,29 @@ def base_tokenizer(base: str, out_dir: Path) -> Path | None:
     return None
 
 
+def check_base(base: str) -> None:
+    """Refuse a missing base or an architecture we cannot import from its header alone, before any data work."""
+    p = Path(base)
+    if not p.exists():
+        raise ValueError(f"finetune.base: {base}: no such file or folder")
+    if p.is_dir() and (p / "config.json").is_file() and not (p / "model_config.json").is_file():
+        from models.hf_mapping import config_from_hf
+
+        try:
+            config_from_hf(json.loads((p / "config.json").read_text()))
+        except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+            raise ValueError(f"finetune.base: {base}: not an importable Llama ({e})") from None
+    elif p.suffix == ".gguf":
+        import gguf
+
+        try:
+            arch = gguf.GGUFReader(str(p)).fields["general.architecture"].contents()
+        except Exception as e:  # gguf-py raises several types on a bad file
+            raise ValueError(f"finetune.base: {base}: cannot read GGUF ({e})") from None
+        if arch != "llama":
+            raise ValueError(f"finetune.base: {base}: only 'llama' GGUF files can be imported, got {arch!r}")
+
+
 def _write_json_atomic(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -290,8 +316,7 @@ def run_finetune(cfg: FinetuneConfig, train: TrainConfig, out_dir: Path, *, defa
     base = cfg.base or (str(default_base) if default_base is not None else "")
     if not base:
         raise ValueError("finetune.base: no base model given and the run has no checkpoints/final")
-    if not Path(base).exists():
-        raise ValueError(f"finetune.base: {base}: no such file or folder")
+    check_base(base)
     tok_dir = out_dir / "tokenizer"
     if cfg.tokenizer:
         from data_pipelines.tokenize.foreign import import_tokenizer
