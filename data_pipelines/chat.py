@@ -174,3 +174,29 @@ def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> Path:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def instruct_from_synth(synth_dir: str | Path, out_path: str | Path, exclude_last: int = 0) -> dict[str, Any]:
+    """TinyStories-Instruct from a run's synth/ stories: each story's recorded prompt (required words, features)
+    as the user turn, the story as the assistant's reply. `words` and `features` ride along for probes.
+
+    The last `exclude_last` stories (in file order) are left out, so a probe can use their prompts as held-out
+    instructions. Returns {"examples", "held_out": [{"prompt", "words", "features"}, ...], "path"}."""
+    import pyarrow.parquet as pq
+
+    files = sorted(Path(synth_dir).glob("*.parquet"))
+    if not files:
+        raise ValueError(f"{synth_dir}: no synth/*.parquet stories")
+    rows: list[dict[str, Any]] = []
+    for f in files:
+        t = pq.read_table(f, columns=["text", "prompt", "words", "features"]).to_pylist()
+        for r in t:
+            if r["prompt"] and r["text"]:
+                rows.append({"messages": [{"role": "user", "content": r["prompt"]},
+                                          {"role": "assistant", "content": r["text"]}],
+                             "words": list(r["words"] or []), "features": list(r["features"] or [])})
+    keep, held = (rows[:-exclude_last], rows[-exclude_last:]) if exclude_last else (rows, [])
+    write_jsonl(out_path, keep)
+    return {"examples": len(keep), "path": str(out_path),
+            "held_out": [{"prompt": r["messages"][0]["content"], "words": r["words"], "features": r["features"],
+                          "story": r["messages"][1]["content"]} for r in held]}
