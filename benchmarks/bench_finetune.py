@@ -81,7 +81,7 @@ def run_one(spec: dict) -> None:
     tokens = spec["steps"] * spec["batch"] * spec["seq"]
     ft = FinetuneConfig(base=spec["base"], method=spec["method"], max_tokens=tokens, batch_size=spec["batch"],
                         seq_len=spec["seq"], lr=spec["lr"], warmup_frac=0.1, lora=spec.get("lora", {}))
-    tr = TrainConfig(num_threads=spec["threads"], val_every_tokens=tokens, ckpt_every_tokens=tokens,
+    tr = TrainConfig(num_threads=spec["threads"], val_every_tokens=10 * tokens, ckpt_every_tokens=tokens,
                      num_val_tokens=spec["val_tokens"], num_sample_tokens=0, progress_bar=False, log_every_steps=5,
                      seed=0)
     t0 = time.time()
@@ -90,13 +90,21 @@ def run_one(spec: dict) -> None:
     print("RESULT " + json.dumps(s), flush=True)
 
 
-def launch(spec: dict) -> dict:
-    """Run one spec in a child process; its summary plus peak RSS (os.wait4) in MiB."""
+def start(spec: dict) -> subprocess.Popen:
+    """Start one spec in a child process (its output goes to a log file beside its run folder)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(spec["threads"]))
-    proc = subprocess.Popen([sys.executable, __file__, "--one", json.dumps(spec)], env=env, stdout=subprocess.PIPE,
+    log = open(Path(spec["out"]).with_suffix(".log"), "w")  # noqa: SIM115 - closed by finish()
+    proc = subprocess.Popen([sys.executable, __file__, "--one", json.dumps(spec)], env=env, stdout=log,
                             stderr=subprocess.STDOUT, text=True)
-    out = proc.stdout.read() if proc.stdout else ""
+    proc.log = log  # type: ignore[attr-defined]
+    return proc
+
+
+def finish(proc: subprocess.Popen, spec: dict) -> dict:
+    """Wait for a child; its summary plus its own peak RSS (os.wait4) in MiB."""
     _, status, usage = os.wait4(proc.pid, 0)
+    proc.log.close()  # type: ignore[attr-defined]
+    out = Path(spec["out"]).with_suffix(".log").read_text()
     lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
     if not lines:
         raise SystemExit(f"run {spec['method']} failed (status {status}):\n{out[-3000:]}")
@@ -130,9 +138,6 @@ def part_smol(args: argparse.Namespace) -> list[str]:
     if not (work / "scratch").is_dir():
         save_model_dir(work / "scratch", scratch, tokenizer_file=work / "tokenizer" / "tokenizer.json")
     print(f"[bench] tokenize + import: {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
-    t0 = time.time()
-    before = heldout_bpb(base, work / "shards", args.seq, args.val_tokens)
-    print(f"[bench] base held-out bpb {before:.4f} ({time.time() - t0:.0f}s)", file=sys.stderr, flush=True)
     lcfg = {"rank": 16, "alpha": 32, "target_modules": ["all-linear"]}
     lora_model = apply_lora(load_model(work / "base")[0], LoRAConfig(**lcfg))
     q_model = apply_lora(load_model(work / "base")[0], LoRAConfig(**lcfg, quantize="int4", group_size=64))
@@ -148,14 +153,21 @@ def part_smol(args: argparse.Namespace) -> list[str]:
         "qlora": dict(method="qlora", base=str(work / "base"), lr=args.lora_lr, lora={**lcfg, "group_size": 64}),
         "scratch": dict(method="full", base=str(work / "scratch"), lr=args.scratch_lr),
     }
+    # the four runs at once (one thread each): the shared CPU gives each process its own share; peak RSS is per
+    # process, and the base's held-out bpb is measured here meanwhile
+    full = {name: {**common, **spec, "out": str(work / f"run_{name}")} for name, spec in specs.items()}
+    procs = {name: start(spec) for name, spec in full.items()}
+    t0 = time.time()
+    before = heldout_bpb(base, work / "shards", args.seq, args.val_tokens)
+    print(f"[bench] base held-out bpb {before:.4f} ({time.time() - t0:.0f}s)", file=sys.stderr, flush=True)
+    del base
     res = {}
-    for name, spec in specs.items():
-        res[name] = launch({**common, **spec, "out": str(work / f"run_{name}")})
-        r = res[name]
+    for name, proc in procs.items():
+        res[name] = r = finish(proc, full[name])
         print(f"[bench] {name}: bpb {r['val_bpb']:.4f} wall {r['wall_s']:.0f}s peak {r['peak_rss_mib']:.0f} MiB",
               file=sys.stderr, flush=True)
 
-    n_params = base.num_params()
+    n_params = tp["lora"][1]
     tokens = args.steps * args.batch * args.seq
     gain = {k: before - res[k]["val_bpb"] for k in res}
     lines = [f"SmolLM2-135M on TinyStories: {args.steps} steps x {args.batch} x {args.seq} = {tokens} tokens, "
@@ -282,11 +294,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--part", choices=["smol", "instruct", "all"], default="all")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_finetune")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--val-tokens", type=int, default=4096)
+    ap.add_argument("--val-tokens", type=int, default=2048)
     ap.add_argument("--full-lr", type=float, default=1e-4)
     ap.add_argument("--lora-lr", type=float, default=2e-3)
     ap.add_argument("--scratch-lr", type=float, default=2e-3)

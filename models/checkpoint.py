@@ -55,6 +55,9 @@ def save_model_dir(
         _write_json(tmp / CONFIG, model.cfg.to_dict())
         if tokenizer_file is not None:
             shutil.copyfile(tokenizer_file, tmp / TOKENIZER)
+            side = Path(tokenizer_file).parent / "tokenizer_config.json"  # a base model's specials + chat template
+            if side.is_file():
+                shutil.copyfile(side, tmp / side.name)
         if extra is not None:
             _write_json(tmp / EXTRA, extra)
         if path.exists():
