@@ -307,8 +307,12 @@ def main() -> None:
     ap.add_argument("--probe-tokens", type=int, default=200)
     ap.add_argument("--pretrain-tokens", type=int, default=3_000_000)
     ap.add_argument("--instruct-tokens", type=int, default=1_000_000)
+    ap.add_argument("--quick", action="store_true", help="a smoke run: 2 steps, tiny probe (numbers meaningless)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.quick:
+        args.steps, args.val_tokens, args.instruct_stories, args.probe_prompts = 2, 256, 300, 5
+        args.probe_tokens, args.pretrain_tokens, args.instruct_tokens = 20, 50_000, 20_000
     if args.one:
         run_one(json.loads(args.one))
         return
