@@ -250,3 +250,27 @@ def test_bad_init_from_is_one_line_exit_2(tiny_shards: tuple[Path, Path], tmp_pa
     r = _cli("finetune", "--config", str(tmp_path / "f.yaml"), "--run-dir", str(tmp_path / "frun"), cwd=tmp_path)
     assert r.returncode == 2 and len(_errors(r)) == 1 and "gpt2" in _errors(r)[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_instruct_dataset_from_synth(tmp_path: Path) -> None:
+    """synth/*.parquet (synth's columns) -> prompt/story chat examples; the last stories' prompts are held out."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from data_pipelines.chat import ChatEncoder, instruct_from_synth, read_jsonl
+
+    words = [["jump", "ball", "red"], ["sing", "tree", "happy"]] * 15
+    rows = {"text": [f"Once upon a time a {w[2]} {w[1]} liked to {w[0]}. The end {i}." for i, w in enumerate(words)],
+            "prompt": [f'Write a story using "{w[0]}", "{w[1]}" and "{w[2]}". #{i}' for i, w in enumerate(words)],
+            "words": words, "features": [["dialogue"] if i % 2 else [] for i in range(30)]}
+    (tmp_path / "synth").mkdir()
+    pq.write_table(pa.table(rows), tmp_path / "synth" / "stories-00000.parquet")
+    info = instruct_from_synth(tmp_path / "synth", tmp_path / "instruct.jsonl", exclude_last=5)
+    assert info["examples"] == 25 and len(info["held_out"]) == 5
+    got = [obj for obj, _ in read_jsonl(tmp_path / "instruct.jsonl")]
+    r = got[0]
+    assert r["messages"][0] == {"role": "user", "content": rows["prompt"][0]}
+    assert r["messages"][1] == {"role": "assistant", "content": rows["text"][0]} and r["words"] == words[0]
+    assert not {h["prompt"] for h in info["held_out"]} & {x["messages"][0]["content"] for x in got}
+    assert info["held_out"][-1]["features"] == ["dialogue"]
+    assert isinstance(ChatEncoder, type)
