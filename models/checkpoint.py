@@ -10,7 +10,8 @@ Design and invariants
     `model-*.safetensors` with `model.safetensors.index.json`), mapped through `models.hf_mapping`,
   * a llama.cpp `.gguf` file of a Llama (dequantized to fp32 through gguf-py, see models/gguf_import.py),
   * a Lightning `.ckpt` (read with `torch.load(weights_only=True)`; `state_dict` keys prefixed `model.`, the
-    ModelConfig dict at `ckpt["hyper_parameters"]["model_config"]`). Where the trainer kept a weight average
+    ModelConfig dict at `ckpt["hyper_parameters"]["model_config"]`; a LoRA / QLoRA fine-tuning checkpoint, which has
+    `lora_config` there, comes back with its adapters merged). Where the trainer kept a weight average
     (`ckpt["ema_state_dict"]`, same keys), those weights are returned: they are the ones it validated.
   Anything else (another architecture, a truncated or corrupt file, missing keys) raises ValueError naming the
   path. It returns the model in eval mode and the tokenizer.json found with it (or None): in the folder, or for a
@@ -139,6 +140,17 @@ def _load_ckpt(path: Path) -> Transformer:
         raise ValueError(f"{path}: checkpoint state_dict has no 'model.' keys")
     ema = ckpt.get("ema_state_dict") or {}  # the trainer's weight average (train/ema.py): what it validates
     sd.update({k[len("model.") :]: v for k, v in ema.items() if k.startswith("model.") and k[len("model.") :] in sd})
+    lora = (ckpt.get("hyper_parameters") or {}).get("lora_config")
+    if lora:  # a LoRA / QLoRA fine-tuning checkpoint: rebuild the adapters, then merge them (models/lora.py)
+        from models.lora import LoRAConfig, apply_lora, merged
+
+        try:
+            with torch.device("meta"):
+                adapted = apply_lora(Transformer(ModelConfig.from_dict(dict(cfg_dict))), LoRAConfig(**lora))
+            adapted.load_state_dict(sd, strict=True, assign=True)
+            return merged(adapted)  # type: ignore[return-value]
+        except (ValueError, TypeError, RuntimeError, KeyError) as e:
+            raise ValueError(f"{path}: not a loadable LoRA checkpoint ({e})") from e
     return _build(dict(cfg_dict), sd, path)
 
 

@@ -107,6 +107,11 @@ def test_lora_finetune_writes_peft_adapter_and_merged_model(base_dir: Path, chat
     assert tok is not None and tok.name == "tokenizer.json"
     base, _ = load_model(base_dir)
     assert any(not torch.equal(a, b) for a, b in zip(merged.state_dict().values(), base.state_dict().values()))
+    # the LoRA checkpoint loads as the same merged model
+    from_ckpt, _ = load_model(out / "checkpoints" / "last.ckpt")
+    ids0 = torch.randint(0, 512, (1, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(from_ckpt(ids0).logits, merged(ids0).logits, rtol=1e-5, atol=1e-5)
     # the embeddings and norms are frozen: unchanged in the merged model
     torch.testing.assert_close(merged.tok_emb.weight, base.tok_emb.weight, rtol=0, atol=0)
 
