@@ -290,6 +290,26 @@ def part_instruct(args: argparse.Namespace) -> list[str]:
     ]
 
 
+def memory_only(args: argparse.Namespace) -> list[str]:
+    """Peak RSS of full fine-tuning vs LoRA r=16 for --steps steps (memory does not depend on the step count once
+    the optimizer state exists, i.e. after step 1), reusing the base and shards of an earlier --part smol."""
+    work = args.out / "smol"
+    lcfg = {"rank": 16, "alpha": 32, "target_modules": ["all-linear"]}
+    common = dict(threads=args.threads, steps=args.steps, batch=args.batch, seq=args.seq, val_tokens=args.val_tokens,
+                  shards=str(work / "shards"), base=str(work / "base"))
+    specs = {"full": dict(method="full", lr=args.full_lr), "lora": dict(method="lora", lr=args.lora_lr, lora=lcfg)}
+    full = {n: {**common, **sp, "out": str(work / f"mem_{n}")} for n, sp in specs.items()}
+    for n in full:
+        import shutil
+
+        shutil.rmtree(full[n]["out"], ignore_errors=True)
+    procs = {n: start(sp) for n, sp in full.items()}
+    res = {n: finish(p, full[n]) for n, p in procs.items()}
+    ratio = res["lora"]["peak_rss_mib"] / res["full"]["peak_rss_mib"]
+    return [f"peak training memory, {args.steps} steps x {args.batch} x {args.seq}: full {res['full']['peak_rss_mib']:.0f}"
+            f" MiB, LoRA {res['lora']['peak_rss_mib']:.0f} MiB, ratio {ratio:.1%} (target <= 50%: {ratio <= 0.5})"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--part", choices=["smol", "instruct", "all"], default="all")
@@ -308,6 +328,8 @@ def main() -> None:
     ap.add_argument("--pretrain-tokens", type=int, default=3_000_000)
     ap.add_argument("--instruct-tokens", type=int, default=1_000_000)
     ap.add_argument("--quick", action="store_true", help="a smoke run: 2 steps, tiny probe (numbers meaningless)")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only full vs LoRA peak training memory (needs a previous --part smol in --out)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
@@ -317,6 +339,9 @@ def main() -> None:
         run_one(json.loads(args.one))
         return
     out: list[str] = []
+    if args.memory_only:
+        print("\n".join(memory_only(args)))
+        return
     if args.part in ("smol", "all"):
         out += part_smol(args)
     if args.part in ("instruct", "all"):

@@ -206,6 +206,27 @@ def merged(model: nn.Module) -> nn.Module:
     return out.to(next(model.parameters()).device)
 
 
+@torch.no_grad()
+def merge_(model: nn.Module) -> nn.Module:
+    """Merge the adapters into the model in place (W += scaling * B A; QLoRA: dequantized W), leaving a plain
+    Transformer with no second copy of the weights: what the trainer saves at the end of a fine-tuning run."""
+    for name, m in list(lora_modules(model).items()):
+        if m.lora_B.bias is not None and bool(m.lora_B.bias.abs().max() > 0):
+            raise ValueError(f"{name}: a trained lora bias cannot be merged into a bias-free layer")
+        delta = m.delta_weight().float()
+        if isinstance(m.base, QuantLinear):
+            lin = nn.Linear(m.lora_A.in_features, m.lora_B.out_features, bias=False, device=delta.device)
+            lin.weight.copy_(m.base.dequantized() + delta)
+        else:
+            lin = m.base
+            lin.weight.add_(delta.to(lin.weight.dtype))
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, lin)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
 def trainable_params(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts; QLoRA's quantized base counts its original weights as parameters."""
     seen: set[int] = set()

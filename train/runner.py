@@ -349,13 +349,13 @@ def _run_train(cfg: TrainConfig, model_cfg: ModelConfig | None, shards_dir: Path
         "sample": samples.last_text,
     })
     if trainer.is_global_zero:
-        final_model = system.plain_model()  # adapters merged in: a plain model dir like any other
-        save_model_dir(ckpt_dir / "final", final_model.cpu() if accel == "cpu" else final_model,
-                       tokenizer_file=tokenizer_file,
-                       extra={"tokens": summary["tokens"], "val_bpb": summary["val_bpb"], "steps": summary["steps"]})
         if system.lora_config:  # the adapters alone, in PEFT's format, beside the merged model
             from models.lora import LoRAConfig, save_peft
 
             save_peft(system.model, LoRAConfig(**system.lora_config), run_dir / "adapter", base_model=cfg.init_from)
+        final_model = system.plain_model()  # adapters merged in (in place): a plain model dir like any other
+        save_model_dir(ckpt_dir / "final", final_model.cpu() if accel == "cpu" else final_model,
+                       tokenizer_file=tokenizer_file,
+                       extra={"tokens": summary["tokens"], "val_bpb": summary["val_bpb"], "steps": summary["steps"]})
         _write_json_atomic(summary_path, summary)
     return summary

@@ -97,12 +97,13 @@ class LMSystem(L.LightningModule):
         self._val_count: torch.Tensor | None = None
 
     def plain_model(self) -> Transformer:
-        """The model as a plain Transformer: adapters merged into the weights (models/lora.py), else itself."""
+        """The model as a plain Transformer: adapters merged into the weights in place (models/lora.py; no second
+        copy of the weights at the end of a run), else itself. Call it last: the adapters are gone afterwards."""
         if not self.lora_config:
             return self.model
-        from models.lora import merged
+        from models.lora import merge_
 
-        return merged(self.model)  # type: ignore[return-value]
+        return merge_(self.model)  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ teacher
     def set_teacher(self, teacher: torch.nn.Module) -> None:

@@ -16,6 +16,7 @@ from models.lora import (
     LoRALinear,
     QuantLinear,
     apply_lora,
+    merge_,
     merged,
     save_peft,
     trainable_params,
@@ -61,6 +62,9 @@ def test_merged_equals_unmerged_logits() -> None:
     a, b = model(ids).logits, plain(ids).logits
     assert (a - _model()(ids).logits).abs().max() > 1e-3  # the adapters do something
     torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    in_place = merge_(model)  # what the trainer saves: no second copy of the weights
+    assert in_place is model and not any(isinstance(m, LoRALinear) for m in model.modules())
+    torch.testing.assert_close(in_place(ids).logits, a, rtol=1e-5, atol=1e-5)
 
 
 def test_qlora_base_is_frozen_int4_codes() -> None:
@@ -84,7 +88,9 @@ def test_qlora_base_is_frozen_int4_codes() -> None:
     assert weight_bytes(q) < 0.6 * weight_bytes(lora)
     _randomize_adapters(q)
     q.eval()
-    torch.testing.assert_close(merged(q)(ids).logits, q(ids).logits, rtol=1e-5, atol=1e-5)
+    want = q(ids).logits
+    torch.testing.assert_close(merged(q)(ids).logits, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(merge_(q)(ids).logits, want, rtol=1e-5, atol=1e-5)
 
 
 def test_bad_targets_are_refused() -> None:
