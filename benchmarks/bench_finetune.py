@@ -75,13 +75,12 @@ def heldout_bpb(model: torch.nn.Module, shards: Path, seq_len: int, num_tokens: 
 def run_one(spec: dict) -> None:
     """Child process: one fine-tuning run; prints its summary as JSON on the last line."""
     torch.set_num_threads(spec["threads"])
-    from train import TrainConfig
-    from train.finetune import FinetuneConfig, run_finetune
-
     import lightning  # noqa: F401  (everything the run imports, so the baseline below holds the libraries)
 
     import models.lora  # noqa: F401
     import train.runner  # noqa: F401
+    from train import TrainConfig
+    from train.finetune import FinetuneConfig, run_finetune
 
     rss = [ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmRSS:")]
     baseline_mib = int(rss[0].split()[1]) / 1024 if rss else 0.0
