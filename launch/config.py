@@ -43,7 +43,7 @@ SECTION_CLASSES: dict[str, tuple[str, str]] = {
     "sweep": ("train.planner.sweep", "SweepConfig"),
     "model": ("models", "ModelConfig"),
     "train": ("train", "TrainConfig"),
-    "finetune": ("train.finetune", "FinetuneConfig"),
+    "finetune": ("train.finetune_config", "FinetuneConfig"),
     "compress": ("models.compress", "CompressConfig"),
     "export": ("models.export", "ExportConfig"),
 }

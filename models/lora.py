@@ -24,13 +24,14 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.compress.quantize import QTensor, quantize_int4, quantize_int8
+if TYPE_CHECKING:
+    from models.compress.quantize import QTensor
 
 OURS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 HF_NAME = {"wq": "q_proj", "wk": "k_proj", "wv": "v_proj", "wo": "o_proj", "w_gate": "gate_proj",
@@ -105,6 +106,8 @@ class QuantLinear(nn.Module):
         self.register_buffer("zero", q.zero if q.zero is not None else torch.empty(0, dtype=torch.uint8))
 
     def qtensor(self) -> QTensor:
+        from models.compress.quantize import QTensor
+
         zero = self.zero if self.zero.numel() else None
         return QTensor(self.kind, self.shape, self.codes, self.scale, zero, self.group_size)  # type: ignore[arg-type]
 
@@ -173,6 +176,8 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
     for parent, name, lin in targets:
         base: nn.Module = lin
         if cfg.quantize != "none":
+            from models.compress.quantize import quantize_int4, quantize_int8
+
             w = lin.weight.detach().float()
             q = quantize_int8(w) if cfg.quantize == "int8" else quantize_int4(w, cfg.group_size)
             base = QuantLinear(q)
