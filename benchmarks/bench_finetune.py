@@ -174,7 +174,7 @@ def part_smol(args: argparse.Namespace) -> list[str]:
         print(f"[bench] {name}: bpb {r['val_bpb']:.4f} wall {r['wall_s']:.0f}s peak {r['peak_rss_mib']:.0f} MiB",
               file=sys.stderr, flush=True)
 
-    n_params = tp["lora"][1]
+    n_params = tp["lora"][1] - tp["lora"][0]  # the base's parameters (adapters not counted)
     tokens = args.steps * args.batch * args.seq
     gain = {k: before - res[k]["val_bpb"] for k in res}
     lines = [f"SmolLM2-135M on TinyStories: {args.steps} steps x {args.batch} x {args.seq} = {tokens} tokens, "
