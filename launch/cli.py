@@ -25,9 +25,10 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "tokenize": ("tokenize",),
     "plan": ("plan", "model", "sweep"),
     "train": ("model", "train"),
+    "finetune": ("finetune", "train"),
     "compress": ("compress",),
     "export": ("export",),
-    "run": ("synth", "curate", "tokenize", "plan", "model", "train", "compress", "export", "sweep"),
+    "run": ("synth", "curate", "tokenize", "plan", "model", "train", "finetune", "compress", "export", "sweep"),
 }
 
 STAGE_HELP = {
@@ -36,6 +37,7 @@ STAGE_HELP = {
     "tokenize": "train a byte-level BPE tokenizer and pack token shards",
     "plan": "choose model size and token count for a compute budget (`plan sweep` fits your own law)",
     "train": "train the model with Lightning",
+    "finetune": "adapt a base model (ours, HF, GGUF): full fine-tuning, LoRA or QLoRA, chat data with loss masks",
     "compress": "quantize and prune the trained model, with a size-vs-quality report",
     "export": "write the Hugging Face (safetensors) and GGUF exports",
     "run": "run every configured stage in order, skipping stages whose outputs are current",

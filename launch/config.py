@@ -30,8 +30,9 @@ from typing import Any, Literal
 
 import yaml
 
-StageName = Literal["synth", "curate", "tokenize", "plan", "train", "compress", "export"]
+StageName = Literal["synth", "curate", "tokenize", "plan", "train", "finetune", "compress", "export"]
 ALL_STAGES: tuple[str, ...] = typing.get_args(StageName)
+DEFAULT_STAGES: tuple[str, ...] = tuple(s for s in ALL_STAGES if s != "finetune")  # fine-tuning is opt-in
 
 # section -> (module, class). Imported lazily so `tinyfoundry --help` stays fast.
 SECTION_CLASSES: dict[str, tuple[str, str]] = {
@@ -42,6 +43,7 @@ SECTION_CLASSES: dict[str, tuple[str, str]] = {
     "sweep": ("train.planner.sweep", "SweepConfig"),
     "model": ("models", "ModelConfig"),
     "train": ("train", "TrainConfig"),
+    "finetune": ("train.finetune_config", "FinetuneConfig"),
     "compress": ("models.compress", "CompressConfig"),
     "export": ("models.export", "ExportConfig"),
 }
@@ -66,7 +68,7 @@ class RunConfig:
     """Name of the run; the default run directory is runs/<name>/."""
     seed: int = 1337
     """Seed for every stage that draws random numbers (story sampling, data split, init, data order)."""
-    stages: list[str] = field(default_factory=lambda: list(ALL_STAGES))
+    stages: list[str] = field(default_factory=lambda: list(DEFAULT_STAGES))
     """Stages that `tinyfoundry run` executes, in pipeline order."""
     sections: dict[str, Any] = field(default_factory=dict)
     """The typed section configs by name (synth, curate, tokenize, plan, model, train, compress, export)."""
@@ -190,7 +192,7 @@ def build_run_config(data: dict[str, Any], name: str, source: str = "<config>") 
         if key not in known:
             raise ConfigError(f"{source}: unknown section '{key}'{suggest(key, known)}")
     seed = coerce(data.get("seed", 1337), int, "seed")
-    stages = coerce(data.get("stages", list(ALL_STAGES)), list[StageName], "stages")
+    stages = coerce(data.get("stages", list(DEFAULT_STAGES)), list[StageName], "stages")
     stages = [s for s in ALL_STAGES if s in stages]  # always pipeline order
     sections: dict[str, Any] = {}
     for sec in SECTION_CLASSES:

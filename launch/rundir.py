@@ -65,6 +65,7 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "tokenize": ("tokenizer", "shards"),
     "plan": ("plan.json",),
     "train": ("checkpoints", "tb", "train"),
+    "finetune": ("finetune",),
     "compress": ("compressed",),
     "export": ("export",),
 }

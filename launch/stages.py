@@ -69,13 +69,23 @@ def _upstream(cfg: RunConfig, rd: RunDir, stage: str) -> dict[str, str]:
         need("tokenize")
         if "plan" in cfg.stages or rd.plan_json.is_file():
             need("plan")
+    elif stage == "finetune":
+        if not cfg.finetune.base:
+            need("train")
+        if not cfg.finetune.data:
+            need("tokenize")
+        deps.update({f"data:{d}": file_fingerprint([Path(d)]) for d in cfg.finetune.data if Path(d).is_file()})
     elif stage == "compress":
         need("train")
         need("tokenize")
+        if "finetune" in cfg.stages:
+            need("finetune")
     elif stage == "export":
         need("train")
         if "compress" in cfg.stages or cfg.export.source != "final":
             need("compress")
+        if "finetune" in cfg.stages:
+            need("finetune")
     return deps
 
 
@@ -209,6 +219,20 @@ def stage_train(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
                      tokenizer_file=rd.tokenizer_file)
 
 
+def stage_finetune(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
+    from train.finetune import run_finetune
+
+    return run_finetune(cfg.finetune, cfg.train, rd.root / "finetune",
+                        default_base=rd.final_model if rd.final_model.is_dir() else None,
+                        run_tokenizer=rd.tokenizer_file, shards_dir=rd.shards if rd.shards.is_dir() else None)
+
+
+def model_to_ship(cfg: RunConfig, rd: RunDir) -> Path:
+    """What compress and export take: the fine-tuned merged model when the run fine-tunes, else the trained one."""
+    merged = rd.root / "finetune" / "merged"
+    return merged if "finetune" in cfg.stages and merged.is_dir() else rd.final_model
+
+
 def val_tokens(shards_dir: Path, max_tokens: int = 1_000_000) -> tuple[Any, float]:
     """The held-out tokens (first `max_tokens`) as a LongTensor, and bytes per token of the val split."""
     import numpy as np
@@ -234,7 +258,7 @@ def stage_compress(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
     from models.compress import run_compress
 
     tokens, bpt = val_tokens(rd.shards)
-    return run_compress(cfg.compress, rd.final_model, tokens, bpt, rd.compressed, recover=_recover_fn(cfg, rd),
+    return run_compress(cfg.compress, model_to_ship(cfg, rd), tokens, bpt, rd.compressed, recover=_recover_fn(cfg, rd),
                         tokenizer_sha256=ShardIndex.load(rd.shards).tokenizer_sha256,
                         probe=_probe_fn(cfg, rd))
 
@@ -286,7 +310,7 @@ def stage_export(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
 
     check_export_source(cfg)
     try:
-        model_dir, label = resolve_source(cfg.export.source, rd.final_model, rd.compressed,
+        model_dir, label = resolve_source(cfg.export.source, model_to_ship(cfg, rd), rd.compressed,
                                           cfg.export.max_bpb_increase)
     except ValueError as e:
         raise ConfigError(str(e)) from None
@@ -305,6 +329,7 @@ STAGES: dict[str, Stage] = {
     "tokenize": Stage("tokenize", ("tokenize",), stage_tokenize),
     "plan": Stage("plan", ("plan", "model"), stage_plan),
     "train": Stage("train", ("model", "train"), stage_train),
+    "finetune": Stage("finetune", ("finetune", "train"), stage_finetune),
     "compress": Stage("compress", ("compress",), stage_compress),
     "export": Stage("export", ("export",), stage_export),
 }

@@ -8,8 +8,10 @@ Design and invariants
   * a model dir (`model_config.json`, written by save_model_dir),
   * an HF export dir (`config.json` of a Llama / Mixtral, `model.safetensors` or sharded
     `model-*.safetensors` with `model.safetensors.index.json`), mapped through `models.hf_mapping`,
+  * a llama.cpp `.gguf` file of a Llama (dequantized to fp32 through gguf-py, see models/gguf_import.py),
   * a Lightning `.ckpt` (read with `torch.load(weights_only=True)`; `state_dict` keys prefixed `model.`, the
-    ModelConfig dict at `ckpt["hyper_parameters"]["model_config"]`). Where the trainer kept a weight average
+    ModelConfig dict at `ckpt["hyper_parameters"]["model_config"]`; a LoRA / QLoRA fine-tuning checkpoint, which has
+    `lora_config` there, comes back with its adapters merged). Where the trainer kept a weight average
     (`ckpt["ema_state_dict"]`, same keys), those weights are returned: they are the ones it validated.
   Anything else (another architecture, a truncated or corrupt file, missing keys) raises ValueError naming the
   path. It returns the model in eval mode and the tokenizer.json found with it (or None): in the folder, or for a
@@ -51,6 +53,9 @@ def save_model_dir(
         _write_json(tmp / CONFIG, model.cfg.to_dict())
         if tokenizer_file is not None:
             shutil.copyfile(tokenizer_file, tmp / TOKENIZER)
+            side = Path(tokenizer_file).parent / "tokenizer_config.json"  # a base model's specials + chat template
+            if side.is_file():
+                shutil.copyfile(side, tmp / side.name)
         if extra is not None:
             _write_json(tmp / EXTRA, extra)
     return path
@@ -122,6 +127,17 @@ def _load_ckpt(path: Path) -> Transformer:
         raise ValueError(f"{path}: checkpoint state_dict has no 'model.' keys")
     ema = ckpt.get("ema_state_dict") or {}  # the trainer's weight average (train/ema.py): what it validates
     sd.update({k[len("model.") :]: v for k, v in ema.items() if k.startswith("model.") and k[len("model.") :] in sd})
+    lora = (ckpt.get("hyper_parameters") or {}).get("lora_config")
+    if lora:  # a LoRA / QLoRA fine-tuning checkpoint: rebuild the adapters, then merge them (models/lora.py)
+        from models.lora import LoRAConfig, apply_lora, merged
+
+        try:
+            with torch.device("meta"):
+                adapted = apply_lora(Transformer(ModelConfig.from_dict(dict(cfg_dict))), LoRAConfig(**lora))
+            adapted.load_state_dict(sd, strict=True, assign=True)
+            return merged(adapted)  # type: ignore[return-value]
+        except (ValueError, TypeError, RuntimeError, KeyError) as e:
+            raise ValueError(f"{path}: not a loadable LoRA checkpoint ({e})") from e
     return _build(dict(cfg_dict), sd, path)
 
 
@@ -136,7 +152,7 @@ def _find_tokenizer(path: Path) -> Path | None:
 def load_model(
     path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> tuple[Transformer, Path | None]:
-    """Load a model dir, HF export dir or Lightning .ckpt -> (model in eval mode, tokenizer.json path or None)."""
+    """Load a model dir, HF export dir, Lightning .ckpt or GGUF -> (model in eval mode, tokenizer.json or None)."""
     path = Path(path)
     if path.is_dir():
         if (path / CONFIG).exists():
@@ -150,9 +166,14 @@ def load_model(
         else:
             raise ValueError(f"{path}: neither a model dir ({CONFIG}) nor an HF export dir (config.json)")
     elif path.is_file():
-        if path.suffix != ".ckpt":
-            raise ValueError(f"{path}: expected a folder or a Lightning .ckpt file")
-        model = _load_ckpt(path)
+        if path.suffix == ".gguf":
+            from models.gguf_import import load_gguf
+
+            model = load_gguf(path)
+        elif path.suffix != ".ckpt":
+            raise ValueError(f"{path}: expected a folder, a Lightning .ckpt or a .gguf file")
+        else:
+            model = _load_ckpt(path)
     else:
         raise ValueError(f"{path}: no such file or folder")
     model = model.to(device=device, dtype=dtype)

@@ -28,6 +28,10 @@ class TrainConfig:
 
     seed: int = 0
     """Seed for initialisation and the data order (the same seed gives the same run, bitwise in fp32 on CPU)."""
+    init_from: str = ""
+    """Start from these weights instead of a random init: a model dir or .ckpt of ours, a Hugging Face Llama folder
+    (safetensors) or a Llama .gguf file. The model's shape comes from that source (the model section is ignored);
+    a rerun resumes from last.ckpt, it does not import again. Empty = random init."""
     max_tokens: int = 0
     """Training length in tokens; 0 takes num_tokens from the plan (required without a plan)."""
     batch_size: int = 0

@@ -25,6 +25,7 @@ import statistics
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -152,30 +153,66 @@ def _find_tokenizer(shards_dir: Path, idx: Any) -> Path | None:
 def run_train(
     cfg: TrainConfig,
     model_cfg: ModelConfig | None,
-    shards_dir: Path,
+    shards_dir: Path | None,
     run_dir: Path,
     plan: dict | None = None,
     tokenizer_file: Path | None = None,
+    *,
+    datamodule: Callable[[int, int], Any] | None = None,
+    lora_config: dict | None = None,
 ) -> dict:
-    """Train (or resume) the model of `model_cfg` (None: the plan's) on `shards_dir` inside `run_dir`."""
+    """Train (or resume) the model of `model_cfg` (None: the plan's; `cfg.init_from`: that source's) on `shards_dir`
+    inside `run_dir`.
+
+    Fine-tuning runs through here too (train/finetune.py): `datamodule(batch_size, seq_len)` builds its data
+    (loss-masked windows; it must offer `bytes_per_token()`, `vocab_size` and `eos_id` like the shard index) in
+    place of the shards, and `lora_config` trains adapters on a frozen base (models/lora.py)."""
     threads = torch.get_num_threads()
     try:
-        return _run_train(cfg, model_cfg, shards_dir, run_dir, plan, tokenizer_file)
+        return _run_train(cfg, model_cfg, shards_dir, run_dir, plan, tokenizer_file, datamodule, lora_config)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run_train(cfg: TrainConfig, model_cfg: ModelConfig | None, shards_dir: Path, run_dir: Path,
-               plan: dict | None, tokenizer_file: Path | None) -> dict:
+def _ckpt_model_config(path: Path) -> ModelConfig:
+    """The model config a checkpoint was trained with (resuming an init_from run reads it here, not the source)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return ModelConfig.from_dict(dict(ckpt["hyper_parameters"]["model_config"]))
+
+
+def init_weights(cfg: TrainConfig, resume: Path | None) -> tuple[Any, ModelConfig | None]:
+    """(model to start from or None, its config or None) for `cfg.init_from`; a resumed run imports nothing."""
+    if not cfg.init_from:
+        return None, None
+    if resume is not None:
+        return None, _ckpt_model_config(resume)
+    model, _ = load_model(cfg.init_from)  # ValueError naming the path on anything we cannot import
+    return model.train(), model.cfg
+
+
+def _run_train(cfg: TrainConfig, model_cfg: ModelConfig | None, shards_dir: Path | None, run_dir: Path,
+               plan: dict | None, tokenizer_file: Path | None, make_dm: Callable[[int, int], Any] | None,
+               lora_config: dict | None) -> dict:
     import lightning as L
     from lightning.pytorch.loggers import TensorBoardLogger
 
     t_start = time.time()
-    shards_dir, run_dir = Path(shards_dir), Path(run_dir)
+    run_dir = Path(run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    init_model, init_cfg = init_weights(cfg, last if last.is_file() else None)
+    if init_cfg is not None:
+        model_cfg = init_cfg
     model_cfg, max_tokens, batch_size, seq_len = resolve(cfg, model_cfg, plan)
-    idx = check_data_matches(model_cfg, shards_dir, tokenizer_file)
-    if tokenizer_file is None:
-        tokenizer_file = _find_tokenizer(shards_dir, idx)
+    if make_dm is None:
+        shards_dir = Path(shards_dir)  # type: ignore[arg-type]
+        idx = check_data_matches(model_cfg, shards_dir, tokenizer_file)
+        if tokenizer_file is None:
+            tokenizer_file = _find_tokenizer(shards_dir, idx)
+    else:
+        idx = make_dm(batch_size, seq_len)
+        if idx.vocab_size > model_cfg.vocab_size:
+            raise ValueError(f"vocab_size: the model has vocab_size={model_cfg.vocab_size} but the fine-tuning data "
+                             f"uses a tokenizer with {idx.vocab_size} ids")
     accel = check_machine(cfg)
 
     teacher = None
@@ -202,9 +239,10 @@ def _run_train(cfg: TrainConfig, model_cfg: ModelConfig | None, shards_dir: Path
         torch.set_num_threads(cfg.num_threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     bytes_per_token = float(idx.bytes_per_token("val") or idx.bytes_per_token("train"))
-    dm = ShardDataModule(shards_dir, batch_size, seq_len, cfg.seed, cfg.data_order, cfg.num_val_tokens,
-                         cfg.num_workers)
-    system = LMSystem(model_cfg.to_dict(), cfg.to_dict(), total_steps, bytes_per_token)
+    dm = idx if make_dm is not None else ShardDataModule(shards_dir, batch_size, seq_len, cfg.seed, cfg.data_order,
+                                                         cfg.num_val_tokens, cfg.num_workers)
+    system = LMSystem(model_cfg.to_dict(), cfg.to_dict(), total_steps, bytes_per_token, lora_config=lora_config,
+                      init_model=init_model)
     if teacher is not None:
         system.set_teacher(teacher)
 
@@ -308,10 +346,16 @@ def _run_train(cfg: TrainConfig, model_cfg: ModelConfig | None, shards_dir: Path
         "strategy": cfg.strategy,
         "ema_decay": cfg.ema_decay if ema is not None else 0.0,
         "model_config": model_cfg.to_dict(),
+        "trainable_params": sum(p.numel() for p in system.model.parameters() if p.requires_grad),
         "sample": samples.last_text,
     })
     if trainer.is_global_zero:
-        save_model_dir(ckpt_dir / "final", system.model.cpu() if accel == "cpu" else system.model,
+        if system.lora_config:  # the adapters alone, in PEFT's format, beside the merged model
+            from models.lora import LoRAConfig, save_peft
+
+            save_peft(system.model, LoRAConfig(**system.lora_config), run_dir / "adapter", base_model=cfg.init_from)
+        final_model = system.plain_model()  # adapters merged in (in place): a plain model dir like any other
+        save_model_dir(ckpt_dir / "final", final_model.cpu() if accel == "cpu" else final_model,
                        tokenizer_file=tokenizer_file,
                        extra={"tokens": summary["tokens"], "val_bpb": summary["val_bpb"], "steps": summary["steps"]})
         _write_json_atomic(summary_path, summary)

@@ -68,15 +68,24 @@ class LMSystem(L.LightningModule):
     """Next-token training of a Transformer, optionally distilled from a teacher."""
 
     def __init__(self, model_config: dict[str, Any], train_config: dict[str, Any], total_steps: int,
-                 bytes_per_token: float = 0.0) -> None:
+                 bytes_per_token: float = 0.0, lora_config: dict[str, Any] | None = None,
+                 init_model: Transformer | None = None) -> None:
+        """`init_model`: start from these weights (train.init_from, finetune) instead of a fresh init; a resumed run
+        passes None and gets its weights from the checkpoint. `lora_config`: freeze the model and train LoRA /
+        QLoRA adapters (models/lora.py); kept in the hyperparameters so a resume rebuilds the same modules."""
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["init_model"])
         self.model_cfg = ModelConfig.from_dict(model_config)
         self.cfg = TrainConfig.from_dict(train_config)
         self.total_steps = int(total_steps)
         self.bytes_per_token = float(bytes_per_token)
-        self.model = Transformer(self.model_cfg)
+        self.model = init_model if init_model is not None else Transformer(self.model_cfg)
         self.model.activation_checkpointing = self.cfg.activation_checkpointing
+        self.lora_config = dict(lora_config) if lora_config else None
+        if self.lora_config:
+            from models.lora import LoRAConfig, apply_lora
+
+            apply_lora(self.model, LoRAConfig(**self.lora_config))
         if self.cfg.compile:
             self.model.compile()
         self._teacher: list[torch.nn.Module] = []  # a list so Lightning/DDP never see it as a submodule
@@ -87,6 +96,15 @@ class LMSystem(L.LightningModule):
         self.last_good_ckpt: str = ""
         self._val_sum: torch.Tensor | None = None
         self._val_count: torch.Tensor | None = None
+
+    def plain_model(self) -> Transformer:
+        """The model as a plain Transformer: adapters merged into the weights in place (models/lora.py; no second
+        copy of the weights at the end of a run), else itself. Call it last: the adapters are gone afterwards."""
+        if not self.lora_config:
+            return self.model
+        from models.lora import merge_
+
+        return merge_(self.model)  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ teacher
     def set_teacher(self, teacher: torch.nn.Module) -> None:
@@ -144,8 +162,8 @@ class LMSystem(L.LightningModule):
         out = self.model(x_BT, targets_BT=None)
         logits_BTV = out.logits
         ce_sum = F.cross_entropy(logits_BTV.float().reshape(-1, logits_BTV.shape[-1]), y_BT.reshape(-1),
-                                 reduction="sum")
-        n = torch.tensor(float(y_BT.numel()), device=ce_sum.device)
+                                 ignore_index=-100, reduction="sum")  # -100: a masked target (fine-tuning)
+        n = (y_BT != -100).sum().to(ce_sum.dtype)
         self._val_sum = ce_sum.detach() if self._val_sum is None else self._val_sum + ce_sum.detach()
         self._val_count = n if self._val_count is None else self._val_count + n
 

@@ -5,7 +5,8 @@ Design (chosen for exact compatibility, not novelty):
   BPE model without unk/dropout over the 256 byte symbols, `ByteLevel` decoder. A GGUF file can therefore
   declare `tokenizer.ggml.model=gpt2` (pre-tokenizer `gpt2`) and llama.cpp splits and merges exactly as we do;
   every string round-trips (`decode(encode(s)) == s`) because every byte has a symbol.
-- Special tokens at fixed ids: `<|pad|>`=0, `<|bos|>`=1, `<|endoftext|>`=2 (EOS). They are never produced from
+- Special tokens at fixed ids: `<|pad|>`=0, `<|bos|>`=1, `<|endoftext|>`=2 (EOS) in the tokenizers we train;
+  a base model's own tokenizer keeps its own (tokenize/foreign.py reads them from its tokenizer_config.json). They are never produced from
   text while packing (`encode_special_tokens=True`): a document that contains the literal string
   "<|endoftext|>" is tokenized as text, so only the packer decides where documents end.
 - `tokenizer.json` is the contract (train reads its sha256 from the shard index, export copies it); beside it
@@ -145,7 +146,9 @@ def load_tokenizer(path: Path, word_cache: int = 1 << 18) -> Tokenizer:
         tok = Tokenizer.from_file(str(path))
     except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
         raise ValueError(f"{path}: not a valid tokenizer.json ({e})") from None
-    check_special_tokens(tok, path)
+    from data_pipelines.tokenize.foreign import special_ids
+
+    special_ids(path, tok)  # ours (<|pad|>/<|bos|>/<|endoftext|> at 0/1/2) or a foreign one with an EOS
     if word_cache > 0 and json.loads(tok.to_str())["model"]["type"] == "BPE":
         tok = _with_word_cache(tok, word_cache)
     tok.encode_special_tokens = True

@@ -23,7 +23,9 @@ class TokenizeConfig:
     vocab_size: int = 4096
     """Vocabulary size of the trained byte-level BPE, special tokens included (512 to 65536)."""
     tokenizer_file: str = ""
-    """Use this existing tokenizer.json (pad/bos/eos at ids 0/1/2) instead of training one; empty = train."""
+    """Use this existing tokenizer instead of training one: a tokenizer.json, a folder holding one (an HF model
+    folder, a model dir) or a base model's .gguf (rebuilt from its metadata); its own special tokens and chat
+    template are kept (data_pipelines/tokenize/foreign.py). Empty = train a byte-level BPE."""
     min_frequency: int = 2
     """A pair must occur at least this often in the training text to become a merge."""
     max_train_bytes: int = 200_000_000

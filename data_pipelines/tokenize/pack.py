@@ -33,7 +33,6 @@ import hashlib
 import json
 import os
 import queue
-import shutil
 import sys
 import threading
 import time
@@ -46,12 +45,10 @@ import numpy as np
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from data_pipelines.tokenize import sources
+from data_pipelines.tokenize import foreign, sources
 from data_pipelines.tokenize.bpe import (
-    BOS_ID,
-    EOS_ID,
-    PAD_ID,
     TOKENIZER_FILE,
+    check_special_tokens,
     file_sha256,
     load_tokenizer,
     save_tokenizer,
@@ -232,16 +229,25 @@ def _prepare_tokenizer(cfg: TokenizeConfig, corpus: Corpus, tokenizer_dir: Path,
     Returns (tokenizer ready for packing, its sha256, text bytes it was trained on now: 0 if not trained now)."""
     target = tokenizer_dir / TOKENIZER_FILE
     if cfg.tokenizer_file:
-        src = Path(cfg.tokenizer_file)
-        src = src / TOKENIZER_FILE if src.is_dir() else src
-        tok = load_tokenizer(src)  # validates it
-        sha = file_sha256(src)
-        if not target.is_file() or file_sha256(target) != sha:
-            write_hf_files(tokenizer_dir)
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            shutil.copyfile(src, tmp)  # the exact bytes, so the sha256 in the index is the source's
-            os.replace(tmp, target)
-        return tok, sha, 0
+        src = foreign.resolve_source(cfg.tokenizer_file)  # tokenizer.json, a folder holding one, or a .gguf
+        record_path = tokenizer_dir / TOKENIZER_RECORD
+        stat = src.stat()
+        source = {"source": str(src.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        current = target.is_file() and (
+            _read_json(record_path).get("source") == source if src.suffix == ".gguf"
+            else file_sha256(target) == file_sha256(src))
+        if not current:
+            foreign.import_tokenizer(src, tokenizer_dir)
+            if not (tokenizer_dir / "tokenizer_config.json").is_file():
+                try:
+                    check_special_tokens(Tokenizer.from_file(str(target)), target)
+                    write_hf_files(tokenizer_dir)  # one of ours without its side files
+                except ValueError:
+                    pass
+            if src.suffix == ".gguf":
+                _write_json_atomic(record_path, {"source": source})
+        tok = load_tokenizer(target)  # validates it
+        return tok, file_sha256(target), 0
     record_path = tokenizer_dir / TOKENIZER_RECORD
     fingerprint = _digest({
         "kind": "bpe", "vocab_size": cfg.vocab_size, "min_frequency": cfg.min_frequency,
@@ -323,12 +329,12 @@ def _unit_done(record: dict[str, Any] | None, fingerprint: str, shards_dir: Path
 
 
 def _pack_unit(tok, corpus: Corpus, unit: Unit, cfg: TokenizeConfig, dtype: np.dtype, shards_dir: Path,
-               fingerprint: str, bar: tqdm) -> dict[str, Any]:
+               fingerprint: str, bar: tqdm, special: dict[str, int]) -> dict[str, Any]:
     names = {split: f"{split}_{unit.index:05d}.bin" for split in SPLITS}
     tmps = {split: shards_dir / f".{names[split]}.tmp" for split in SPLITS}
     stats = {split: {"num_tokens": 0, "num_docs": 0, "num_bytes": 0} for split in SPLITS}
-    bos = np.array([BOS_ID], dtype=dtype)
-    eos = np.array([EOS_ID], dtype=dtype)
+    bos = np.array([special["bos_id"]], dtype=dtype)
+    eos = np.array([special["eos_id"]], dtype=dtype)
     handles = {split: open(tmps[split], "wb") for split in SPLITS}
     try:
         for encs, is_val, nbytes in _encode_stream(tok, _read_unit(corpus, unit, cfg)):
@@ -372,7 +378,7 @@ def _pack_unit(tok, corpus: Corpus, unit: Unit, cfg: TokenizeConfig, dtype: np.d
 
 
 def _build_index(records: list[dict[str, Any]], vocab_size: int, dtype: np.dtype, sha: str, cfg: TokenizeConfig,
-                 seed: int) -> dict[str, Any]:
+                 seed: int, special: dict[str, int]) -> dict[str, Any]:
     splits = {}
     for split in SPLITS:
         rs = [r[split] for r in records]
@@ -388,7 +394,7 @@ def _build_index(records: list[dict[str, Any]], vocab_size: int, dtype: np.dtype
         }
     return {
         "format": FORMAT, "version": VERSION, "dtype": dtype.name, "vocab_size": vocab_size,
-        "eos_id": EOS_ID, "bos_id": BOS_ID, "pad_id": PAD_ID, "add_bos": cfg.add_bos,
+        "eos_id": special["eos_id"], "bos_id": special["bos_id"], "pad_id": special["pad_id"], "add_bos": cfg.add_bos,
         "tokenizer_sha256": sha, "seed": seed, "val_fraction": cfg.val_fraction, "splits": splits,
     }
 
@@ -417,6 +423,7 @@ def run_tokenize(cfg: TokenizeConfig, data_files: list[Path], tokenizer_dir: Pat
     tok, sha, trained_bytes = _prepare_tokenizer(cfg, corpus, tokenizer_dir, seed)
     t_tok = time.perf_counter()
     vocab_size = tok.get_vocab_size()
+    special = foreign.special_ids(tokenizer_dir / TOKENIZER_FILE)  # ours: 1/2/0; a base model's: its own
     if cfg.shard_dtype == "auto":
         dtype = np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)
     else:
@@ -445,11 +452,11 @@ def run_tokenize(cfg: TokenizeConfig, data_files: list[Path], tokenizer_dir: Pat
                disable=not cfg.progress, file=sys.stderr, smoothing=0.1)
     t_pack = time.perf_counter()
     for unit in todo:
-        records[unit.index] = _pack_unit(tok, corpus, unit, cfg, dtype, shards_dir, fingerprint, bar)
+        records[unit.index] = _pack_unit(tok, corpus, unit, cfg, dtype, shards_dir, fingerprint, bar, special)
     bar.close()
     pack_s = time.perf_counter() - t_pack
 
-    index = _build_index(records, vocab_size, dtype, sha, cfg, seed)
+    index = _build_index(records, vocab_size, dtype, sha, cfg, seed, special)
     keep = {sh["file"] for s in index["splits"].values() for sh in s["shards"]}
     for f in shards_dir.glob("*.bin"):
         if f.name not in keep:

@@ -43,7 +43,7 @@ import torch
 from models.atomic import atomic_file
 from models.compress import ggml_quants
 from models.compress.quantize import QTensor
-from models.export.hf import special_token_ids
+from models.export.hf import foreign_tokens, special_token_ids
 from models.hf_mapping import to_hf
 from models.transformer import Transformer
 
@@ -246,6 +246,9 @@ def export_gguf(
         w.add_bos_token_id(special["bos_token_id"])
         w.add_eos_token_id(special["eos_token_id"])
         w.add_pad_token_id(special["pad_token_id"])
+        template = foreign_tokens(tokenizer_file).get("chat_template")
+        if template:  # a base model's chat template travels with it
+            w.add_chat_template(template)
         w.add_add_bos_token(False)
         w.add_add_eos_token(False)
         for tname, arr in gguf_tensors(model):

@@ -37,7 +37,9 @@ def special_token_ids(tokenizer_file: Path | None) -> dict[str, int]:
     if tokenizer_file is None or not Path(tokenizer_file).is_file():
         return ids
     added = {t["content"]: t["id"] for t in json.loads(Path(tokenizer_file).read_text()).get("added_tokens", [])}
+    names = foreign_tokens(tokenizer_file)  # a base model's own tokenizer names its specials
     for key, tok in (("bos_token_id", BOS), ("eos_token_id", EOS), ("pad_token_id", PAD)):
+        tok = names.get(key.replace("_id", ""), tok)
         if tok in added:
             ids[key] = int(added[tok])
     return ids
@@ -55,6 +57,25 @@ def hf_head_padding(cfg) -> tuple[int, int]:
         if cfg.dim % H2 == 0:
             return H2, H2 // rep
     raise ValueError(f"num_heads: no head count >= {H} divides hidden size {cfg.dim} in groups of {rep}")
+
+
+def foreign_tokens(tokenizer_file: Path | None) -> dict[str, str]:
+    """bos/eos/pad names and chat_template from the tokenizer_config.json beside a base model's tokenizer.json."""
+    cfg_path = Path(tokenizer_file).parent / "tokenizer_config.json" if tokenizer_file else None
+    if cfg_path is None or not cfg_path.is_file():
+        return {}
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    out = {}
+    for key in ("bos_token", "eos_token", "pad_token", "chat_template"):
+        v = cfg.get(key)
+        v = v.get("content") if isinstance(v, dict) else v
+        if isinstance(v, str) and v:
+            out[key] = v
+    return out
+
 
 
 def pad_heads(config: dict, sd: dict[str, torch.Tensor], cfg) -> int:
@@ -84,18 +105,17 @@ def write_tokenizer_files(folder: Path, config: dict, special: dict[str, int], t
     (folder / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
     if tokenizer_file is not None and Path(tokenizer_file).is_file():
         shutil.copyfile(tokenizer_file, folder / "tokenizer.json")
+        names = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD, **foreign_tokens(tokenizer_file)}
         tok_cfg = {
             "tokenizer_class": "PreTrainedTokenizerFast",
-            "bos_token": BOS,
-            "eos_token": EOS,
-            "pad_token": PAD,
+            **names,  # a base model's own special tokens and chat template are kept
             "model_max_length": max_len,
             "add_bos_token": False,
             "add_eos_token": False,
             "clean_up_tokenization_spaces": False,
         }
         (folder / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
-        smap = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD}
+        smap = {k: names[k] for k in ("bos_token", "eos_token", "pad_token")}
         (folder / "special_tokens_map.json").write_text(json.dumps(smap, indent=2) + "\n")
 
 
