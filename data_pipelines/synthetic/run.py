@@ -105,6 +105,8 @@ def run_synth(cfg: SynthConfig, out_dir: Path, seed: int, shard: tuple[int, int]
     rejected: list[dict[str, Any]] = []
     reasons: Counter[str] = Counter()
     story_words: list[int] = []
+    num_candidates = 0
+    cand_reasons: Counter[str] = Counter()
     tried = 0
     next_k = 0  # k-th prompt of this shard -> global index shard_i + k * shard_n
     bar = tqdm(total=target, desc=f"synth[{cfg.teacher}]", unit="story", file=sys.stderr,
@@ -117,7 +119,14 @@ def run_synth(cfg: SynthConfig, out_dir: Path, seed: int, shard: tuple[int, int]
             reqs = [builder.build(shard_i + (next_k + j) * shard_n) for j in range(n)]
             next_k += n
             answers = teacher.generate(reqs)
-            verdicts = gates.check_batch(reqs, [a.text for a in answers])
+            for j, (req, ans) in enumerate(zip(reqs, answers)):
+                if ans.candidates:  # best-of-n: the gates and the scorer pick one
+                    k, whys = gates.choose(req, [(c.text, c.finish_reason, c.score) for c in ans.candidates],
+                                           by_score=cfg.openai.scorer == "logprob")
+                    answers[j] = ans.candidates[k]
+                    num_candidates += len(whys)
+                    cand_reasons.update(w or "passed" for w in whys)
+            verdicts = gates.check_batch(reqs, [a.text for a in answers], [a.finish_reason for a in answers])
             for req, ans, why in zip(reqs, answers, verdicts):
                 if len(kept) >= target:
                     break  # the rest of the batch was not needed: not counted as tried
@@ -173,6 +182,9 @@ def run_synth(cfg: SynthConfig, out_dir: Path, seed: int, shard: tuple[int, int]
         "num_rejected": sum(reasons.values()),
         "acceptance": len(kept) / tried if tried else 0.0,
         "rejected": {r: reasons[r] for r in REASONS if reasons[r]},
+        "candidates": ({"asked": num_candidates, "passed": cand_reasons["passed"],
+                        "rejected": {r: cand_reasons[r] for r in REASONS if cand_reasons[r]}}
+                       if num_candidates else None),
         "num_replayed_from_journal": getattr(teacher, "num_replayed", 0),
         "num_retries": getattr(teacher, "num_retries", 0),
         "features": dict(Counter(f for r in kept for f in r["features"])),
