@@ -164,7 +164,7 @@ def report(rows: list[dict], synth_stats: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny budget (3e10 FLOPs), 300 grammar stories, no teacher")
-    ap.add_argument("--flops", type=float, default=None, help="training FLOPs per student (default 5e11)")
+    ap.add_argument("--flops", type=float, default=None, help="training FLOPs per student (default 2e11)")
     ap.add_argument("--grammar-stories", type=int, default=0, help="grammar stories (default 20000; quick 300)")
     ap.add_argument("--teacher", choices=["smollm2", "none"], default="smollm2")
     ap.add_argument("--teacher-stories", type=int, default=300, help="teacher stories to keep")
@@ -177,7 +177,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    flops = args.flops or (3e10 if args.quick else 5e11)
+    flops = args.flops or (3e10 if args.quick else 2e11)
     n_grammar = args.grammar_stories or (300 if args.quick else 20000)
     teacher = "none" if args.quick else args.teacher
     with tempfile.TemporaryDirectory() as tmp:

@@ -138,6 +138,41 @@ def vary(text: str, rng: random.Random, keep: set[str]) -> str:
     return _SWAP_RE.sub(one, text)
 
 
+# Story-level register (one choice per story, so a story never switches between "mom" and "mum"):
+# the words real children's stories use for parents, and contractions in about 60% of stories.
+MOM_WORDS = (("mom", 0.5), ("mommy", 0.25), ("mum", 0.15), ("mama", 0.1))
+DAD_WORDS = (("dad", 0.75), ("daddy", 0.25))
+CONTRACTIONS = (
+    ("did not", "didn't"), ("could not", "couldn't"), ("do not", "don't"), ("does not", "doesn't"),
+    ("was not", "wasn't"), ("can not", "can't"), ("is not", "isn't"), ("would not", "wouldn't"),
+    ("I am", "I'm"), ("Let us", "Let's"), ("let us", "let's"), ("It is", "It's"), ("it is", "it's"),
+    ("That is", "That's"), ("You are", "You're"), ("We are", "We're"), ("I will", "I'll"),
+)
+_CONTRACT_RE = re.compile(r"\b(" + "|".join(re.escape(a) for a, _ in CONTRACTIONS) + r")\b")
+_CONTRACT = dict(CONTRACTIONS)
+_PARENT_RE = re.compile(r"\b([Mm]om|[Dd]ad)\b")
+
+
+def _weighted(rng: random.Random, options: tuple[tuple[str, float], ...]) -> str:
+    return rng.choices([w for w, _ in options], weights=[p for _, p in options])[0]
+
+
+def register(text: str, rng: random.Random, keep: set[str]) -> str:
+    """Apply the story's register: one parent word each (mom/mommy/mum/mama, dad/daddy) and, in ~60% of
+    stories, contractions. Sampled words (`keep`) are never rewritten."""
+    mom = "mom" if "mom" in keep else _weighted(rng, MOM_WORDS)
+    dad = "dad" if "dad" in keep else _weighted(rng, DAD_WORDS)
+
+    def parent(m: re.Match[str]) -> str:
+        w = mom if m.group(1).lower() == "mom" else dad
+        return w.capitalize() if m.group(1)[0].isupper() else w
+
+    text = _PARENT_RE.sub(parent, text)
+    if rng.random() < 0.6:
+        text = _CONTRACT_RE.sub(lambda m: _CONTRACT[m.group(1)] if rng.random() < 0.85 else m.group(1), text)
+    return text
+
+
 @dataclass(frozen=True)
 class Story:
     text: str
@@ -197,7 +232,8 @@ def write_story(
         animal = rng.choice([a for a in HERO_ANIMALS if a != noun.text])
         name, kind_word = rng.choice(PET_NAMES), f"[little|small|young] {animal}"
     else:
-        name = rng.choice(BOY_NAMES if hero_he == "he" else GIRL_NAMES)
+        pool = BOY_NAMES if hero_he == "he" else GIRL_NAMES
+        name = rng.choice(pool[:8] if rng.random() < 0.5 else pool)  # the common names first, as in real stories
         kind_word = "[little|young|small] " + ("boy" if hero_he == "he" else "girl")
     f_he = rng.choice(("he", "she"))
     fname = rng.choice([n for n in (BOY_NAMES if f_he == "he" else GIRL_NAMES) if n != name])
@@ -325,7 +361,7 @@ def write_story(
     if rng.random() < 0.5:  # 4 paragraphs half the time: setup joins the opening
         paras = [p1 + p2, p3, p4, p5]
     keep = {noun.text, verb.text, adj, *verb.obj.split()}
-    text = tidy(vary("\n\n".join(" ".join(s for s in p if s) for p in paras), rng, keep))
+    text = tidy(register(vary("\n\n".join(" ".join(s for s in p if s) for p in paras), rng, keep), rng, keep))
     # the sampled words must appear; the plot usually guarantees it, this is the safety net
     low = text.lower()
     extra = []
@@ -336,4 +372,5 @@ def write_story(
     if extra:
         text = tidy(text + " " + " ".join(extra))
     summary = tidy(pick(f"summary_{outcome}"))
-    return Story(text=text, summary=summary, plot=plot_name)
+    # one newline between paragraphs, as in TinyStories (a blank line is a token pattern real stories lack)
+    return Story(text=text.replace("\n\n", "\n"), summary=summary, plot=plot_name)

@@ -198,6 +198,12 @@ def run_synth(cfg: SynthConfig, out_dir: Path, seed: int, shard: tuple[int, int]
         "stories_per_s": len(kept) / wall if wall > 0 else 0.0,
         "complete": len(kept) >= target,
     }
+    if cfg.reference and kept:  # the corpus's quality measure: what a student trained on it scores on real stories
+        from .transfer import transfer_score
+
+        # the bare stories (an Instruct-format text ends with "Story: <story>")
+        plain = [r["text"].split("\nStory: ", 1)[-1] for r in kept]
+        stats["transfer"] = transfer_score(plain, Path(cfg.reference), cfg.reference_tokens, seed=seed)
     stats_name = "stats.json" if shard_n == 1 else f"stats-{shard_i:05d}.json"
     _atomic_json(stats, out_dir / stats_name)
     if len(kept) < target:
