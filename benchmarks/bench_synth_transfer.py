@@ -43,8 +43,11 @@ CONFIG = ROOT / "configs" / "synth-smollm2.yaml"
 WORD = re.compile(r"[a-z]+(?:['’-][a-z]+)*")
 
 
-def distinct4(texts: list[str]) -> float:
+def distinct4(texts: list[str], budget_words: int = 0) -> float:
+    """Distinct word 4-grams / all word 4-grams over the first `budget_words` words (0 = all): the ratio falls
+    with corpus size, so corpora are compared at the same number of words (bench_synth.py does the same)."""
     ws = [w for t in texts for w in WORD.findall(t.lower())]
+    ws = ws[:budget_words] if budget_words else ws
     grams = [tuple(ws[i : i + 4]) for i in range(len(ws) - 3)]
     return len(set(grams)) / len(grams) if grams else 0.0
 
@@ -112,13 +115,14 @@ def probes(model_dir: Path) -> dict:
     return probe_metrics(model, Tokenizer.from_file(str(tok_path)), cfg)
 
 
-def student(name: str, docs: list[str], val: list[str], flops: float, work: Path, seed: int) -> dict:
+def student(name: str, docs: list[str], val: list[str], flops: float, work: Path, seed: int,
+            budget_words: int = 0) -> dict:
     d = work / f"student-{name}"
     d.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     row = run_ours(docs, val, flops, d, seed, save=d / "model")
     row.update(run=name, stories=len(docs), corpus_bytes=sum(len(x.encode()) for x in docs),
-               distinct4=distinct4(docs), probes=probes(d / "model"), wall_s=time.time() - t0)
+               distinct4=distinct4(docs, budget_words), probes=probes(d / "model"), wall_s=time.time() - t0)
     print(f"  {name:<13} {len(docs):5d} stories  held-out bpb {row['bpb']:.4f}  ({row['wall_s']:.0f}s)", flush=True)
     return row
 
@@ -169,6 +173,8 @@ def main() -> None:
     ap.add_argument("--teacher", choices=["smollm2", "none"], default="smollm2")
     ap.add_argument("--teacher-stories", type=int, default=300, help="teacher stories to keep")
     ap.add_argument("--teacher-threads", type=int, default=2, help="llama.cpp server threads")
+    ap.add_argument("--corpora", default="real,grammar,teacher,real@teacher",
+                    help="students to train (comma-separated subset of real, grammar, teacher, real@teacher)")
     ap.add_argument("--stage", choices=["all", "teacher"], default="all", help="teacher: only make the teacher corpus")
     ap.add_argument("--work", type=Path, default=None, help="keep corpora and the teacher journal here (resumable)")
     ap.add_argument("--seed", type=int, default=0)
@@ -193,11 +199,14 @@ def main() -> None:
               "student", flush=True)
         corpora = {"real": train_docs}
         corpora["grammar"], synth_stats["grammar"] = grammar_corpus(work, n_grammar, args.seed)
-        if teacher == "smollm2":
+        if teacher == "smollm2" and "teacher" in args.corpora:
             corpora["teacher"], synth_stats["teacher"] = teacher_corpus(work, args.teacher_stories, args.seed,
                                                                          args.teacher_threads)
             corpora["real@teacher"] = cut_to_bytes(train_docs, sum(len(x.encode()) + 1 for x in corpora["teacher"]))
-        rows = [student(name, docs, val_docs, flops, work, args.seed) for name, docs in corpora.items()]
+        wanted = args.corpora.split(",")
+        budget = sum(len(WORD.findall(d.lower())) for d in train_docs)  # bench_synth's budget: the real corpus
+        rows = [student(name, docs, val_docs, flops, work, args.seed, budget) for name, docs in corpora.items()
+                if name in wanted]
     report(rows, synth_stats)
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "synth": synth_stats}, indent=2, default=str))

@@ -204,7 +204,7 @@ class SynthConfig:
     system_prompt: str = ""
     """System message for chat teachers (empty = none)."""
     examples_file: str = ""
-    """Seed stories for few-shot prompts (a text file, stories separated by blank lines or <|endoftext|>); empty = none."""
+    """Seed stories for few-shot prompts (a text file, stories separated by blank lines or <|endoftext|>); empty = the built-in ones (templates/seed_stories.txt)."""
     num_examples: int = 0
     """Seed stories shown before each model-teacher prompt (0-2 suit small teachers); drawn per request."""
     reference: str = ""
@@ -260,8 +260,6 @@ class SynthConfig:
             raise ValueError(f"stories_per_file: must be >= 1, got {self.stories_per_file}")
         if self.num_examples < 0:
             raise ValueError(f"num_examples: must be >= 0, got {self.num_examples}")
-        if self.num_examples and not self.examples_file:
-            raise ValueError("examples_file: num_examples > 0 needs a file of seed stories, got ''")
         if self.reference_tokens < 1:
             raise ValueError(f"reference_tokens: must be >= 1, got {self.reference_tokens}")
         if self.grammar_workers < 1:

@@ -26,6 +26,7 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,7 @@ FEEL_BAD: tuple[str, ...] = tuple(_PARTS["feel_bad"])
 OTHER_VERB: tuple[str, ...] = tuple(_PARTS["other_verb"])
 ENDINGS_GOOD: tuple[str, ...] = tuple(_PARTS["endings_good"])
 ENDINGS_BAD: tuple[str, ...] = tuple(_PARTS["endings_bad"])
+ASIDES: tuple[str, ...] = tuple(_PARTS["asides"])
 
 # Phrase-level variety applied after the plot is written (templates/parts.yaml `swaps`).
 SWAPS: tuple[tuple[str, tuple[str, ...]], ...] = tuple((p, tuple(o)) for p, o in _PARTS["swaps"])
@@ -207,6 +209,41 @@ def _verb_phrase(verb: Word) -> tuple[str, str, str]:
     return verb.text + obj, past(verb.text) + obj, gerund(verb.text) + obj
 
 
+@lru_cache(maxsize=1)
+def _lexicon() -> dict[str, list[Word]]:
+    """The built-in vocabulary by kind, for the asides' x_* slots (feeling/look adjectives, verb frames too)."""
+    from .vocab import Vocabulary
+
+    v = Vocabulary.load()
+    out: dict[str, list[Word]] = {}
+    for w in v.nouns:
+        if w.text not in FAMILY:
+            out.setdefault(w.kind, []).append(w)
+    for w in v.adjectives:
+        out.setdefault(f"adj_{w.kind}", []).append(w)
+    out["verb"] = [w for w in v.verbs if w.kind != "other"]
+    return out
+
+
+def _aside_slots(rng: random.Random, avoid: set[str]) -> dict[str, str]:
+    lex = _lexicon()
+
+    def one(kind: str) -> Word:
+        pool = lex.get(kind) or lex["thing"]
+        w = rng.choice(pool)
+        return w if w.text not in avoid else rng.choice(pool)
+
+    verb = one("verb")
+    vp, vp_past, ving = _verb_phrase(verb)
+    things = rng.sample(lex["thing"], 2)
+    return {
+        "x_animal": one("animal").text, "x_thing": things[0].text, "x_thing2": things[1].text,
+        "x_food": one("food").text, "x_place": one("place").text, "x_nature": one("nature").text,
+        "x_person": one("person").text, "x_look": one("adj_look").text, "x_feeling": one("adj_feeling").text,
+        "x_vp_past": vp_past, "x_ving": ving,
+    }
+
+
 def _noun_kind(noun: Word) -> str:
     if noun.kind == "nature" and noun.text in SKY:
         return "sky"
@@ -282,6 +319,7 @@ def write_story(
         "himself": {"he": "himself", "she": "herself"}[hero_he],
     }
     slots |= _pronouns("", hero_he) | _pronouns("f", f_he) | _pronouns("n", n_he)
+    slots |= _aside_slots(rng, {noun.text, verb.text, adjective.text})
 
     def fill(t: str) -> str:
         # two passes: slot values may contain {his}-style slots and [a|b] choices
@@ -357,6 +395,9 @@ def write_story(
     closing = fill(rng.choice(ENDINGS_BAD if bad else ENDINGS_GOOD))
     if closing:
         p5.append(closing)
+    asides = [a for a in ASIDES if dialogue or '"' not in a]
+    for para in rng.sample([p1, p2, p4, p5], rng.choice((1, 2, 2, 3))):  # never inside the trouble beat
+        para.insert(rng.randint(1, len(para)), fill(rng.choice(asides)))
     paras = [p1, p2, p3, p4, p5]
     if rng.random() < 0.5:  # 4 paragraphs half the time: setup joins the opening
         paras = [p1 + p2, p3, p4, p5]

@@ -5,7 +5,8 @@ Design
   draws the words, the features, the template and the grammar's choices. So a run is
   deterministic, shards (i mod n) never overlap, and a resumed run rebuilds exactly the prompts
   it had already sent — the journal matches on the request id.
-- Few-shot (`num_examples`, model teachers only): one or two seed stories from `examples_file`, drawn
+- Few-shot (`num_examples`, model teachers only): one or two seed stories from `examples_file` (default:
+  eight hand-written ones in templates/seed_stories.txt, so no real-data story leaks into a corpus), drawn
   by the request's own generator, are shown before the instruction. A 135M-parameter chat model
   copies the register and length of an example far better than it follows "3-5 paragraphs".
 - Features are phrased as the TinyStories paper's instructions ("the story should contain at
@@ -72,6 +73,7 @@ def features_sentence(features: tuple[str, ...]) -> str:
     ) + ". "
 
 
+SEED_STORIES = Path(__file__).resolve().parent / "templates" / "seed_stories.txt"
 EXAMPLES_HEAD = "Here is an example of a short story for small children:\n\n"
 EXAMPLE_SEP = "\n\nHere is another one:\n\n"
 EXAMPLES_TAIL = "\n\nNow write a new story. "
@@ -104,7 +106,7 @@ class PromptBuilder:
         self.verbs = vocab.verbs
         self.examples: list[str] = []
         if cfg.num_examples and cfg.teacher != "grammar":
-            path = Path(cfg.examples_file)
+            path = Path(cfg.examples_file) if cfg.examples_file else SEED_STORIES
             if not path.is_file():
                 raise ValueError(f"examples_file: no such file {cfg.examples_file!r}")
             # short stories only: a long example costs prompt time and invites a long, looping answer
