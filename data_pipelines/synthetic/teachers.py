@@ -116,7 +116,7 @@ def prompt_hash(prompt: str) -> str:
 
 
 class Journal:
-    """Append-only JSONL of answered requests: {"id", "prompt_sha", "text", "summary", "model"} (+ the
+    """Append-only JSONL of answered requests: {"id", "prompt_sha", "text", "summary", "model", "t"} (+ the
     finish reason, score and best-of-n candidates), one line per request: a killed run loses at most the
     requests in flight, and a replayed line is never sent again, so nothing is lost or counted twice."""
 
@@ -144,7 +144,8 @@ class Journal:
     def record(self, req: StoryRequest, ans: Answer, model: str) -> None:
         if ans.text is None and not any(c.text is not None for c in ans.candidates):
             return  # failures are retried on the next run
-        row = {"id": req.id, "prompt_sha": prompt_hash(req.prompt), **ans.to_row(), "model": model}
+        row = {"id": req.id, "prompt_sha": prompt_hash(req.prompt), **ans.to_row(), "model": model,
+               "t": round(time.time(), 3)}
         with self._lock:
             self._f.write(json.dumps(row, ensure_ascii=False) + "\n")
             self._f.flush()
@@ -306,7 +307,10 @@ class OpenAITeacher:
         if extra:
             kw["extra_body"] = extra
         if c.candidates > 1 and c.scorer == "logprob" and self._logprobs_ok:
-            kw["logprobs"] = True if c.api == "chat" else 1
+            if c.api == "chat":  # llama.cpp's server returns chat log-probs only when top_logprobs is set too
+                kw |= {"logprobs": True, "top_logprobs": 1}
+            else:
+                kw["logprobs"] = 1
         return kw
 
     def _ask_one(self, req: StoryRequest, j: int) -> Answer:
