@@ -40,6 +40,7 @@ from bench_vs_llama2c import run_ours, split_stories  # noqa: E402
 from data_pipelines.synthetic import SynthConfig, run_synth  # noqa: E402
 
 CONFIG = ROOT / "configs" / "synth-smollm2.yaml"
+ORDER = ["real", "grammar", "teacher", "real@teacher"]
 WORD = re.compile(r"[a-z]+(?:['’-][a-z]+)*")
 
 
@@ -198,13 +199,20 @@ def main() -> None:
     ap.add_argument("--teacher-stories", type=int, default=300, help="teacher stories to keep")
     ap.add_argument("--teacher-threads", type=int, default=2, help="llama.cpp server threads")
     ap.add_argument("--corpora", default="real,grammar,teacher,real@teacher",
-                    help="students to train (comma-separated subset of real, grammar, teacher, real@teacher)")
+                    help="students to train (comma-separated subset of real, grammar, teacher, real@teacher; "
+                         "none with --merge: only report)")
     ap.add_argument("--stage", choices=["all", "teacher"], default="all", help="teacher: only make the teacher corpus")
     ap.add_argument("--work", type=Path, default=None, help="keep corpora and the teacher journal here (resumable)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    ap.add_argument("--merge", type=Path, nargs="*", default=[],
+                    help="also report the rows of earlier --json files (students trained in separate processes)")
     args = ap.parse_args()
+    merged = [json.loads(f.read_text()) for f in args.merge]
+    if merged and args.corpora == "none":
+        rows = [r for m in merged for r in m["rows"]]
+        return report(sorted(rows, key=lambda r: ORDER.index(r["run"])), {k: v for m in merged for k, v in m["synth"].items()})
     if args.threads:
         torch.set_num_threads(args.threads)
     flops = args.flops or (3e10 if args.quick else 2e11)
@@ -222,7 +230,8 @@ def main() -> None:
         print(f"data: {len(train_docs)} real training / {len(val_docs)} held-out stories; {flops:.2g} FLOPs per "
               "student", flush=True)
         corpora = {"real": train_docs}
-        corpora["grammar"], synth_stats["grammar"] = grammar_corpus(work, n_grammar, args.seed)
+        if "grammar" in args.corpora:
+            corpora["grammar"], synth_stats["grammar"] = grammar_corpus(work, n_grammar, args.seed)
         if teacher == "smollm2" and "teacher" in args.corpora:
             corpora["teacher"], synth_stats["teacher"] = teacher_corpus(work, args.teacher_stories, args.seed,
                                                                          args.teacher_threads)
@@ -231,9 +240,11 @@ def main() -> None:
         budget = sum(len(WORD.findall(d.lower())) for d in train_docs)  # bench_synth's budget: the real corpus
         rows = [student(name, docs, val_docs, flops, work, args.seed, budget) for name, docs in corpora.items()
                 if name in wanted]
-    report(rows, synth_stats)
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "synth": synth_stats}, indent=2, default=str))
+    rows += [r for m in merged for r in m["rows"] if r["run"] not in {x["run"] for x in rows}]
+    synth_stats = {**{k: v for m in merged for k, v in m["synth"].items()}, **synth_stats}
+    report(sorted(rows, key=lambda r: ORDER.index(r["run"])), synth_stats)
 
 
 if __name__ == "__main__":

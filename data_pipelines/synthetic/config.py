@@ -148,6 +148,8 @@ class GateConfig:
     """Most share of repeated word 3-grams (catches loops and garbage)."""
     max_repeated_sentences: float = 0.1
     """Most share of sentences (3+ words) that repeat an earlier one (catches a small teacher's loops)."""
+    max_copied_share: float = 0.2
+    """Most share of the story's word 6-grams found in the prompt and its example stories (copies, echoes)."""
     reject_chatter: bool = True
     """Reject stories with talk about the story ("Here is a story", "I hope you enjoyed", "This story teaches")."""
     reject_lists: bool = True
@@ -168,6 +170,8 @@ class GateConfig:
             raise ValueError(f"min_words: must be >= 0, got {self.min_words}")
         if self.max_words < self.min_words:
             raise ValueError(f"max_words: must be >= min_words ({self.min_words}), got {self.max_words}")
+        if not 0 <= self.max_copied_share <= 1:
+            raise ValueError(f"max_copied_share: must be in [0, 1], got {self.max_copied_share}")
         if not 0 <= self.max_repeated_sentences <= 1:
             raise ValueError(f"max_repeated_sentences: must be in [0, 1], got {self.max_repeated_sentences}")
         if not 0 < self.max_repeated_share <= 1:

@@ -2,7 +2,7 @@
 
 Design
 - Gates run cheapest-first and the first failure is the reason (datatrove's habit: tests assert
-  the reason, stats count by reason). Order: teacher_error, empty, refusal, chatter, not_prose, garbage, truncated,
+  the reason, stats count by reason). Order: teacher_error, empty, refusal, copied_prompt, chatter, not_prose, garbage, truncated,
   too_short, too_long, repetitive, missing_words, missing_dialogue, not_simple, duplicate_exact,
   duplicate_near. Of the features only dialogue is checkable by pattern (quoted speech present).
 - Required words match any inflection generated from the lemma (`vocab.forms`), so "jumped",
@@ -10,7 +10,8 @@ Design
 - Simplicity is the share of word tokens outside the simple vocabulary. A capitalised word that
   does not start a sentence is a name and is skipped; the sampled words always count as simple
   (the prompt asked for them).
-- A small teacher's failures have their own gates: `chatter` (talk about the story: "Sure! Here is a
+- A small teacher's failures have their own gates: `copied_prompt` (a share of the story's 6-grams
+  found in the prompt or its example stories: copying the example, echoing the instruction), `chatter` (talk about the story: "Sure! Here is a
   story", "I hope you enjoyed it", "This story teaches..."), `not_prose` (headings, bullets, numbered
   lists, "Title:" lines), `repetitive` (a repeated-sentence share as well as the 3-gram share: loops
   repeat whole sentences) and `truncated` (also when the server says it stopped at max_tokens).
@@ -31,7 +32,7 @@ from .prompts import StoryRequest
 from .vocab import Vocabulary, forms, tokenize_words
 
 REASONS = (
-    "teacher_error", "empty", "refusal", "chatter", "not_prose", "garbage", "truncated", "too_short", "too_long",
+    "teacher_error", "empty", "refusal", "copied_prompt", "chatter", "not_prose", "garbage", "truncated", "too_short", "too_long",
     "repetitive", "missing_words", "missing_dialogue", "not_simple", "duplicate_exact", "duplicate_near",
 )
 # Talk about the story instead of the story: what a small chat model adds around (or instead of) it. The
@@ -90,6 +91,18 @@ def _lemma_forms(lemma: str) -> frozenset[str]:
     return frozenset(f for part in lemma.split() for f in forms(part))
 
 
+def copied_share(text: str, source: str, n: int = 6) -> float:
+    """Share of the story's word n-grams found in `source` (the prompt and its example stories): a small
+    teacher shown an example often copies it, or echoes the instruction, instead of writing a story."""
+    words = [w.lower() for w in tokenize_words(text)]
+    grams = {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+    if not grams:
+        return 0.0
+    src = [w.lower() for w in tokenize_words(source)]
+    seen = {tuple(src[i : i + n]) for i in range(len(src) - n + 1)}
+    return len(grams & seen) / len(grams)
+
+
 def repeated_sentence_share(text: str) -> float:
     """Share of sentences (3+ words) that repeat an earlier one: a small teacher's loop ("The mother jumped
     on the ball." again and again) repeats whole sentences long before its 3-gram share gives it away."""
@@ -141,6 +154,8 @@ class QualityGates:
         head = text.lstrip()[:200]
         if _REFUSAL_START.search(head) or _REFUSAL_ANYWHERE.search(text):
             return "refusal"
+        if copied_share(text, req.full_prompt) > self.cfg.max_copied_share:
+            return "copied_prompt"
         if self.cfg.reject_chatter and _CHATTER.search(text):
             return "chatter"
         if self.cfg.reject_lists and _NOT_PROSE.search(text):

@@ -7,8 +7,9 @@ Design
   it had already sent — the journal matches on the request id.
 - Few-shot (`num_examples`, model teachers only): one or two seed stories from `examples_file` (default:
   eight hand-written ones in templates/seed_stories.txt, so no real-data story leaks into a corpus), drawn
-  by the request's own generator, are shown before the instruction. A 135M-parameter chat model
-  copies the register and length of an example far better than it follows "3-5 paragraphs".
+  by the request's own generator. A chat teacher gets each as an earlier turn (a short request, the
+  story as the assistant's answer) and then the instruction; pasted into one message, SmolLM2-135M
+  mostly copied the example or echoed the instruction (LOG.md). Completion models read `full_prompt`.
 - Features are phrased as the TinyStories paper's instructions ("the story should contain at
   least one dialogue"); templates are user-overridable strings with named fields.
 """
@@ -50,6 +51,13 @@ class StoryRequest:
     features: tuple[str, ...]
     prompt: str
     seed: int
+    examples: tuple[str, ...] = ()
+    """Seed stories shown first (few-shot); chat teachers get them as earlier turns of the conversation."""
+
+    @property
+    def full_prompt(self) -> str:
+        """The prompt as one text (examples first): what a completion model reads and what the journal hashes."""
+        return few_shot(list(self.examples), self.prompt)
 
     @property
     def words(self) -> list[str]:
@@ -74,6 +82,8 @@ def features_sentence(features: tuple[str, ...]) -> str:
 
 
 SEED_STORIES = Path(__file__).resolve().parent / "templates" / "seed_stories.txt"
+EXAMPLE_REQUEST = ("Write a short story (3-5 paragraphs) which only uses very simple words that a 3 year old child "
+                   "would likely understand.")
 EXAMPLES_HEAD = "Here is an example of a short story for small children:\n\n"
 EXAMPLE_SEP = "\n\nHere is another one:\n\n"
 EXAMPLES_TAIL = "\n\nNow write a new story. "
@@ -132,11 +142,10 @@ class PromptBuilder:
             features=", ".join(features),
             features_sentence=features_sentence(features),
         )
-        if self.examples:
-            prompt = few_shot(rng.sample(self.examples, self.cfg.num_examples), prompt)
+        examples = tuple(rng.sample(self.examples, self.cfg.num_examples)) if self.examples else ()
         return StoryRequest(
             id=request_id(self.seed, index), index=index, noun=noun, verb=verb, adjective=adjective,
-            features=features, prompt=prompt, seed=self.seed,
+            features=features, prompt=prompt, seed=self.seed, examples=examples,
         )
 
 

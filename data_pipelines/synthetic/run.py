@@ -140,7 +140,7 @@ def run_synth(cfg: SynthConfig, out_dir: Path, seed: int, shard: tuple[int, int]
                     "features": list(req.features),
                     "teacher": teacher.name,
                     "model": teacher.model,
-                    "prompt": req.prompt,
+                    "prompt": req.full_prompt,
                     "summary": summary,
                 }
                 if why is None:

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 from .config import LocalTeacherConfig, OpenAITeacherConfig, SynthConfig
 from .grammar import write_story
-from .prompts import StoryRequest, instruct_header
+from .prompts import EXAMPLE_REQUEST, StoryRequest, instruct_header
 
 SUMMARY_INSTRUCTION = (
     "\nAfter the story, write one line that starts with 'Summary:' and sums up the story in one sentence."
@@ -137,14 +137,14 @@ class Journal:
 
     def get(self, req: StoryRequest) -> Answer | None:
         row = self.answers.get(req.id)
-        if row is None or row.get("prompt_sha") != prompt_hash(req.prompt):
+        if row is None or row.get("prompt_sha") != prompt_hash(req.full_prompt):
             return None
         return Answer.from_row(row)
 
     def record(self, req: StoryRequest, ans: Answer, model: str) -> None:
         if ans.text is None and not any(c.text is not None for c in ans.candidates):
             return  # failures are retried on the next run
-        row = {"id": req.id, "prompt_sha": prompt_hash(req.prompt), **ans.to_row(), "model": model,
+        row = {"id": req.id, "prompt_sha": prompt_hash(req.full_prompt), **ans.to_row(), "model": model,
                "t": round(time.time(), 3)}
         with self._lock:
             self._f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -314,13 +314,15 @@ class OpenAITeacher:
         return kw
 
     def _ask_one(self, req: StoryRequest, j: int) -> Answer:
-        prompt = req.prompt + (SUMMARY_INSTRUCTION if self.want_summary else "")
+        summary_ask = SUMMARY_INSTRUCTION if self.want_summary else ""
         c = self.cfg
         kw = self._sampling(req, j)
         score = None
         if c.api == "chat":
             messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else [])
-            messages.append({"role": "user", "content": prompt})
+            for ex in req.examples:  # few-shot as earlier turns: the teacher answers a new request, not the example
+                messages += [{"role": "user", "content": EXAMPLE_REQUEST}, {"role": "assistant", "content": ex}]
+            messages.append({"role": "user", "content": req.prompt + summary_ask})
             resp = self._with_retries(lambda: self.client.chat.completions.create(
                 model=self.model, messages=messages, **kw))
             choice = resp.choices[0]
@@ -330,6 +332,7 @@ class OpenAITeacher:
             if content:
                 score = sum(t.logprob for t in content) / len(content)
         else:
+            prompt = req.full_prompt + summary_ask
             resp = self._with_retries(lambda: self.client.completions.create(model=self.model, prompt=prompt, **kw))
             choice = resp.choices[0]
             raw = choice.text or ""
@@ -391,7 +394,7 @@ def local_prefix(cfg: LocalTeacherConfig, req: StoryRequest) -> str:
         return instruct_header(req) + "Story: "
     if cfg.prefix == "once":
         return "Once upon a time"
-    return req.prompt
+    return req.full_prompt
 
 
 class TinyfoundryLM:
