@@ -41,6 +41,10 @@ from data_pipelines.synthetic import SynthConfig, run_synth  # noqa: E402
 
 CONFIG = ROOT / "configs" / "synth-smollm2.yaml"
 ORDER = ["real", "grammar", "teacher", "real@teacher"]
+
+
+def order(row: dict) -> tuple[int, str]:
+    return (ORDER.index(row["run"]) if row["run"] in ORDER else len(ORDER), row["run"])
 WORD = re.compile(r"[a-z]+(?:['’-][a-z]+)*")
 
 
@@ -165,7 +169,7 @@ def report(rows: list[dict], synth_stats: dict) -> None:
             return f"{p[k]:.2f}" if p.get(k) is not None else "-"
 
         ratio = f"{r['bpb'] / real['bpb']:.2f}x" if real else "-"
-        print(f"| {r['run']:<13} | {r['stories']:>7} | {r['corpus_bytes'] / 1e6:>5.2f} | {r['distinct4']:>6.3f} | "
+        print(f"| {r['run'][:13]:<13} | {r['stories']:>7} | {r['corpus_bytes'] / 1e6:>5.2f} | {r['distinct4']:>6.3f} | "
               f"{r['epochs']:>6.1f} | {r['train_loss']:>10.3f} | {r['bpb']:>8.4f} | {ratio:>7} | "
               f"{f('word_usage'):>5} | {f('consistency_prompt'):>7} | {f('distinct_2'):>6} | {f('ending_complete'):>8} |")
     r0 = rows[0]
@@ -212,7 +216,7 @@ def main() -> None:
     merged = [json.loads(f.read_text()) for f in args.merge]
     if merged and args.corpora == "none":
         rows = [r for m in merged for r in m["rows"]]
-        return report(sorted(rows, key=lambda r: ORDER.index(r["run"])), {k: v for m in merged for k, v in m["synth"].items()})
+        return report(sorted(rows, key=order), {k: v for m in merged for k, v in m["synth"].items()})
     if args.threads:
         torch.set_num_threads(args.threads)
     flops = args.flops or (3e10 if args.quick else 2e11)
@@ -244,7 +248,7 @@ def main() -> None:
         args.json.write_text(json.dumps({"rows": rows, "synth": synth_stats}, indent=2, default=str))
     rows += [r for m in merged for r in m["rows"] if r["run"] not in {x["run"] for x in rows}]
     synth_stats = {**{k: v for m in merged for k, v in m["synth"].items()}, **synth_stats}
-    report(sorted(rows, key=lambda r: ORDER.index(r["run"])), synth_stats)
+    report(sorted(rows, key=order), synth_stats)
 
 
 if __name__ == "__main__":
