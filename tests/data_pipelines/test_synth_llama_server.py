@@ -61,16 +61,13 @@ def test_real_server_best_of_n_few_shot_and_sampling(gguf: Path, tmp_path: Path)
         assert len(cands) == 2 and cands[0]["raw"] != cands[1]["raw"]
         assert all(isinstance(c["score"], float) and c["score"] < 0 for c in cands)
         assert all(c["finish_reason"] in ("length", "stop") for c in cands)
-    # the row written is the best-scoring candidate (open gates: both candidates fail or pass alike)
+    # each prompt's row is one of its candidates (which one: test_synth_gates' best-of-n test)
     table = [*_rows(tmp_path / "out" / "synth-00000.parquet"), *_rows(tmp_path / "out" / "rejected" / "rejected-00000.parquet")]
     by_id = {r["id"]: r for r in rows}
     assert len(table) == 2
     for r in table:
         assert r["prompt"].startswith("Here is an example of a short story")
-        cands = by_id[r["id"]]["candidates"]
-        whys = {c["finish_reason"] for c in cands}
-        if len(whys) == 1:
-            assert r["text"] == max(cands, key=lambda c: c["score"])["text"]
+        assert r["text"] in {c["text"] for c in by_id[r["id"]]["candidates"]}
 
 
 def _rows(path: Path) -> list[dict]:
