@@ -26,6 +26,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_reference_puts_a_students_real_bpb_in_stats(tmp_path: Path, reference: Path) -> None:
     cfg = SynthConfig(num_stories=60, reference=str(reference), reference_tokens=20_000)
     stats = run_synth(cfg, tmp_path, seed=0)
@@ -35,6 +36,7 @@ def test_reference_puts_a_students_real_bpb_in_stats(tmp_path: Path, reference: 
     assert json.loads((tmp_path / "stats.json").read_text())["transfer"]["bits_per_byte"] == t["bits_per_byte"]
 
 
+@pytest.mark.slow
 def test_real_stories_teach_real_stories_better_than_nonsense(reference: Path) -> None:
     """The measure can fail: a student trained on real stories beats one trained on word salad."""
     real = REAL.read_text(encoding="utf-8").split("<|endoftext|>")[100:260]
@@ -50,6 +52,7 @@ def test_reference_must_exist() -> None:
         SynthConfig(reference="x.txt", reference_tokens=0)
 
 
+@pytest.mark.slow
 def test_bench_synth_transfer_plumbing(tmp_path: Path) -> None:
     if not REAL.is_file():
         pytest.skip("shared TinyStories sample absent")
