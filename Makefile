@@ -22,7 +22,8 @@ $(BASE): pyproject.toml | $(BIN)/python
 	touch $@
 
 # Full install: every optional part the test suite exercises (transformers parity, the openai client, DeepSpeed,
-# llama.cpp through llama-cpp-python, which compiles llama.cpp from source once: ~6 minutes, then pip's wheel cache).
+# llama.cpp through llama-cpp-python, which compiles llama.cpp from source once: ~6 minutes, then pip's wheel cache;
+# its [server] extra and the SmolLM2 GGUF package drive synth's real-teacher tests).
 # DeepSpeed builds against the torch already installed (--no-build-isolation), never a second one.
 $(FULL): $(BASE)
 	$(PIP) install -q -e ".[dev,hf,teacher,warc,quant,export,adapt]" "$(TORCH_SPEC)"

@@ -59,8 +59,31 @@ class OpenAITeacherConfig:
     """Sampling temperature sent to the server."""
     top_p: float = 1.0
     """Nucleus sampling threshold sent to the server."""
+    frequency_penalty: float = 0.0
+    """OpenAI frequency penalty (0 = not sent): pushes a small teacher out of its loops."""
+    presence_penalty: float = 0.0
+    """OpenAI presence penalty (0 = not sent)."""
+    repeat_penalty: float = 0.0
+    """llama.cpp's repeat penalty (e.g. 1.1; 0 = not sent; other servers may reject the field)."""
+    top_k: int = 0
+    """Top-k sampling, a llama.cpp / vLLM extension (0 = not sent)."""
+    seed: int = -1
+    """Sampling seed base (-1 = not sent); each request gets a seed derived from it, the run seed and its index, so a rerun asks the same."""
+    stop: list[str] = field(default_factory=list)
+    """Stop strings sent to the server (e.g. the chat template's turn end)."""
+    candidates: int = 1
+    """Best-of-n: answers asked per prompt; the one that passes the gates and scores best is kept."""
+    scorer: Literal["logprob", "first"] = "logprob"
+    """How best-of-n ranks candidates that pass the gates: the teacher's own mean token log-prob, or the first."""
 
     def __post_init__(self) -> None:
+        self.stop = [self.stop] if isinstance(self.stop, str) else list(self.stop)
+        if self.candidates < 1:
+            raise ValueError(f"candidates: must be >= 1, got {self.candidates}")
+        if self.scorer not in ("logprob", "first"):
+            raise ValueError(f"scorer: must be logprob or first, got {self.scorer!r}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k: must be >= 0, got {self.top_k}")
         if not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url: must start with http:// or https://, got {self.base_url!r}")
         if self.num_concurrent < 1:
@@ -123,6 +146,14 @@ class GateConfig:
     """Most words in a story."""
     max_repeated_share: float = 0.35
     """Most share of repeated word 3-grams (catches loops and garbage)."""
+    max_repeated_sentences: float = 0.1
+    """Most share of sentences (3+ words) that repeat an earlier one (catches a small teacher's loops)."""
+    max_copied_share: float = 0.2
+    """Most share of the story's word 6-grams found in the prompt and its example stories (copies, echoes)."""
+    reject_chatter: bool = True
+    """Reject stories with talk about the story ("Here is a story", "I hope you enjoyed", "This story teaches")."""
+    reject_lists: bool = True
+    """Reject headings, bullets, numbered lists and "Title:" lines (a story is prose)."""
     dedup: Literal["none", "exact", "near"] = "near"
     """Drop exact copies ("exact") or exact and MinHash near-duplicates ("near")."""
     near_ngram: int = 5
@@ -139,6 +170,10 @@ class GateConfig:
             raise ValueError(f"min_words: must be >= 0, got {self.min_words}")
         if self.max_words < self.min_words:
             raise ValueError(f"max_words: must be >= min_words ({self.min_words}), got {self.max_words}")
+        if not 0 <= self.max_copied_share <= 1:
+            raise ValueError(f"max_copied_share: must be in [0, 1], got {self.max_copied_share}")
+        if not 0 <= self.max_repeated_sentences <= 1:
+            raise ValueError(f"max_repeated_sentences: must be in [0, 1], got {self.max_repeated_sentences}")
         if not 0 < self.max_repeated_share <= 1:
             raise ValueError(f"max_repeated_share: must be in (0, 1], got {self.max_repeated_share}")
         for name in ("near_ngram", "near_num_bands", "near_rows_per_band"):
@@ -172,6 +207,14 @@ class SynthConfig:
     """Prompt templates (one drawn per story); fields {verb} {noun} {adjective} {features} {features_sentence}."""
     system_prompt: str = ""
     """System message for chat teachers (empty = none)."""
+    examples_file: str = ""
+    """Seed stories for few-shot prompts (a text file, stories separated by blank lines or <|endoftext|>); empty = the built-in ones (templates/seed_stories.txt)."""
+    num_examples: int = 0
+    """Seed stories shown before each model-teacher prompt (0-2 suit small teachers); drawn per request."""
+    reference: str = ""
+    """Real stories (text file, as examples_file): train a tiny student on the kept stories and report its bits/byte on these in stats.json."""
+    reference_tokens: int = 400_000
+    """Training tokens of that student (the transfer check's budget)."""
     instruct_format: bool = False
     """Write `text` in the TinyStories-Instruct format (Features / Words / Summary / Story) instead of the bare story."""
     stories_per_file: int = 20000
@@ -219,6 +262,10 @@ class SynthConfig:
                 )
         if self.stories_per_file < 1:
             raise ValueError(f"stories_per_file: must be >= 1, got {self.stories_per_file}")
+        if self.num_examples < 0:
+            raise ValueError(f"num_examples: must be >= 0, got {self.num_examples}")
+        if self.reference_tokens < 1:
+            raise ValueError(f"reference_tokens: must be >= 1, got {self.reference_tokens}")
         if self.grammar_workers < 1:
             raise ValueError(f"grammar_workers: must be >= 1, got {self.grammar_workers}")
         if self.teacher in ("hf", "tinyfoundry") and not self.local.model_path:

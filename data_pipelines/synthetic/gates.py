@@ -2,7 +2,7 @@
 
 Design
 - Gates run cheapest-first and the first failure is the reason (datatrove's habit: tests assert
-  the reason, stats count by reason). Order: teacher_error, empty, refusal, garbage, truncated,
+  the reason, stats count by reason). Order: teacher_error, empty, refusal, copied_prompt, chatter, not_prose, garbage, truncated,
   too_short, too_long, repetitive, missing_words, missing_dialogue, not_simple, duplicate_exact,
   duplicate_near. Of the features only dialogue is checkable by pattern (quoted speech present).
 - Required words match any inflection generated from the lemma (`vocab.forms`), so "jumped",
@@ -10,6 +10,11 @@ Design
 - Simplicity is the share of word tokens outside the simple vocabulary. A capitalised word that
   does not start a sentence is a name and is skipped; the sampled words always count as simple
   (the prompt asked for them).
+- A small teacher's failures have their own gates: `copied_prompt` (a share of the story's 6-grams
+  found in the prompt or its example stories: copying the example, echoing the instruction), `chatter` (talk about the story: "Sure! Here is a
+  story", "I hope you enjoyed it", "This story teaches..."), `not_prose` (headings, bullets, numbered
+  lists, "Title:" lines), `repetitive` (a repeated-sentence share as well as the 3-gram share: loops
+  repeat whole sentences) and `truncated` (also when the server says it stopped at max_tokens).
 - Refusals are looked for at the start of the answer only: "I am sorry," inside a story's dialogue
   is not a refusal; "as an AI" / "language model" anywhere is.
 - Dedup uses curation's ExactDeduper / MinHashDeduper, so synth and curate agree on what a
@@ -27,9 +32,27 @@ from .prompts import StoryRequest
 from .vocab import Vocabulary, forms, tokenize_words
 
 REASONS = (
-    "teacher_error", "empty", "refusal", "garbage", "truncated", "too_short", "too_long",
+    "teacher_error", "empty", "refusal", "copied_prompt", "chatter", "not_prose", "garbage", "truncated", "too_short", "too_long",
     "repetitive", "missing_words", "missing_dialogue", "not_simple", "duplicate_exact", "duplicate_near",
 )
+# Talk about the story instead of the story: what a small chat model adds around (or instead of) it. The
+# first chatty line is stripped by teachers.clean_answer; what is left anywhere else drops the story.
+_CHATTER = re.compile(
+    r"^\s*(?:(?:sure|certainly|of course|absolutely|okay|great)[!,.:]|here(?:'s| is| are)\b|i hope\b"
+    r"|i['’](?:d|ll|ve) (?:be|love|write|written|created)\b|let me\b|this (?:story|is a story)\b)"
+    r"|\b(?:hope you (?:enjoy|like|liked|love|loved)\b|let me know|feel free to|happy reading"
+    r"|(?:this|the) story (?:teaches|shows|is about|highlights|emphasizes|encourages|uses)\b"
+    r"|(?:here is|here's) (?:a|the|your|another) (?:short |simple |little )?(?:story|tale|version)"
+    r"|in this story\b|words? used:|note:)",
+    re.IGNORECASE | re.MULTILINE,
+)
+# Lists and headings: markdown heads, bullets, numbered items, bold titles, "Title:"/"Chapter 1".
+_NOT_PROSE = re.compile(
+    r"^\s*(?:#{1,6}\s|[-*•]\s|\d+[.)]\s|\*\*[^*\n]{1,80}\*\*\s*:?\s*$|chapter \w+\b"
+    r"|(?:title|characters?|setting|summary|words|story|plot|the end)\s*:)",
+    re.IGNORECASE | re.MULTILINE,
+)
+_SENTENCE = re.compile(r"[^.!?\n]+[.!?]*")
 _QUOTE = re.compile(r"[\"“”]")
 _REFUSAL_START = re.compile(
     r"^\s*(?:i['’]?m sorry|i am sorry|sorry,? but|i (?:cannot|can['’]?t|can not|won['’]?t|am unable)"
@@ -68,6 +91,34 @@ def _lemma_forms(lemma: str) -> frozenset[str]:
     return frozenset(f for part in lemma.split() for f in forms(part))
 
 
+def copied_share(text: str, source: str, n: int = 6) -> float:
+    """Share of the story's word n-grams found in `source` (the prompt and its example stories): a small
+    teacher shown an example often copies it, or echoes the instruction, instead of writing a story."""
+    words = [w.lower() for w in tokenize_words(text)]
+    grams = {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+    if not grams:
+        return 0.0
+    src = [w.lower() for w in tokenize_words(source)]
+    seen = {tuple(src[i : i + n]) for i in range(len(src) - n + 1)}
+    return len(grams & seen) / len(grams)
+
+
+def repeated_sentence_share(text: str) -> float:
+    """Share of sentences (3+ words) that repeat an earlier one: a small teacher's loop ("The mother jumped
+    on the ball." again and again) repeats whole sentences long before its 3-gram share gives it away."""
+    seen: set[str] = set()
+    total = repeats = 0
+    for m in _SENTENCE.finditer(text):
+        key = " ".join(w.lower() for w in tokenize_words(m.group(0)))
+        if key.count(" ") < 2:
+            continue
+        total += 1
+        if key in seen:
+            repeats += 1
+        seen.add(key)
+    return repeats / total if total else 0.0
+
+
 def repeated_trigram_share(words: Sequence[str]) -> float:
     grams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
     if not grams:
@@ -93,8 +144,9 @@ class QualityGates:
                 ngram=cfg.near_ngram, num_bands=cfg.near_num_bands, rows_per_band=cfg.near_rows_per_band
             )
 
-    def check_text(self, req: StoryRequest, text: str | None) -> str | None:
-        """The first gate (not dedup) the story fails, or None."""
+    def check_text(self, req: StoryRequest, text: str | None, finish_reason: str = "") -> str | None:
+        """The first gate (not dedup) the story fails, or None. finish_reason "length" (the server cut the
+        answer at max_tokens) counts as truncated whatever the last character is."""
         if text is None:
             return "teacher_error"
         if not text.strip():
@@ -102,18 +154,25 @@ class QualityGates:
         head = text.lstrip()[:200]
         if _REFUSAL_START.search(head) or _REFUSAL_ANYWHERE.search(text):
             return "refusal"
+        if copied_share(text, req.full_prompt) > self.cfg.max_copied_share:
+            return "copied_prompt"
+        if self.cfg.reject_chatter and _CHATTER.search(text):
+            return "chatter"
+        if self.cfg.reject_lists and _NOT_PROSE.search(text):
+            return "not_prose"
         nonspace = len(text) - sum(map(str.isspace, text))
         alpha = sum(map(str.isalpha, text))
         words = [w.lower() for w in tokenize_words(text)]
         if alpha < 0.7 * nonspace or any(len(w) > 30 for w in words):
             return "garbage"
-        if not _ENDS_WELL.search(text):
+        if finish_reason == "length" or not _ENDS_WELL.search(text):
             return "truncated"
         if len(words) < self.cfg.min_words:
             return "too_short"
         if len(words) > self.cfg.max_words:
             return "too_long"
-        if repeated_trigram_share(words) > self.cfg.max_repeated_share:
+        if (repeated_trigram_share(words) > self.cfg.max_repeated_share
+                or repeated_sentence_share(text) > self.cfg.max_repeated_sentences):
             return "repetitive"
         present = set(words)
         allowed: set[str] = set()
@@ -128,9 +187,24 @@ class QualityGates:
             return "not_simple"
         return None
 
-    def check_batch(self, reqs: Sequence[StoryRequest], texts: Sequence[str | None]) -> list[str | None]:
+    def choose(self, req: StoryRequest, cands: Sequence[tuple[str | None, str, float | None]],
+               by_score: bool = True) -> tuple[int, list[str | None]]:
+        """Best-of-n: (index of the candidate to keep, each candidate's reason). Candidates are (text,
+        finish_reason, score); among those that pass every gate but dedup the best score wins (ties and
+        missing scores: the earlier one), else the first. With none passing, the first is returned."""
+        reasons = [self.check_text(req, t, fr) for t, fr, _ in cands]
+        ok = [i for i, why in enumerate(reasons) if why is None]
+        if not ok:
+            return 0, reasons
+        if not by_score:
+            return ok[0], reasons
+        return max(ok, key=lambda i: (cands[i][2] if cands[i][2] is not None else float("-inf"), -i)), reasons
+
+    def check_batch(self, reqs: Sequence[StoryRequest], texts: Sequence[str | None],
+                    finish_reasons: Sequence[str] | None = None) -> list[str | None]:
         """Reason per story (None = keep); dedup tables remember the kept ones."""
-        reasons = [self.check_text(r, t) for r, t in zip(reqs, texts)]
+        frs = finish_reasons or [""] * len(texts)
+        reasons = [self.check_text(r, t, fr) for r, t, fr in zip(reqs, texts, frs)]
         if self.exact is not None:
             for i, (r, t) in enumerate(zip(reqs, texts)):
                 if reasons[i] is None and self.exact.is_duplicate(r.id, t) is not None:

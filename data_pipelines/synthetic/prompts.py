@@ -5,6 +5,11 @@ Design
   draws the words, the features, the template and the grammar's choices. So a run is
   deterministic, shards (i mod n) never overlap, and a resumed run rebuilds exactly the prompts
   it had already sent — the journal matches on the request id.
+- Few-shot (`num_examples`, model teachers only): one or two seed stories from `examples_file` (default:
+  eight hand-written ones in templates/seed_stories.txt, so no real-data story leaks into a corpus), drawn
+  by the request's own generator. A chat teacher gets each as an earlier turn (a short request, the
+  story as the assistant's answer) and then the instruction; pasted into one message, SmolLM2-135M
+  mostly copied the example or echoed the instruction (LOG.md). Completion models read `full_prompt`.
 - Features are phrased as the TinyStories paper's instructions ("the story should contain at
   least one dialogue"); templates are user-overridable strings with named fields.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 from .config import SynthConfig
 from .vocab import Vocabulary, Word
@@ -45,6 +51,13 @@ class StoryRequest:
     features: tuple[str, ...]
     prompt: str
     seed: int
+    examples: tuple[str, ...] = ()
+    """Seed stories shown first (few-shot); chat teachers get them as earlier turns of the conversation."""
+
+    @property
+    def full_prompt(self) -> str:
+        """The prompt as one text (examples first): what a completion model reads and what the journal hashes."""
+        return few_shot(list(self.examples), self.prompt)
 
     @property
     def words(self) -> list[str]:
@@ -68,6 +81,28 @@ def features_sentence(features: tuple[str, ...]) -> str:
     ) + ". "
 
 
+SEED_STORIES = Path(__file__).resolve().parent / "templates" / "seed_stories.txt"
+EXAMPLE_REQUEST = ("Write a short story (3-5 paragraphs) which only uses very simple words that a 3 year old child "
+                   "would likely understand.")
+EXAMPLES_HEAD = "Here is an example of a short story for small children:\n\n"
+EXAMPLE_SEP = "\n\nHere is another one:\n\n"
+EXAMPLES_TAIL = "\n\nNow write a new story. "
+
+
+def read_stories(path: Path) -> list[str]:
+    """Stories of a text file: separated by <|endoftext|> lines if it has any, else by blank lines."""
+    text = path.read_text(encoding="utf-8")
+    parts = text.split("<|endoftext|>") if "<|endoftext|>" in text else text.split("\n\n")
+    return [p.strip() for p in parts if p.strip()]
+
+
+def few_shot(examples: list[str], prompt: str) -> str:
+    """The instruction after one or more example stories."""
+    if not examples:
+        return prompt
+    return EXAMPLES_HEAD + EXAMPLE_SEP.join(examples) + EXAMPLES_TAIL + prompt
+
+
 class PromptBuilder:
     """Deterministic prompts for a seed: `build(i)` is the same on every machine and every rerun."""
 
@@ -79,6 +114,16 @@ class PromptBuilder:
         self.adjectives = vocab.adjectives
         # a verb listed both alone and with an object is one lemma; both frames stay sampleable
         self.verbs = vocab.verbs
+        self.examples: list[str] = []
+        if cfg.num_examples and cfg.teacher != "grammar":
+            path = Path(cfg.examples_file) if cfg.examples_file else SEED_STORIES
+            if not path.is_file():
+                raise ValueError(f"examples_file: no such file {cfg.examples_file!r}")
+            # short stories only: a long example costs prompt time and invites a long, looping answer
+            self.examples = [s for s in read_stories(path) if 40 <= len(s.split()) <= 220]
+            if len(self.examples) < cfg.num_examples:
+                raise ValueError(f"examples_file: {cfg.examples_file} has {len(self.examples)} stories of 40-220 "
+                                 f"words, need >= num_examples = {cfg.num_examples}")
 
     def build(self, index: int) -> StoryRequest:
         rng = random.Random(f"{self.seed}:{index}")
@@ -97,9 +142,10 @@ class PromptBuilder:
             features=", ".join(features),
             features_sentence=features_sentence(features),
         )
+        examples = tuple(rng.sample(self.examples, self.cfg.num_examples)) if self.examples else ()
         return StoryRequest(
             id=request_id(self.seed, index), index=index, noun=noun, verb=verb, adjective=adjective,
-            features=features, prompt=prompt, seed=self.seed,
+            features=features, prompt=prompt, seed=self.seed, examples=examples,
         )
 
 

@@ -105,6 +105,8 @@ def run_synth(cfg: SynthConfig, out_dir: Path, seed: int, shard: tuple[int, int]
     rejected: list[dict[str, Any]] = []
     reasons: Counter[str] = Counter()
     story_words: list[int] = []
+    num_candidates = 0
+    cand_reasons: Counter[str] = Counter()
     tried = 0
     next_k = 0  # k-th prompt of this shard -> global index shard_i + k * shard_n
     bar = tqdm(total=target, desc=f"synth[{cfg.teacher}]", unit="story", file=sys.stderr,
@@ -117,7 +119,14 @@ def run_synth(cfg: SynthConfig, out_dir: Path, seed: int, shard: tuple[int, int]
             reqs = [builder.build(shard_i + (next_k + j) * shard_n) for j in range(n)]
             next_k += n
             answers = teacher.generate(reqs)
-            verdicts = gates.check_batch(reqs, [a.text for a in answers])
+            for j, (req, ans) in enumerate(zip(reqs, answers)):
+                if ans.candidates:  # best-of-n: the gates and the scorer pick one
+                    k, whys = gates.choose(req, [(c.text, c.finish_reason, c.score) for c in ans.candidates],
+                                           by_score=cfg.openai.scorer == "logprob")
+                    answers[j] = ans.candidates[k]
+                    num_candidates += len(whys)
+                    cand_reasons.update(w or "passed" for w in whys)
+            verdicts = gates.check_batch(reqs, [a.text for a in answers], [a.finish_reason for a in answers])
             for req, ans, why in zip(reqs, answers, verdicts):
                 if len(kept) >= target:
                     break  # the rest of the batch was not needed: not counted as tried
@@ -131,7 +140,7 @@ def run_synth(cfg: SynthConfig, out_dir: Path, seed: int, shard: tuple[int, int]
                     "features": list(req.features),
                     "teacher": teacher.name,
                     "model": teacher.model,
-                    "prompt": req.prompt,
+                    "prompt": req.full_prompt,
                     "summary": summary,
                 }
                 if why is None:
@@ -173,6 +182,9 @@ def run_synth(cfg: SynthConfig, out_dir: Path, seed: int, shard: tuple[int, int]
         "num_rejected": sum(reasons.values()),
         "acceptance": len(kept) / tried if tried else 0.0,
         "rejected": {r: reasons[r] for r in REASONS if reasons[r]},
+        "candidates": ({"asked": num_candidates, "passed": cand_reasons["passed"],
+                        "rejected": {r: cand_reasons[r] for r in REASONS if cand_reasons[r]}}
+                       if num_candidates else None),
         "num_replayed_from_journal": getattr(teacher, "num_replayed", 0),
         "num_retries": getattr(teacher, "num_retries", 0),
         "features": dict(Counter(f for r in kept for f in r["features"])),
@@ -186,6 +198,12 @@ def run_synth(cfg: SynthConfig, out_dir: Path, seed: int, shard: tuple[int, int]
         "stories_per_s": len(kept) / wall if wall > 0 else 0.0,
         "complete": len(kept) >= target,
     }
+    if cfg.reference and kept:  # the corpus's quality measure: what a student trained on it scores on real stories
+        from .transfer import transfer_score
+
+        # the bare stories (an Instruct-format text ends with "Story: <story>")
+        plain = [r["text"].split("\nStory: ", 1)[-1] for r in kept]
+        stats["transfer"] = transfer_score(plain, Path(cfg.reference), cfg.reference_tokens, seed=seed)
     stats_name = "stats.json" if shard_n == 1 else f"stats-{shard_i:05d}.json"
     _atomic_json(stats, out_dir / stats_name)
     if len(kept) < target:

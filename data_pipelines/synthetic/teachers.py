@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 from .config import LocalTeacherConfig, OpenAITeacherConfig, SynthConfig
 from .grammar import write_story
-from .prompts import StoryRequest, instruct_header
+from .prompts import EXAMPLE_REQUEST, StoryRequest, instruct_header
 
 SUMMARY_INSTRUCTION = (
     "\nAfter the story, write one line that starts with 'Summary:' and sums up the story in one sentence."
@@ -45,9 +45,36 @@ SUMMARY_INSTRUCTION = (
 
 @dataclass(frozen=True)
 class Answer:
+    """One teacher answer. Best-of-n answers carry every candidate; `run_synth` picks one after the gates."""
+
     text: str | None
     summary: str = ""
     error: str = ""
+    finish_reason: str = ""
+    """The server's finish_reason ("length" = cut at max_tokens: the truncation gate drops it)."""
+    score: float | None = None
+    """Mean token log-prob under the teacher (higher = the teacher is surer), when the server returns it."""
+    candidates: tuple[Answer, ...] = ()
+    raw: str = ""
+    """The server's text before clean_answer (journaled: the gates' fixture is made of these)."""
+
+    def to_row(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"text": self.text, "summary": self.summary}
+        if self.finish_reason:
+            row["finish_reason"] = self.finish_reason
+        if self.score is not None:
+            row["score"] = self.score
+        if self.candidates:
+            row["candidates"] = [c.to_row() for c in self.candidates]
+        if self.raw:
+            row["raw"] = self.raw
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Answer:
+        return cls(text=row["text"], summary=row.get("summary", ""), finish_reason=row.get("finish_reason", ""),
+                   score=row.get("score"), candidates=tuple(cls.from_row(c) for c in row.get("candidates", ())),
+                   raw=row.get("raw", ""))
 
 
 class Teacher(Protocol):
@@ -89,7 +116,9 @@ def prompt_hash(prompt: str) -> str:
 
 
 class Journal:
-    """Append-only JSONL of answered requests: {"id", "prompt_sha", "text", "summary", "model"}."""
+    """Append-only JSONL of answered requests: {"id", "prompt_sha", "text", "summary", "model", "t"} (+ the
+    finish reason, score and best-of-n candidates), one line per request: a killed run loses at most the
+    requests in flight, and a replayed line is never sent again, so nothing is lost or counted twice."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -108,15 +137,15 @@ class Journal:
 
     def get(self, req: StoryRequest) -> Answer | None:
         row = self.answers.get(req.id)
-        if row is None or row.get("prompt_sha") != prompt_hash(req.prompt):
+        if row is None or row.get("prompt_sha") != prompt_hash(req.full_prompt):
             return None
-        return Answer(text=row["text"], summary=row.get("summary", ""))
+        return Answer.from_row(row)
 
     def record(self, req: StoryRequest, ans: Answer, model: str) -> None:
-        if ans.text is None:
+        if ans.text is None and not any(c.text is not None for c in ans.candidates):
             return  # failures are retried on the next run
-        row = {"id": req.id, "prompt_sha": prompt_hash(req.prompt), "text": ans.text,
-               "summary": ans.summary, "model": model}
+        row = {"id": req.id, "prompt_sha": prompt_hash(req.full_prompt), **ans.to_row(), "model": model,
+               "t": round(time.time(), 3)}
         with self._lock:
             self._f.write(json.dumps(row, ensure_ascii=False) + "\n")
             self._f.flush()
@@ -212,6 +241,7 @@ class OpenAITeacher:
         )
         self.num_retries = 0
         self._stats_lock = threading.Lock()
+        self._logprobs_ok = True
         self.model = cfg.model or self._first_model()
         self.pool = ThreadPoolExecutor(cfg.num_concurrent, thread_name_prefix="synth-openai")
 
@@ -256,23 +286,79 @@ class OpenAITeacher:
                 time.sleep(min(60.0, retry_after if retry_after is not None else delay * (1 + random.random())))
                 delay *= 2
 
-    def _ask(self, req: StoryRequest) -> Answer:
-        prompt = req.prompt + (SUMMARY_INSTRUCTION if self.want_summary else "")
+    def _sampling(self, req: StoryRequest, j: int) -> dict[str, Any]:
+        """The request's sampling fields: OpenAI's own as keywords, the server extensions in extra_body."""
         c = self.cfg
+        kw: dict[str, Any] = {"max_tokens": c.max_tokens, "temperature": c.temperature, "top_p": c.top_p}
+        if c.frequency_penalty:
+            kw["frequency_penalty"] = c.frequency_penalty
+        if c.presence_penalty:
+            kw["presence_penalty"] = c.presence_penalty
+        if c.stop:
+            kw["stop"] = list(c.stop)
+        if c.seed >= 0:  # one seed per (run, request, candidate): reruns ask the same, candidates differ
+            kw["seed"] = int.from_bytes(hashlib.sha1(f"{c.seed}:{req.seed}:{req.index}:{j}".encode()).digest()[:4],
+                                        "little") & 0x7FFFFFFF
+        extra: dict[str, Any] = {}
+        if c.repeat_penalty:
+            extra["repeat_penalty"] = c.repeat_penalty
+        if c.top_k:
+            extra["top_k"] = c.top_k
+        if extra:
+            kw["extra_body"] = extra
+        if c.candidates > 1 and c.scorer == "logprob" and self._logprobs_ok:
+            if c.api == "chat":  # llama.cpp's server returns chat log-probs only when top_logprobs is set too
+                kw |= {"logprobs": True, "top_logprobs": 1}
+            else:
+                kw["logprobs"] = 1
+        return kw
+
+    def _ask_one(self, req: StoryRequest, j: int) -> Answer:
+        summary_ask = SUMMARY_INSTRUCTION if self.want_summary else ""
+        c = self.cfg
+        kw = self._sampling(req, j)
+        score = None
         if c.api == "chat":
             messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else [])
-            messages.append({"role": "user", "content": prompt})
+            for ex in req.examples:  # few-shot as earlier turns: the teacher answers a new request, not the example
+                messages += [{"role": "user", "content": EXAMPLE_REQUEST}, {"role": "assistant", "content": ex}]
+            messages.append({"role": "user", "content": req.prompt + summary_ask})
             resp = self._with_retries(lambda: self.client.chat.completions.create(
-                model=self.model, messages=messages, max_tokens=c.max_tokens,
-                temperature=c.temperature, top_p=c.top_p))
-            raw = resp.choices[0].message.content or ""
+                model=self.model, messages=messages, **kw))
+            choice = resp.choices[0]
+            raw = choice.message.content or ""
+            lp = getattr(choice, "logprobs", None)
+            content = getattr(lp, "content", None) if lp is not None else None
+            if content:
+                score = sum(t.logprob for t in content) / len(content)
         else:
-            resp = self._with_retries(lambda: self.client.completions.create(
-                model=self.model, prompt=prompt, max_tokens=c.max_tokens,
-                temperature=c.temperature, top_p=c.top_p))
-            raw = resp.choices[0].text or ""
+            prompt = req.full_prompt + summary_ask
+            resp = self._with_retries(lambda: self.client.completions.create(model=self.model, prompt=prompt, **kw))
+            choice = resp.choices[0]
+            raw = choice.text or ""
+            lp = getattr(choice, "logprobs", None)
+            tl = [x for x in (getattr(lp, "token_logprobs", None) or []) if x is not None] if lp is not None else []
+            if tl:
+                score = sum(tl) / len(tl)
         story, summary = clean_answer(raw)
-        return Answer(text=story, summary=summary)
+        return Answer(text=story, summary=summary, finish_reason=choice.finish_reason or "", score=score, raw=raw)
+
+    def _ask(self, req: StoryRequest) -> Answer:
+        if self.cfg.candidates == 1:
+            return self._ask_one(req, 0)
+        cands: list[Answer] = []
+        for j in range(self.cfg.candidates):
+            try:
+                cands.append(self._ask_one(req, j))
+            except TeacherConfigError:
+                raise
+            except Exception as e:  # noqa: BLE001 - one failed candidate does not sink the others
+                cands.append(Answer(text=None, error=type(e).__name__))
+        if all(a.text is None for a in cands):
+            return Answer(text=None, error=cands[0].error)
+        first = next(a for a in cands if a.text is not None)
+        return Answer(text=first.text, summary=first.summary, finish_reason=first.finish_reason,
+                      score=first.score, candidates=tuple(cands), raw=first.raw)
 
     def generate(self, reqs: Sequence[StoryRequest], on_answer: Callable | None = None) -> list[Answer]:
         def one(req: StoryRequest) -> Answer:
@@ -308,7 +394,7 @@ def local_prefix(cfg: LocalTeacherConfig, req: StoryRequest) -> str:
         return instruct_header(req) + "Story: "
     if cfg.prefix == "once":
         return "Once upon a time"
-    return req.prompt
+    return req.full_prompt
 
 
 class TinyfoundryLM:

