@@ -8,8 +8,9 @@ Design and invariants
 - CUDA: bf16-mixed when the GPU has bf16 tensor cores (compute capability >= 8.0, Ampere on); fp32 before.
 - CPU: bf16-mixed when the CPU advertises bf16 units (AVX512_BF16 or AMX on x86; BF16 on Arm) AND the measured
   bf16 matmul peak beats the fp32 one by `CPU_BF16_MIN_GAIN`. The peaks are the MFU peaks of `train.callbacks`
-  (measured once per CPU, thread count, dtype and torch version, then cached), so the decision costs nothing
-  after the first run on a machine and never relies on a table of CPU names. A flag without the speed (an
+  (measured once per CPU, thread count, dtype and torch version) and their ratio is cached beside them (even
+  when the peaks themselves are not, on a busy machine: load slows both sides alike), so the decision costs
+  nothing after the first run on a machine and never relies on a table of CPU names. A flag without the speed (an
   emulating kernel, a VM that hides the units' speed) falls back to fp32; the speed without the flag is not
   trusted either (a noisy probe on a loaded machine).
 - Explicit precisions pass through untouched: `auto` never overrides what a user wrote.
@@ -51,9 +52,13 @@ def resolve_precision(precision: str, accelerator: str, cpuinfo: str | None = No
     flags = cpu_bf16_flags(cpuinfo)
     if not flags:
         return "fp32", "the CPU advertises no bf16 units (AVX512_BF16 / AMX / Arm BF16)"
-    from train.callbacks import cpu_peak_flops
+    from train.callbacks import cpu_cache_key, cpu_peak_flops, read_peak_cache, write_peak_cache
 
-    bf16, fp32 = cpu_peak_flops(torch.bfloat16), cpu_peak_flops(torch.float32)
-    gain = bf16 / fp32 if fp32 > 0 else 0.0
+    key = cpu_cache_key("bf16_over_fp32")
+    gain = read_peak_cache().get(key)
+    if gain is None:
+        bf16, fp32 = cpu_peak_flops(torch.bfloat16), cpu_peak_flops(torch.float32)
+        gain = bf16 / fp32 if fp32 > 0 else 0.0
+        write_peak_cache(key, gain)  # kept even on a busy machine: load slows both sides, the ratio stays
     why = f"CPU {'/'.join(flags)}, measured bf16 matmul {gain:.2f}x fp32"
     return ("bf16-mixed" if gain >= CPU_BF16_MIN_GAIN else "fp32"), why

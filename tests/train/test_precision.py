@@ -25,7 +25,10 @@ def test_flags_from_cpuinfo() -> None:
 
 
 def _peaks(monkeypatch: pytest.MonkeyPatch, bf16: float, fp32: float) -> list[torch.dtype]:
+    """Fake matmul peaks, in an empty cache folder (the decision is cached too)."""
     asked: list[torch.dtype] = []
+    _peaks.n = getattr(_peaks, "n", 0) + 1  # type: ignore[attr-defined]
+    monkeypatch.setenv("TINYFOUNDRY_CACHE_DIR", str(_peaks.root / f"cache{_peaks.n}"))  # type: ignore[attr-defined]
 
     def fake(dtype: torch.dtype, measure_if_missing: bool = True) -> float:
         asked.append(dtype)
@@ -35,11 +38,18 @@ def _peaks(monkeypatch: pytest.MonkeyPatch, bf16: float, fp32: float) -> list[to
     return asked
 
 
+@pytest.fixture(autouse=True)
+def _cache_root(tmp_path) -> None:
+    _peaks.root = tmp_path  # type: ignore[attr-defined]
+
+
 def test_cpu_auto_needs_the_flag_and_the_measured_speed(monkeypatch: pytest.MonkeyPatch) -> None:
     asked = _peaks(monkeypatch, bf16=2.0e12, fp32=1.0e12)
     assert resolve_precision("auto", "cpu", SAPPHIRE)[0] == "bf16-mixed"
-    assert resolve_precision("auto", "cpu", GRAVITON3)[0] == "bf16-mixed"
     assert torch.bfloat16 in asked and torch.float32 in asked
+    asked.clear()
+    prec, why = resolve_precision("auto", "cpu", GRAVITON3)  # the decision is cached per machine
+    assert prec == "bf16-mixed" and "2.00x" in why and not asked
     asked.clear()
     prec, why = resolve_precision("auto", "cpu", ZEN3)  # no bf16 units: fp32 without measuring
     assert prec == "fp32" and "no bf16" in why and not asked
