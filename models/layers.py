@@ -39,10 +39,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
-        dtype = x_BTD.dtype
-        x32_BTD = x_BTD.float()
-        x32_BTD = x32_BTD * torch.rsqrt(x32_BTD.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32_BTD.to(dtype)
+        # F.rms_norm: one fused kernel (forward and backward) for x * rsqrt(mean(x^2) + eps), in fp32
+        return self.weight * F.rms_norm(x_BTD.float(), (x_BTD.shape[-1],), eps=self.eps).to(x_BTD.dtype)
 
 
 def rope_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
