@@ -12,6 +12,9 @@ Design and invariants
   input gradient, one weight-gradient GEMM per module via the split), as nanoGPT's c_attn does. The weight copy
   is O(D * (H + 2G) * K) against the O(B * T * D * (H + 2G) * K) GEMM. Whenever one of the modules is not a
   plain `nn.Linear` (quantized, replaced, re-routed) or carries hooks (calibration), the modules run one by one.
+  Fused on CUDA only (`FUSE_ON_CPU`): on a 2-core AMX CPU the fused step measured 0.88x (fp32) / 0.97x (bf16) of
+  the separate one at dim 288 (the strided q/k/v slices and the split gradients cost more than the GEMMs saved;
+  LOG.md, session 5), while on a GPU one launch instead of three is the usual win (nanoGPT's c_attn).
 - The KV cache is preallocated per generation (`KVCache`); every row of a batch shares the cache slot index
   while its RoPE positions may differ (left-padded prompts), so padding never shifts positions.
 
@@ -122,9 +125,14 @@ class StaticKVCache(KVCache):
         self.start.add_(num_positions)  # a tensor op: traced, not a guard
 
 
+FUSE_ON_CPU = False
+"""Fuse the q/k/v and gate/up matmuls on CPU too (off: measured slower there, see the module docstring)."""
+
+
 def fusable(*mods: nn.Module) -> bool:
-    """True when every module is a plain nn.Linear whose forward nobody replaced or hooks: safe to fuse."""
-    return all(type(m) is nn.Linear and m.bias is None and not m._forward_hooks and not m._forward_pre_hooks
+    """True when every module is a plain nn.Linear on a device where fusing pays, and nobody replaced its
+    forward or hooks it: safe and worth fusing."""
+    return (FUSE_ON_CPU or mods[0].weight.is_cuda) and all(type(m) is nn.Linear and m.bias is None and not m._forward_hooks and not m._forward_pre_hooks
                and "forward" not in m.__dict__ for m in mods)
 
 

@@ -222,10 +222,13 @@ def _unfused(model: Transformer) -> list:
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2])
-def test_fused_projections_equal_separate_ones_forward_and_backward(kv_heads):
-    """One q/k/v matmul and one gate/up matmul (the default) give the separate modules' logits and gradients."""
+def test_fused_projections_equal_separate_ones_forward_and_backward(kv_heads, monkeypatch):
+    """One q/k/v matmul and one gate/up matmul (the CUDA default, forced here on CPU) give the separate modules'
+    logits and gradients."""
+    from models import layers
     from models.layers import fusable
 
+    monkeypatch.setattr(layers, "FUSE_ON_CPU", True)
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=128, dim=64, num_layers=2, num_heads=4, num_kv_heads=kv_heads, max_seq_len=32)
     fused = Transformer(cfg)

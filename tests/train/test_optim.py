@@ -115,12 +115,14 @@ def test_bf16_newton_schulz_matches_fp32(shape):
     torch.testing.assert_close(torch.linalg.svdvals(b), torch.linalg.svdvals(f), rtol=0.05, atol=0.05)
 
 
-def test_batched_muon_step_equals_one_matrix_at_a_time():
-    """Stacking same-shape matrices into one Newton-Schulz batch and foreach AdamW give the per-tensor steps."""
+@pytest.mark.parametrize("batched", [True, False])
+def test_batched_muon_step_equals_one_matrix_at_a_time(batched):
+    """Stacking same-shape matrices into one Newton-Schulz batch (the CUDA default) or not, with foreach AdamW,
+    gives the per-tensor steps."""
     torch.manual_seed(0)
     model = Transformer(TINY)
     ref = copy.deepcopy(model)
-    opt = MuonAdamW(muon_param_groups(model, 3e-3, 0.3, 0.02, 0.1))
+    opt = MuonAdamW(muon_param_groups(model, 3e-3, 0.3, 0.02, 0.1), batch_newton_schulz=batched)
     ref_groups = muon_param_groups(ref, 3e-3, 0.3, 0.02, 0.1)
     ref_state: dict[int, dict] = {}
     for step in range(3):
