@@ -107,7 +107,7 @@ class MuonAdamW(torch.optim.Optimizer):
         for i, p in enumerate(params):
             by_shape.setdefault(tuple(p.shape) if batch else (i, *p.shape), []).append(i)
         torch._foreach_mul_(params, 1 - lr * wd)
-        for shape, idx in by_shape.items():
+        for idx in by_shape.values():
             rows, cols = params[idx[0]].shape[-2:]
             scale = -lr * math.sqrt(max(1.0, rows / cols))
             if len(idx) == 1:
