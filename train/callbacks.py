@@ -134,18 +134,24 @@ def write_peak_cache(key: str, value: float) -> None:
     os.replace(tmp, path)
 
 
+_BUSY_PEAKS: dict[str, float] = {}
+
+
 def cpu_peak_flops(dtype: torch.dtype, measure_if_missing: bool = True) -> float:
     """Measured (and cached) CPU matmul peak for dtype; 0.0 if missing and not measuring."""
     key = cpu_cache_key(str(dtype).replace("torch.", ""))
     cache = read_peak_cache()
     if key in cache:
         return float(cache[key])
+    if key in _BUSY_PEAKS:
+        return _BUSY_PEAKS[key]
     if not measure_if_missing:
         return 0.0
     peak = measure_matmul_peak(dtype)
     if os.getloadavg()[0] > (os.cpu_count() or 1):
-        # measured while other work held the cores: use it for this run, but do not keep an underestimate
-        # (a too-low cached peak shows up later as MFU above 100%)
+        # measured while other work held the cores: use it for this process (precision auto and MFU ask for the
+        # same peak), but do not keep an underestimate on disk (a too-low cached peak shows up later as MFU > 100%)
+        _BUSY_PEAKS[key] = peak
         return peak
     write_peak_cache(key, peak)
     return peak
