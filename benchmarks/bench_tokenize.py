@@ -12,6 +12,14 @@ non-ASCII included), trains one tokenizer, then times, interleaved and repeated,
   + split, encode, convert, write shards and index — the whole stage, from a fresh shards folder.
 Reports MB/s of UTF-8 text (median of the repeats) and ours / encode_batch. Target: >= 0.9x.
 Also times the BPE training once (not part of the ratio: encode_batch has no training step).
+
+    .venv/bin/python benchmarks/bench_tokenize.py --parallel-mb 224 [--files 4] [--repeat 2]
+
+Parallel packing: a corpus of that many MB (the shared stories and web pages repeated, each copy shuffled and
+tagged so every document is distinct) in `--files` parquet files, one tokenizer trained once; then the whole stage
+with `num_proc=1` (today's single process, the Rust encoder on all cores) and `num_proc=N` (a pool of N = cores
+worker processes), alternating, each in a fresh child process. Prints MB/s, the ratio (target >= 1.7x on 2 cores)
+and whether the shard bytes are identical.
 """
 
 from __future__ import annotations
@@ -74,6 +82,61 @@ def memory_check(target_mb: float) -> None:
               f"(child wall {time.perf_counter() - t:.0f} s; {out.stdout.strip()})")
 
 
+def parallel_check(target_mb: float, num_files: int, repeat: int) -> None:
+    """num_proc=1 vs num_proc=cores on a corpus of `target_mb` MB in `num_files` files (see the module doc)."""
+    import hashlib
+    import random
+
+    base = corpus_texts()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    with tempfile.TemporaryDirectory(prefix="bench_tokenize_par_") as tmp_s:
+        tmp = Path(tmp_s)
+        files = [tmp / f"part-{i}.parquet" for i in range(num_files)]
+        rng = random.Random(0)
+        written, c = 0, 0
+        for f in files:
+            writer, part = None, 0
+            while part < target_mb * 1e6 / num_files:
+                texts = [f"{t}\n[{c}]" for t in rng.sample(base, len(base))]
+                table = pa.table({"text": texts, "id": [f"{c}-{i}" for i in range(len(texts))]})
+                writer = writer or pq.ParquetWriter(f, table.schema)
+                writer.write_table(table, row_group_size=2048)
+                part += sum(len(t.encode("utf-8")) for t in texts)
+                c += 1
+            writer.close()
+            written += part
+        print(f"corpus: {written / 1e6:.0f} MB of text in {num_files} parquet files; {cores} cores")
+        run_tokenize(TokenizeConfig(vocab_size=4096, max_train_bytes=5_000_000, progress=False, num_proc=1), files[:1],
+                     tmp / "tok", tmp / "shards_train", 0)
+        tok_file = tmp / "tok" / "tokenizer.json"
+        wall: dict[int, list[float]] = {1: [], cores: []}
+        digests: dict[int, str] = {}
+        for r in range(repeat):
+            for n in ([1, cores] if r % 2 == 0 else [cores, 1]):  # alternate the order: the machine is shared
+                out_dir = tmp / f"shards_{n}"
+                shutil.rmtree(out_dir, ignore_errors=True)
+                code = (f"from pathlib import Path; from data_pipelines.tokenize import TokenizeConfig, run_tokenize; "
+                        f"s = run_tokenize(TokenizeConfig(tokenizer_file={str(tok_file)!r}, progress=False, "
+                        f"num_proc={n}), {[str(f) for f in files]!r}, Path({str(tmp / 'tok_run')!r}), "
+                        f"Path({str(out_dir)!r}), 0); print(s['wall_s'], s['num_workers'])")
+                out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                                     check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                w, workers = out.stdout.split()
+                wall[n].append(float(w))
+                h = hashlib.sha256()
+                for p in sorted(out_dir.glob("*.bin")) + [out_dir / "index.json"]:
+                    h.update(p.name.encode() + p.read_bytes())
+                digests[n] = h.hexdigest()
+                print(f"  round {r}: num_proc={n} ({workers} workers) {float(w):.1f} s", flush=True)
+    one, many = statistics.median(wall[1]), statistics.median(wall[cores])
+    print("\n| stage | MB/s (median wall) | runs (s) |\n|---|---|---|")
+    print(f"| num_proc=1 | {written / 1e6 / one:.2f} | {' '.join(f'{x:.1f}' for x in wall[1])} |")
+    print(f"| num_proc={cores} | {written / 1e6 / many:.2f} | {' '.join(f'{x:.1f}' for x in wall[cores])} |")
+    ratio = one / many
+    print(f"pool / single process = {ratio:.2f}x (target >= 1.7x: {'PASS' if ratio >= 1.7 else 'FAIL'}); "
+          f"shards and index byte-identical: {len(set(digests.values())) == 1}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="~3 MB of text, 3 repeats")
@@ -81,7 +144,12 @@ def main() -> None:
     ap.add_argument("--memory-mb", type=float, default=0,
                     help="instead: pack a corpus of this many MB in a child process and report its peak RSS")
     ap.add_argument("--batch-bytes", type=int, default=TokenizeConfig.batch_bytes, help="TokenizeConfig.batch_bytes")
+    ap.add_argument("--parallel-mb", type=float, default=0,
+                    help="instead: num_proc=1 vs a process pool on a corpus of this many MB")
+    ap.add_argument("--files", type=int, default=4, help="--parallel-mb: parquet files the corpus is split into")
     args = ap.parse_args()
+    if args.parallel_mb:
+        return parallel_check(args.parallel_mb, args.files, args.repeat or 2)
     if args.memory_mb:
         return memory_check(args.memory_mb)
     copies = 1 if args.quick else 4

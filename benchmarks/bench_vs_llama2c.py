@@ -348,7 +348,7 @@ def parse_sets(items: list[str]) -> dict[str, float]:
 
 def run_ours(train_docs, val_docs, flops: float, work: Path, seed: int, use_rooms: bool = True,
              trainer: str = "plain", sets: dict[str, float] | None = None, save: Path | None = None,
-             ema_decays: tuple[float, ...] = ()) -> dict:
+             ema_decays: tuple[float, ...] = (), precision: str = "") -> dict:
     """Our recipe: our tokenizer, our planner's shape/batch/lr (fallbacks named in the row), a plain loop or
     train.run_train (trainer="rooms": the trainer's own schedule defaults, peak lr from the planner).
     `sets` overrides pieces of the recipe for ablations (the planner then plans for the overridden vocab)."""
@@ -410,11 +410,12 @@ def run_ours(train_docs, val_docs, flops: float, work: Path, seed: int, use_room
         from train import TrainConfig, run_train
 
         tcfg = TrainConfig(seed=seed, max_tokens=steps * tokens_per_step, batch_size=r["batch"], seq_len=r["seq_len"],
-                           lr=r["lr"], num_threads=torch.get_num_threads(), progress_bar=False)
+                           lr=r["lr"], num_threads=torch.get_num_threads(), progress_bar=False,
+                           **({"precision": precision} if precision else {}))
         summary = run_train(tcfg, mcfg, work / "shards", work / "run", plan=plan, tokenizer_file=tok_file)
         model, _ = load_model(work / "run" / "checkpoints" / "final")
         last = float(summary.get("final_train_loss") or float("nan"))
-        used["trainer"] = "train.run_train (Lightning)"
+        used["trainer"] = f"train.run_train (Lightning, precision {summary.get('precision')})"
         schedule = {k: getattr(tcfg, k) for k in ("schedule", "warmup_frac", "min_lr_ratio", "weight_decay",
                                                   "muon_lr", "ema_decay")}
     else:
@@ -486,6 +487,8 @@ def main() -> None:
                     help="rooms: our tokenizer and planner when present (fallbacks named in the output); plain: neither")
     ap.add_argument("--trainer", choices=["plain", "rooms"], default="plain",
                     help="train ours with the plain loop here, or with train.run_train (Lightning)")
+    ap.add_argument("--precision", default="", help="--trainer rooms: TrainConfig.precision (default: its default, "
+                    "auto); the plain loop trains in fp32")
     ap.add_argument("--skip-baseline", action="store_true", help="only train ours")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
@@ -516,7 +519,8 @@ def main() -> None:
         if args.ours != "none":
             rows.append(run_ours(train_docs, val_docs, flops, work, args.seed, use_rooms=args.ours == "rooms",
                                  trainer=args.trainer, sets=sets, save=args.save,
-                                 ema_decays=tuple(float(x) for x in args.ema.split(",") if x)))
+                                 ema_decays=tuple(float(x) for x in args.ema.split(",") if x),
+                                 precision=args.precision))
             o = rows[-1]
             print(f"  {o['run']:<28} steps {o['steps']:5d}  bpb {o['bpb']:.4f}  ({o['wall_s']:.0f}s)  "
                   f"{o['shape']}, lr {o['lr']:.2g}; {o['used']}", flush=True)

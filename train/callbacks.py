@@ -108,30 +108,52 @@ def measure_matmul_peak(dtype: torch.dtype, seconds: float = 0.5,
     return best
 
 
-def cpu_peak_flops(dtype: torch.dtype, measure_if_missing: bool = True) -> float:
-    """Measured (and cached) CPU matmul peak for dtype; 0.0 if missing and not measuring."""
-    key = f"{_cpu_name()}|threads={torch.get_num_threads()}|{str(dtype).replace('torch.', '')}|torch={torch.__version__}"
+def cpu_cache_key(what: str) -> str:
+    """Cache key of a CPU measurement: what, CPU model, torch threads, torch version."""
+    return f"{_cpu_name()}|threads={torch.get_num_threads()}|{what}|torch={torch.__version__}"
+
+
+def read_peak_cache() -> dict[str, float]:
     path = cache_dir() / "peak_flops.json"
-    cache: dict[str, float] = {}
     if path.is_file():
         try:
-            cache = json.loads(path.read_text())
+            return json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
-            cache = {}
-    if key in cache:
-        return float(cache[key])
-    if not measure_if_missing:
-        return 0.0
-    peak = measure_matmul_peak(dtype)
-    if os.getloadavg()[0] > (os.cpu_count() or 1):
-        # measured while other work held the cores: use it for this run, but do not keep an underestimate
-        # (a too-low cached peak shows up later as MFU above 100%)
-        return peak
-    cache[key] = peak
+            return {}
+    return {}
+
+
+def write_peak_cache(key: str, value: float) -> None:
+    """Add one measurement to the per-machine cache (read-modify-write, then an atomic rename)."""
+    path = cache_dir() / "peak_flops.json"
+    cache = read_peak_cache()
+    cache[key] = value
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(cache, indent=1))
     os.replace(tmp, path)
+
+
+_BUSY_PEAKS: dict[str, float] = {}
+
+
+def cpu_peak_flops(dtype: torch.dtype, measure_if_missing: bool = True) -> float:
+    """Measured (and cached) CPU matmul peak for dtype; 0.0 if missing and not measuring."""
+    key = cpu_cache_key(str(dtype).replace("torch.", ""))
+    cache = read_peak_cache()
+    if key in cache:
+        return float(cache[key])
+    if key in _BUSY_PEAKS:
+        return _BUSY_PEAKS[key]
+    if not measure_if_missing:
+        return 0.0
+    peak = measure_matmul_peak(dtype)
+    if os.getloadavg()[0] > (os.cpu_count() or 1):
+        # measured while other work held the cores: use it for this process (precision auto and MFU ask for the
+        # same peak), but do not keep an underestimate on disk (a too-low cached peak shows up later as MFU > 100%)
+        _BUSY_PEAKS[key] = peak
+        return peak
+    write_peak_cache(key, peak)
     return peak
 
 

@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-Precision = Literal["fp32", "bf16-mixed", "16-mixed"]
+Precision = Literal["auto", "fp32", "bf16-mixed", "16-mixed"]
 Strategy = Literal["auto", "ddp", "fsdp", "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_3"]
 Schedule = Literal["cosine", "wsd", "constant"]
 
@@ -83,8 +83,10 @@ class TrainConfig:
     """AdamW epsilon."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value; 0 disables clipping."""
-    precision: Precision = "fp32"
-    """'fp32', 'bf16-mixed' (autocast, CPU or GPU) or '16-mixed' (fp16 autocast with loss scaling, GPU only)."""
+    precision: Precision = "auto"
+    """'auto' (bf16-mixed where the device computes bf16 natively, else fp32; decided per machine by
+    train/precision.py), 'fp32', 'bf16-mixed' (autocast, CPU or GPU) or '16-mixed' (fp16 autocast with loss
+    scaling, GPU only). The config stays machine-independent; the summary records what a run used."""
     compile: bool = False
     """Compile the model with torch.compile (slower start, faster steps on GPU)."""
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
@@ -164,7 +166,7 @@ class TrainConfig:
             raise ValueError(f"ckpt_every_minutes: must be >= 0, got {self.ckpt_every_minutes}")
         if self.distill_temperature <= 0:
             raise ValueError(f"distill_temperature: must be positive, got {self.distill_temperature}")
-        _check_literal(self, "precision", ("fp32", "bf16-mixed", "16-mixed"))
+        _check_literal(self, "precision", ("auto", "fp32", "bf16-mixed", "16-mixed"))
         _check_literal(self, "schedule", ("cosine", "wsd", "constant"))
         _check_literal(self, "data_order", ("random", "sequential"))
         _check_literal(self, "accelerator", ("auto", "cpu", "gpu"))

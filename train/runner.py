@@ -18,6 +18,7 @@ with status "interrupted" and writes neither final/ nor summary.json. Rerunning 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -38,6 +39,7 @@ from train.config import TrainConfig
 from train.data import ShardDataModule
 from train.distill import check_same_tokenizer, file_sha256
 from train.ema import WeightEMA
+from train.precision import resolve_precision
 from train.system import LMSystem, NonFiniteLossError
 
 __all__ = ["run_train", "resolve", "NonFiniteLossError"]
@@ -214,6 +216,12 @@ def _run_train(cfg: TrainConfig, model_cfg: ModelConfig | None, shards_dir: Path
             raise ValueError(f"vocab_size: the model has vocab_size={model_cfg.vocab_size} but the fine-tuning data "
                              f"uses a tokenizer with {idx.vocab_size} ids")
     accel = check_machine(cfg)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    precision, why = resolve_precision(cfg.precision, accel)
+    if cfg.precision == "auto":
+        print(f"[train] precision auto -> {precision} ({why})", file=sys.stderr)
+    cfg = dataclasses.replace(cfg, precision=precision)  # type: ignore[arg-type]
 
     teacher = None
     if cfg.teacher:
@@ -235,8 +243,6 @@ def _run_train(cfg: TrainConfig, model_cfg: ModelConfig | None, shards_dir: Path
     last = ckpt_dir / "last.ckpt"
     resume = last if last.is_file() else None
 
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     bytes_per_token = float(idx.bytes_per_token("val") or idx.bytes_per_token("train"))
     dm = idx if make_dm is not None else ShardDataModule(shards_dir, batch_size, seq_len, cfg.seed, cfg.data_order,

@@ -4,7 +4,8 @@ Design: one flat dataclass with a one-line docstring under each field (the CLI b
 `__post_init__` validates ranges and raises `ValueError("<field>: <what is wrong>, got <value>")`.
 Which fields change the output is decided in pack.py (the fingerprints): changing `batch_bytes` or
 `progress` never invalidates finished shards; changing `vocab_size`, `val_fraction` or `shard_bytes` does.
-Encoding uses every core through the Rust encoder's thread pool (set RAYON_NUM_THREADS to limit it).
+Encoding uses every core: `num_proc` worker processes each pack whole work units, each with an encoder thread
+pool of cores / num_proc threads (the output is the same bytes whatever num_proc is).
 """
 
 from __future__ import annotations
@@ -44,10 +45,14 @@ class TokenizeConfig:
     """Column (parquet) or key (jsonl) holding the document text."""
     id_field: str = "id"
     """Column/key with a stable document id used for the split hash; row position is used when absent."""
+    num_proc: int = 0
+    """Worker processes that pack work units in parallel; 0 = one per core when there are >= 32 MB to pack, 1 = in
+    this process. The shards are byte-identical whatever the value."""
     progress: bool = True
     """Show tqdm progress bars (MB/s and ETA) on stderr."""
 
-    HASH_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"progress"})  # display only: not part of the stage hash
+    # display / speed only, not part of the stage hash: they never change the bytes written
+    HASH_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"progress", "num_proc"})
 
     def __post_init__(self) -> None:
         if not MIN_VOCAB <= self.vocab_size <= MAX_VOCAB:
@@ -62,6 +67,8 @@ class TokenizeConfig:
             raise ValueError(f"shard_bytes: must be >= 1, got {self.shard_bytes}")
         if self.batch_bytes < 1:
             raise ValueError(f"batch_bytes: must be >= 1, got {self.batch_bytes}")
+        if not isinstance(self.num_proc, int) or isinstance(self.num_proc, bool) or self.num_proc < 0:
+            raise ValueError(f"num_proc: must be a non-negative integer, got {self.num_proc!r}")
         if self.shard_dtype not in ("auto", "uint16", "uint32"):
             raise ValueError(f"shard_dtype: must be one of auto, uint16, uint32, got {self.shard_dtype}")
         if not self.text_field:

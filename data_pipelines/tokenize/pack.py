@@ -24,13 +24,17 @@ Design and invariants
   encodes batch k+1 (the encoder releases the GIL) while the main thread turns batch k into uint16/32 and
   writes it (~0.1 us/token, one thread). On 2 shared cores that overlap cannot hide everything: the stage
   costs ~10% more CPU than a bare encode_batch. On many cores the single converter thread would cap the rate
-  (estimate: tens of MB/s); units are independent, so a process pool over units is the next step there.
+  (estimate: tens of MB/s). Units are independent, so `num_proc` worker processes pack whole units at once
+  (`multiprocessing` spawn pool, each worker with its own tokenizer and an encoder pool of cores / workers
+  threads, units handed out largest first): every byte written is the same as one process writes (a unit's
+  shard depends only on the unit), resume is per unit as before, and memory is one unit's batches per worker.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import queue
 import sys
@@ -377,6 +381,55 @@ def _pack_unit(tok, corpus: Corpus, unit: Unit, cfg: TokenizeConfig, dtype: np.d
     return record
 
 
+POOL_MIN_BYTES = 32_000_000
+"""`num_proc: 0` (auto) starts worker processes only for at least this much text: a spawned worker costs ~1-2 s
+of imports, about what 16 MB of packing takes on one core."""
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(tokenizer_path: str, corpus: Corpus, cfg: TokenizeConfig, dtype: str, shards_dir: str,
+                 fingerprint: str, threads: int, special: dict[str, int]) -> None:
+    """Per worker process: the shared inputs once, and an encoder thread pool of `threads` (rayon reads
+    RAYON_NUM_THREADS when its pool first starts, which is after this)."""
+    os.environ["RAYON_NUM_THREADS"] = str(threads)
+    _WORKER.update(tok=load_tokenizer(Path(tokenizer_path)), corpus=corpus, cfg=cfg, dtype=np.dtype(dtype),
+                   shards_dir=Path(shards_dir), fingerprint=fingerprint, special=special)
+
+
+def _pack_unit_in_worker(unit: Unit) -> dict[str, Any]:
+    w = _WORKER
+    with tqdm(disable=True) as bar:
+        return _pack_unit(w["tok"], w["corpus"], unit, w["cfg"], w["dtype"], w["shards_dir"], w["fingerprint"], bar,
+                          w["special"])
+
+
+def _num_workers(cfg: TokenizeConfig, todo: list[Unit]) -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cfg.num_proc == 0 and sum(u.num_bytes for u in todo) < POOL_MIN_BYTES:
+        return 1
+    return max(1, min(cfg.num_proc or cores, len(todo)))
+
+
+def _pack_units(tok, tokenizer_path: Path, corpus: Corpus, todo: list[Unit], cfg: TokenizeConfig, dtype: np.dtype,
+                shards_dir: Path, fingerprint: str, bar: tqdm, special: dict[str, int]) -> list[dict[str, Any]]:
+    """Pack the units of `todo` in this process or in a pool of worker processes; records in any order."""
+    workers = _num_workers(cfg, todo)
+    if workers <= 1:
+        return [_pack_unit(tok, corpus, u, cfg, dtype, shards_dir, fingerprint, bar, special) for u in todo]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process whose encoder threads already ran
+    records = []
+    order = sorted(todo, key=lambda u: -u.num_bytes)  # largest first: the shortest tail on the last worker
+    with ctx.Pool(workers, initializer=_init_worker,
+                  initargs=(str(tokenizer_path), corpus, cfg, dtype.str, str(shards_dir), fingerprint,
+                            max(1, cores // workers), special)) as pool:
+        for rec in pool.imap_unordered(_pack_unit_in_worker, order):
+            records.append(rec)
+            bar.update(rec["unit"]["num_bytes"])
+    return records
+
+
 def _build_index(records: list[dict[str, Any]], vocab_size: int, dtype: np.dtype, sha: str, cfg: TokenizeConfig,
                  seed: int, special: dict[str, int]) -> dict[str, Any]:
     splits = {}
@@ -451,8 +504,9 @@ def run_tokenize(cfg: TokenizeConfig, data_files: list[Path], tokenizer_dir: Pat
     bar = tqdm(total=corpus.total_bytes, initial=done_bytes, unit="B", unit_scale=True, desc="tokenize: pack",
                disable=not cfg.progress, file=sys.stderr, smoothing=0.1)
     t_pack = time.perf_counter()
-    for unit in todo:
-        records[unit.index] = _pack_unit(tok, corpus, unit, cfg, dtype, shards_dir, fingerprint, bar, special)
+    for rec in _pack_units(tok, tokenizer_dir / TOKENIZER_FILE, corpus, todo, cfg, dtype, shards_dir, fingerprint,
+                           bar, special):
+        records[rec["unit"]["index"]] = rec
     bar.close()
     pack_s = time.perf_counter() - t_pack
 
@@ -476,6 +530,7 @@ def run_tokenize(cfg: TokenizeConfig, data_files: list[Path], tokenizer_dir: Pat
         "tokenizer_train_bytes": trained_bytes,
         "num_units": len(corpus.units),
         "num_units_skipped": len(corpus.units) - len(todo),
+        "num_workers": _num_workers(cfg, todo) if todo else 0,
         "train": {k: v for k, v in index["splits"]["train"].items() if k != "shards"},
         "val": {k: v for k, v in index["splits"]["val"].items() if k != "shards"},
         "scan_s": t_scan - t0,

@@ -133,6 +133,26 @@ def test_deterministic_training_and_packing(corpus, trained, tmp_path: Path) -> 
     assert _snapshot(tmp_path / "shards") == _snapshot(shards)
 
 
+def test_process_pool_writes_the_same_bytes_and_resumes(corpus, trained, tmp_path: Path) -> None:
+    """num_proc=2 (spawned workers packing whole units) writes exactly the shards one process writes; a pool run
+    after a partial one (two unit records deleted, one shard truncated) redoes only those units, same bytes."""
+    files, _, _ = corpus
+    tok_dir, shards, _ = trained
+    cfg = TokenizeConfig(vocab_size=512, val_fraction=0.1, shard_bytes=60_000, batch_bytes=20_000, progress=False,
+                         num_proc=2)
+    stats = run_tokenize(cfg, files, tmp_path / "tok", tmp_path / "pool", seed=7)
+    assert stats["num_workers"] == 2 and stats["num_units"] >= 3
+    assert _snapshot(tmp_path / "pool") == _snapshot(shards)
+    pool = tmp_path / "pool"
+    (pool / PROGRESS_DIR / "unit_00000.json").unlink()
+    (pool / PROGRESS_DIR / "unit_00002.json").unlink()
+    victim = next(pool.glob("train_00001.bin"))
+    victim.write_bytes(victim.read_bytes()[:10])
+    again = run_tokenize(cfg, files, tmp_path / "tok", pool, seed=7)
+    assert again["num_units_skipped"] == again["num_units"] - 3
+    assert _snapshot(pool) == _snapshot(shards)
+
+
 def test_rerun_skips_everything_and_config_change_redoes(corpus, trained, tmp_path: Path) -> None:
     files, _, _ = corpus
     tok_dir, _, _ = trained

@@ -210,3 +210,55 @@ def test_load_config_from_name_yaml_and_folder(tmp_path):
     (tmp_path / "bad.yaml").write_text("model:\n  dim: 100\n")
     with pytest.raises(ValueError, match="^dim:"):
         load_config(tmp_path / "bad.yaml")
+
+
+def _unfused(model: Transformer) -> list:
+    """A no-op forward hook on every projection: `models.layers.fusable` then runs them one by one."""
+    hooks = []
+    for block in model.layers:
+        for lin in (block.attn.wq, block.attn.wk, block.attn.wv, block.mlp.w_gate, block.mlp.w_up):
+            hooks.append(lin.register_forward_hook(lambda m, i, o: None))
+    return hooks
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_fused_projections_equal_separate_ones_forward_and_backward(kv_heads, monkeypatch):
+    """One q/k/v matmul and one gate/up matmul (the CUDA default, forced here on CPU) give the separate modules'
+    logits and gradients."""
+    from models import layers
+    from models.layers import fusable
+
+    monkeypatch.setattr(layers, "FUSE_ON_CPU", True)
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=128, dim=64, num_layers=2, num_heads=4, num_kv_heads=kv_heads, max_seq_len=32)
+    fused = Transformer(cfg)
+    ref = Transformer(cfg)
+    ref.load_state_dict(fused.state_dict())
+    hooks = _unfused(ref)
+    assert fusable(fused.layers[0].attn.wq, fused.layers[0].attn.wk) and not fusable(ref.layers[0].attn.wq)
+    x = torch.randint(0, 128, (3, 17))
+    out_f, out_r = fused(x[:, :-1], x[:, 1:]), ref(x[:, :-1], x[:, 1:])
+    torch.testing.assert_close(out_f.logits, out_r.logits, rtol=1e-5, atol=1e-5)
+    out_f.loss.backward()
+    out_r.loss.backward()
+    for (name, a), b in zip(fused.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+    for h in hooks:
+        h.remove()
+    assert fusable(ref.layers[0].attn.wq)
+
+
+def test_fused_projections_keep_the_llama_state_dict():
+    """The state dict keeps one weight per projection (HF/GGUF mappings, pruning and quantization rely on it) and
+    round-trips through a fresh model bit for bit."""
+    cfg = ModelConfig(vocab_size=128, dim=64, num_layers=1, num_heads=4, num_kv_heads=2, max_seq_len=32)
+    model = Transformer(cfg)
+    sd = model.state_dict()
+    for key, shape in (("attn.wq.weight", (64, 64)), ("attn.wk.weight", (32, 64)), ("attn.wv.weight", (32, 64)),
+                       ("mlp.w_gate.weight", (cfg.hidden_dim, 64)), ("mlp.w_up.weight", (cfg.hidden_dim, 64))):
+        assert tuple(sd[f"layers.0.{key}"].shape) == shape
+    assert not any("qkv" in k or "gate_up" in k for k in sd)
+    other = Transformer(cfg)
+    other.load_state_dict(sd)
+    x = torch.randint(0, 128, (2, 16))
+    assert torch.equal(model(x).logits, other(x).logits)

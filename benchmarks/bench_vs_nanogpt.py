@@ -1,0 +1,125 @@
+"""One training step of tinyfoundry's Transformer against nanoGPT's real `model.py`, side by side, as ratios.
+
+Both train the same shape (dim 288, 6 layers, 6 heads, seq 256, vocab 4096, batch 8; ~7M params) with their own
+default recipe: nanoGPT's `GPT` with `configure_optimizers` (AdamW) and tinyfoundry's `Transformer` with
+`train.system.make_optimizer` under the default `TrainConfig` (Muon + AdamW), plus AdamW alone for reference.
+A step = zero grads, forward + backward (under bf16 autocast for the bf16 rows), clip the gradient norm to 1.0
+(both trainers' default), optimizer step. nanoGPT's model.py is loaded at run time from a folder you pass
+(`git clone https://github.com/karpathy/nanoGPT`); it is never copied into this repository.
+
+Timing: the contenders alternate step by step (A B C A B C ...) and the median is kept, because the CPU is shared.
+
+    .venv/bin/python benchmarks/bench_vs_nanogpt.py --nanogpt /path/to/nanoGPT [--threads 2] [--repeats 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models import ModelConfig, Transformer  # noqa: E402
+from train.config import TrainConfig  # noqa: E402
+from train.system import make_optimizer  # noqa: E402
+
+B, T, DIM, LAYERS, HEADS, VOCAB = 8, 256, 288, 6, 6, 4096
+
+
+def load_nanogpt(folder: Path) -> object:
+    spec = importlib.util.spec_from_file_location("nanogpt_model", folder / "model.py")
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"--nanogpt: no model.py in {folder}")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def make_step(model: nn.Module, opt: torch.optim.Optimizer, idx_BT: torch.Tensor, bf16: bool,
+              ours: bool) -> Callable[[], None]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    x_BT, y_BT = idx_BT[:, :-1].contiguous(), idx_BT[:, 1:].contiguous()
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            if ours:
+                loss = model(x_BT, targets_BT=y_BT).loss
+            else:
+                _, loss = model(x_BT, y_BT)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+        opt.step()
+
+    return step
+
+
+def alternate(fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 2) -> dict[str, float]:
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nanogpt", type=Path, required=True, help="folder holding nanoGPT's model.py")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--repeats", type=int, default=15, help="timed steps per contender and precision")
+    ap.add_argument("--precisions", default="fp32,bf16", help="comma list of fp32, bf16")
+    ap.add_argument("--compiled", action="store_true", help="also time ours under torch.compile")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    ng = load_nanogpt(args.nanogpt)
+    nano = ng.GPT(ng.GPTConfig(block_size=T, vocab_size=VOCAB, n_layer=LAYERS, n_head=HEADS, n_embd=DIM,
+                               dropout=0.0, bias=False))
+    cfg = ModelConfig(vocab_size=VOCAB, dim=DIM, num_layers=LAYERS, num_heads=HEADS, max_seq_len=T)
+    ours, ours_adamw = Transformer(cfg), Transformer(cfg)
+    ours_adamw.load_state_dict(ours.state_dict())
+    tc = TrainConfig()
+    opt_nano = nano.configure_optimizers(0.1, 6e-4, (0.9, 0.95), "cpu")
+    opt_ours = make_optimizer(ours, tc, "cpu")
+    opt_adamw = make_optimizer(ours_adamw, dataclasses.replace(tc, optimizer="adamw"), "cpu")
+    n_ours = sum(p.numel() for p in ours.parameters())
+    n_nano = sum(p.numel() for p in nano.parameters())
+    idx = torch.randint(0, VOCAB, (B, T + 1))
+    print(f"torch {torch.__version__}, {args.threads} threads, batch {B} x seq {T}, dim {DIM}, {LAYERS} layers, "
+          f"{HEADS} heads, vocab {VOCAB}; params ours {n_ours / 1e6:.2f}M, nanoGPT {n_nano / 1e6:.2f}M; "
+          f"median of {args.repeats} interleaved steps")
+    print(f"ours default optimizer: {type(opt_ours).__name__}; nanoGPT: {type(opt_nano).__name__} "
+          f"(configure_optimizers)")
+    rows = []
+    for prec in args.precisions.split(","):
+        bf16 = prec == "bf16"
+        fns = {"nanoGPT": make_step(nano, opt_nano, idx, bf16, False),
+               "ours (default: Muon+AdamW)": make_step(ours, opt_ours, idx, bf16, True),
+               "ours (AdamW)": make_step(ours_adamw, opt_adamw, idx, bf16, True)}
+        if args.compiled:
+            comp = torch.compile(ours)
+            fns["ours compiled (default opt)"] = make_step(comp, opt_ours, idx, bf16, True)
+        t = alternate(fns, args.repeats)
+        for k, v in t.items():
+            rows.append((prec, k, B * T / v, t["nanoGPT"] / v))
+    print("\n| precision | model | tok/s | vs nanoGPT |\n|---|---|---|---|")
+    for prec, k, tps, r in rows:
+        print(f"| {prec} | {k} | {tps:,.0f} | {r:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
