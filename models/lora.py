@@ -301,31 +301,15 @@ def to_peft(model: nn.Module, cfg: LoRAConfig, base_model: str = "") -> tuple[di
 def save_peft(model: nn.Module, cfg: LoRAConfig, out_dir: Any, base_model: str = "") -> Any:
     """Write adapter_config.json + adapter_model.safetensors into out_dir atomically (folder swap)."""
     import json
-    import os
-    import shutil
-    import tempfile
     from pathlib import Path
 
     from safetensors.torch import save_file
 
+    from models.atomic import atomic_dir
+
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     config, tensors = to_peft(model, cfg, base_model)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
         (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
