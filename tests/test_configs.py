@@ -85,7 +85,10 @@ def test_recipe_plans_and_takes_a_first_step(config: Path, stories: Path, tmp_pa
     common = ["--config", str(config), "--run-dir", str(rd)]
     stages = raw["stages"]
     if "synth" in stages:
-        _cli("synth", *common, "--synth.num_stories=200")
+        # a recipe with a served teacher (an LLM behind an OpenAI-compatible server) starts here from the offline
+        # grammar: the served path itself runs against a real llama.cpp server in test_synth_llama_server.py
+        teacher = [] if raw["synth"].get("teacher", "grammar") == "grammar" else ["--synth.teacher=grammar"]
+        _cli("synth", *common, "--synth.num_stories=200", *teacher)
     base: list[str] = []
     gguf = None
     if "finetune" in stages and "train" not in stages:  # adapts a pretrained model: its own tokenizer and weights
