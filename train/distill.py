@@ -85,12 +85,6 @@ def check_same_tokenizer(student_vocab: int, teacher_vocab: int, student_tokeniz
         )
 
 
-@torch.no_grad()
-def _eval_ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    out = model(x, targets_BT=y)
-    return float(out.ce_loss if getattr(out, "ce_loss", None) is not None else out.loss)
-
-
 def recover(
     student: nn.Module,
     teacher: nn.Module | None,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -203,7 +202,3 @@ def _save_plain(path: Path, model: Transformer, tokenizer_file: Path | None, pas
         path / "compression.json",
         {"format": "tinyfoundry-compressed", "version": 1, "pass": pass_info, "quantized": {}},
     )
-
-
-def load_report(out_dir: Path) -> dict:
-    return json.loads((Path(out_dir) / "report.json").read_text())
