@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +25,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_model import alternate  # noqa: E402
 
 from models import ModelConfig, Transformer  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
@@ -61,19 +62,6 @@ def make_step(model: nn.Module, opt: torch.optim.Optimizer, idx_BT: torch.Tensor
         opt.step()
 
     return step
-
-
-def alternate(fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 2) -> dict[str, float]:
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:
@@ -113,7 +101,7 @@ def main() -> None:
         if args.compiled:
             comp = torch.compile(ours)
             fns["ours compiled (default opt)"] = make_step(comp, opt_ours, idx, bf16, True)
-        t = alternate(fns, args.repeats)
+        t = alternate(fns, args.repeats, warmup=2)
         for k, v in t.items():
             rows.append((prec, k, B * T / v, t["nanoGPT"] / v))
     print("\n| precision | model | tok/s | vs nanoGPT |\n|---|---|---|---|")
