@@ -144,6 +144,7 @@ def run_compress(
         "passes": [],
         "bytes_per_token": bytes_per_token,
         "num_eval_tokens": int(eval_tokens.numel() // eval_seq * eval_seq),
+        "eval_seq_len": eval_seq,
         "num_calib_tokens": int(calib_NT.numel()),
         "notes": notes,
     }

@@ -60,9 +60,10 @@ class ExportConfig:
     measure: bool = True
     """Score every file in its runtime (bpb, tokens/s) when held-out tokens are available."""
     num_eval_tokens: int = 16384
-    """Held-out tokens scored per file."""
+    """Held-out tokens scored per file when there is no compress report; with one, every file is scored on the
+    report's tokens and windows, so its bpb compares with the report's full-precision baseline."""
     eval_seq_len: int = 0
-    """Window length for scoring; 0 means the model's max_seq_len."""
+    """Window length for scoring (no compress report); 0 means the model's max_seq_len."""
     num_gen_tokens: int = 64
     """New tokens per speed measurement (batch 1, greedy)."""
     threads: int = 1
@@ -190,7 +191,10 @@ def run_export(
         info["reference_bpb"] = report["baseline"]["val_bpb"]
         info["reference"] = "compress baseline (tinyfoundry forward, full precision)"
     if cfg.measure and val_tokens is not None and bytes_per_token:
-        _measure(cfg, model, files, val_tokens, bytes_per_token)
+        num_eval, seq = cfg.num_eval_tokens, cfg.eval_seq_len
+        if report and report.get("num_eval_tokens") and report.get("eval_seq_len"):
+            num_eval, seq = int(report["num_eval_tokens"]), int(report["eval_seq_len"])  # the baseline's tokens
+        _measure(cfg, model, files, val_tokens, bytes_per_token, num_eval, seq)
     if cfg.card and (out_dir / "hf").is_dir():
         card = model_card(model, info, report, cfg.name, {"license": cfg.license, **(meta or {})})
         atomic_write_text(out_dir / "hf" / "README.md", card)
@@ -200,11 +204,11 @@ def run_export(
 
 
 def _measure(cfg: ExportConfig, model: torch.nn.Module, files: list[dict], val_tokens: torch.Tensor,
-             bytes_per_token: float) -> None:
+             bytes_per_token: float, num_eval_tokens: int, eval_seq_len: int) -> None:
     from models.export import runtime_eval as rt
 
-    seq = min(cfg.eval_seq_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
-    tokens = val_tokens[: cfg.num_eval_tokens].long()
+    seq = min(eval_seq_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
+    tokens = val_tokens[:num_eval_tokens].long()
     prompt = [int(t) for t in val_tokens[:16]]
     for f in files:
         try:

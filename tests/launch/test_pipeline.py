@@ -43,7 +43,7 @@ compress:
 export:
   source: gptq-q4_0
   gguf_types: [q4_0, q8_0]
-  num_eval_tokens: 2048
+  num_eval_tokens: 512     # fewer than the val split: the compress report's tokens must win
   num_gen_tokens: 16
 """
 
@@ -91,6 +91,10 @@ def test_every_contract_artifact_is_written(tiny_run):
     pytest.importorskip("llama_cpp", reason="runtime figures need llama-cpp-python")
     for f in exported["files"]:
         assert f["val_bpb"] > 0 and f["tokens_per_s"] > 0, f
+    # files are scored on the compress report's tokens and windows: the pass's weights in transformers give its bpb
+    gptq = next(p for p in report["passes"] if p["name"] == "gptq-q4_0")
+    assert by_file["hf"]["val_bpb"] == pytest.approx(gptq["val_bpb"], rel=1e-4)
+    assert by_file["hf"]["num_eval_tokens"] == report["num_eval_tokens"]
     for stage, rid in _run_ids(rd).items():
         assert rid, f"{stage} has no manifest"
         m = rd.read_manifest(stage)
