@@ -112,7 +112,31 @@ class ValWindows(Dataset):
         return win[:-1], win[1:]
 
 
-class ShardDataModule(L.LightningDataModule):
+class CheckpointedPosition:
+    """The train position a data module checkpoints (Lightning calls these), and the settings that fix the data order:
+    a resume with other settings would replay or skip windows, so it is refused."""
+
+    next_index: int
+    seed: int
+    order: str
+    batch_size: int
+    seq_len: int
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"next_index": int(self.next_index), "seed": int(self.seed), "order": self.order,
+                "batch_size": int(self.batch_size), "seq_len": int(self.seq_len)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("seed", "order", "batch_size", "seq_len"):
+            if key in state and state[key] != getattr(self, key):
+                raise ValueError(
+                    f"{key}: the checkpoint was trained with {key}={state[key]!r}, this run has "
+                    f"{getattr(self, key)!r}; resuming would change the data order (use a new run directory)"
+                )
+        self.next_index = int(state["next_index"])
+
+
+class ShardDataModule(CheckpointedPosition, L.LightningDataModule):
     """Reads `shards_dir` through data_pipelines' ShardIndex; the train position is checkpointed."""
 
     def __init__(self, shards_dir: Path, batch_size: int, seq_len: int, seed: int, order: str = "random",
@@ -153,15 +177,3 @@ class ShardDataModule(L.LightningDataModule):
             return []
         return DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=0)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"next_index": int(self.next_index), "seed": int(self.seed), "order": self.order,
-                "batch_size": int(self.batch_size), "seq_len": int(self.seq_len)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in ("seed", "order", "batch_size", "seq_len"):
-            if key in state and state[key] != getattr(self, key):
-                raise ValueError(
-                    f"{key}: the checkpoint was trained with {key}={state[key]!r}, this run has "
-                    f"{getattr(self, key)!r}; resuming would change the data order (use a new run directory)"
-                )
-        self.next_index = int(state["next_index"])

@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from train.config import TrainConfig
-from train.data import TokenStream, TrainWindows, ValWindows, global_batch_windows
+from train.data import CheckpointedPosition, TokenStream, TrainWindows, ValWindows, global_batch_windows
 from train.finetune_config import FinetuneConfig, Method
 
 __all__ = ["FinetuneConfig", "Method", "MaskedDataModule", "run_finetune"]
@@ -131,7 +131,7 @@ class MaskedValWindows(ValWindows):
         return win[:-1], y
 
 
-class MaskedDataModule(L.LightningDataModule):
+class MaskedDataModule(CheckpointedPosition, L.LightningDataModule):
     """ShardDataModule's contract (checkpointed position, pure-function windows) over in-memory masked examples."""
 
     def __init__(self, splits: dict[str, MaskedSplit], vocab_size: int, eos_id: int, batch_size: int, seq_len: int,
@@ -169,16 +169,6 @@ class MaskedDataModule(L.LightningDataModule):
         return DataLoader(ds, batch_size=self.batch_size, shuffle=False,
                           generator=torch.Generator().manual_seed(self.seed)) if len(ds) else []
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"next_index": int(self.next_index), "seed": int(self.seed), "order": self.order,
-                "batch_size": int(self.batch_size), "seq_len": int(self.seq_len)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in ("seed", "order", "batch_size", "seq_len"):
-            if key in state and state[key] != getattr(self, key):
-                raise ValueError(f"{key}: the checkpoint was trained with {key}={state[key]!r}, this run has "
-                                 f"{getattr(self, key)!r}; resuming would change the data order")
-        self.next_index = int(state["next_index"])
 
 
 # ---------------------------------------------------------------------------------------------------- stage
