@@ -50,11 +50,7 @@ def gptq_quantize(
     """Quantize one weight matrix to int4 with GPTQ given the Gram matrix of its inputs (sum x x^T)."""
     O, I = w_OI.shape  # noqa: E741 (shape legend names)
     g = effective_group_size(I, group_size)
-    W = w_OI.detach().float().clone()
-    H = gram_II.detach().float().clone()
-    dead = H.diagonal() == 0
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
+    W, H = _drop_dead_columns(w_OI.detach().float().clone(), gram_II)
 
     perm = invperm = None
     if act_order:
@@ -66,9 +62,7 @@ def gptq_quantize(
         scale_ON = torch.zeros(O, I // g)
         zero_ON = torch.zeros(O, I // g)
 
-    H.diagonal().add_(damp * H.diagonal().mean())
-    L = torch.linalg.cholesky(H.double())
-    Hinv_U = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True).float()
+    Hinv_U = _damped_hinv_upper(H, damp)
 
     Q = torch.zeros_like(W)
     for i1 in range(0, I, block_size):
@@ -100,16 +94,27 @@ def gptq_quantize(
     return int4_from_codes(Q, scale_ON, None if sym else zero_ON, g)
 
 
-def _hinv_upper(W: torch.Tensor, gram_II: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Dead columns zeroed, dampened H; -> (W, upper Cholesky factor of H^-1, diag(H) before dampening)."""
+def _drop_dead_columns(W: torch.Tensor, gram_II: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Columns never activated (H_jj = 0) get weight 0 and H_jj = 1: no error, no singular Cholesky. -> (W, H)."""
     H = gram_II.detach().float().clone()
     dead = H.diagonal() == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
-    diag = H.diagonal().clone()
+    return W, H
+
+
+def _damped_hinv_upper(H: torch.Tensor, damp: float) -> torch.Tensor:
+    """H += damp * mean(diag H) * I in place; -> the upper Cholesky factor U of H^-1 (H^-1 = U^T U)."""
     H.diagonal().add_(damp * H.diagonal().mean())
     L = torch.linalg.cholesky(H.double())
-    return W, torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True).float(), diag
+    return torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True).float()
+
+
+def _hinv_upper(W: torch.Tensor, gram_II: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Dead columns zeroed, dampened H; -> (W, upper Cholesky factor of H^-1, diag(H) before dampening)."""
+    W, H = _drop_dead_columns(W, gram_II)
+    diag = H.diagonal().clone()
+    return W, _damped_hinv_upper(H, damp), diag
 
 
 @torch.no_grad()
