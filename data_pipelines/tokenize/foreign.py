@@ -24,6 +24,8 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
+from models.export.gguf_pretokenizer import pre_tokenizer_for
+
 TOKENIZER_FILE, TOKENIZER_CONFIG = "tokenizer.json", "tokenizer_config.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"  # transformers >= 4.43 may keep the template in its own file
 _EOS_NAMES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<|im_end|>", "<eos>", "<|eot_id|>")
@@ -96,9 +98,14 @@ def _from_gguf(path: Path, out: Path) -> None:
         hf_tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     except Exception as e:  # transformers raises many types for an unsupported tokenizer model
         raise ValueError(f"{path}: cannot rebuild its tokenizer from GGUF metadata ({e})") from e
-    hf_tok.backend_tokenizer.save(str(out / TOKENIZER_FILE))
     meta = _gguf_scalars(path)
-    tok = hf_tok.backend_tokenizer
+    tok_json = json.loads(hf_tok.backend_tokenizer.to_str())
+    pre_name = meta.get("tokenizer.ggml.pre")
+    pre = pre_tokenizer_for(str(pre_name)) if pre_name else None
+    if pre is not None:  # transformers rebuilds every byte-level BPE with GPT-2's split: put the source's back
+        tok_json["pre_tokenizer"] = pre
+    (out / TOKENIZER_FILE).write_text(json.dumps(tok_json, ensure_ascii=False))
+    tok = Tokenizer.from_file(str(out / TOKENIZER_FILE))
 
     def name(key: str) -> str | None:
         i = meta.get(f"tokenizer.ggml.{key}")
@@ -115,6 +122,8 @@ def _from_gguf(path: Path, out: Path) -> None:
         "clean_up_tokenization_spaces": False,
         "model_max_length": int(meta.get("llama.context_length", 1 << 30)),
     }
+    if pre_name:
+        cfg["gguf_pre"] = str(pre_name)  # llama.cpp's name for the split, kept for the GGUF export
     if meta.get("tokenizer.chat_template"):
         cfg["chat_template"] = str(meta["tokenizer.chat_template"])
     (out / TOKENIZER_CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")

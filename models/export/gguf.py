@@ -24,8 +24,8 @@ Design and invariants (mirroring llama.cpp's own `convert_hf_to_gguf.py` for Lla
 - Types: 1-D tensors (norms) and the router stay F32; matrices are F16, Q8_0 or Q4_0 (32-value blocks
   along each row; ModelConfig guarantees rows are multiples of 32). In Q4_0 files the token embedding
   / output matrix is Q8_0, as llama.cpp's quantizer also keeps the output layer at higher precision.
-- Tokenizer embedded as tokenizer.ggml.model = "gpt2" (byte-level BPE) with the GPT-2 pre-tokenizer
-  ("gpt-2"), the tokens in id order (control type for special tokens), the merges, and bos/eos/pad ids;
+- Tokenizer embedded as tokenizer.ggml.model = "gpt2" (byte-level BPE) with llama.cpp's name for its
+  pre-tokenizer ("gpt-2" for ours, "smollm" for SmolLM2's digit split: models/export/gguf_pretokenizer.py), the tokens in id order (control type for special tokens), the merges, and bos/eos/pad ids;
   no BOS is added automatically (our models are trained without one at document starts).
 - Written to a temporary file in the target folder and renamed: no partial file under the final name.
 """
@@ -43,6 +43,7 @@ import torch
 from models.atomic import atomic_file
 from models.compress import ggml_quants
 from models.compress.quantize import QTensor
+from models.export.gguf_pretokenizer import gguf_pre_name
 from models.export.hf import foreign_tokens, special_token_ids
 from models.hf_mapping import to_hf
 from models.transformer import Transformer
@@ -239,7 +240,7 @@ def export_gguf(
             w.add_expert_count(cfg.num_experts)
             w.add_expert_used_count(cfg.num_experts_per_tok)
         w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre("gpt-2")
+        w.add_tokenizer_pre(gguf_pre_name(Path(tokenizer_file)))
         w.add_token_list(tokens)
         w.add_token_types(types)
         w.add_token_merges(merges)
