@@ -147,7 +147,8 @@ def part_smol(args: argparse.Namespace) -> list[str]:
     print(f"[bench] tokenize + import: {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
     lcfg = {"rank": 16, "alpha": 32, "target_modules": ["all-linear"]}
     lora_model = apply_lora(load_model(work / "base")[0], LoRAConfig(**lcfg))
-    q_model = apply_lora(load_model(work / "base")[0], LoRAConfig(**lcfg, quantize="int4", group_size=64))
+    qcfg = {"quantize": args.qlora_quantize, "group_size": 64}  # q4_1: the GGUF base's own 4-bit grid (lossless)
+    q_model = apply_lora(load_model(work / "base")[0], LoRAConfig(**lcfg, **qcfg))
     wb = {"lora": weight_bytes(lora_model), "qlora": weight_bytes(q_model)}
     tp = {"lora": trainable_params(lora_model), "qlora": trainable_params(q_model)}
     del lora_model, q_model
@@ -157,7 +158,7 @@ def part_smol(args: argparse.Namespace) -> list[str]:
     specs = {
         "full": dict(method="full", base=str(work / "base"), lr=args.full_lr),
         "lora": dict(method="lora", base=str(work / "base"), lr=args.lora_lr, lora=lcfg),
-        "qlora": dict(method="qlora", base=str(work / "base"), lr=args.lora_lr, lora={**lcfg, "group_size": 64}),
+        "qlora": dict(method="qlora", base=str(work / "base"), lr=args.lora_lr, lora={**lcfg, **qcfg}),
         "scratch": dict(method="full", base=str(work / "scratch"), lr=args.scratch_lr),
     }
     # the four runs at once (one thread each): the shared CPU gives each process its own share; peak RSS is per
@@ -333,6 +334,8 @@ def main() -> None:
     ap.add_argument("--full-lr", type=float, default=1e-4)
     ap.add_argument("--lora-lr", type=float, default=2e-3)
     ap.add_argument("--scratch-lr", type=float, default=2e-3)
+    ap.add_argument("--qlora-quantize", default="q4_1", choices=["int4", "q4_0", "q4_1"],
+                    help="QLoRA's frozen base: our int4 (g64) or a llama.cpp grid (q4_1 = SmolLM2's GGUF grid, lossless)")
     ap.add_argument("--instruct-stories", type=int, default=3000)
     ap.add_argument("--probe-prompts", type=int, default=100)
     ap.add_argument("--probe-tokens", type=int, default=200)

@@ -54,8 +54,10 @@ class LoRAConfig:
     'all-linear'."""
     lora_bias: bool = False
     """Train a bias on B as well (PEFT's lora_bias); the base layers have none."""
-    quantize: Literal["none", "int8", "int4"] = "none"
-    """QLoRA: quantize the frozen base's adapted layers with our int8 / int4 quantizers ('none' = plain LoRA)."""
+    quantize: Literal["none", "int8", "int4", "q4_0", "q4_1", "q8_0"] = "none"
+    """QLoRA: quantize the frozen base's adapted layers with our int8 / int4 quantizers, or onto a llama.cpp block
+    grid (q4_0 / q4_1 / q8_0: what a GGUF base already holds, so a Q4_1 base re-quantizes to itself, bit for bit,
+    instead of gaining a second rounding error); 'none' = plain LoRA."""
     group_size: int = 64
     """int4 group size along each row (QLoRA)."""
 
@@ -66,8 +68,8 @@ class LoRAConfig:
             raise ValueError(f"alpha: must be positive, got {self.alpha}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout: must be in [0, 1), got {self.dropout}")
-        if self.quantize not in ("none", "int8", "int4"):
-            raise ValueError(f"quantize: must be none, int8 or int4, got {self.quantize!r}")
+        if self.quantize not in ("none", "int8", "int4", "q4_0", "q4_1", "q8_0"):
+            raise ValueError(f"quantize: must be none, int8, int4, q4_0, q4_1 or q8_0, got {self.quantize!r}")
         if self.group_size < 32 or self.group_size % 32:
             raise ValueError(f"group_size: must be a positive multiple of 32, got {self.group_size}")
         self.target_modules = list(self.target_modules)
@@ -162,6 +164,21 @@ def _targets(model: nn.Module, cfg: LoRAConfig) -> list[tuple[nn.Module, str, nn
     return out
 
 
+def _quantize_base(w: torch.Tensor, cfg: LoRAConfig) -> QTensor:
+    from models.compress import ggml_quants
+    from models.compress.quantize import QTensor, quantize_int4, quantize_int8
+
+    if cfg.quantize == "int8":
+        return quantize_int8(w)
+    if cfg.quantize == "int4":
+        return quantize_int4(w, cfg.group_size)
+    if w.shape[-1] % ggml_quants.BLOCK:
+        raise ValueError(f"quantize: {cfg.quantize} needs rows that are multiples of {ggml_quants.BLOCK}, "
+                         f"got a {tuple(w.shape)} weight")
+    blocks = ggml_quants.quantize_ref(cfg.quantize, w)
+    return QTensor(cfg.quantize, tuple(w.shape), blocks, torch.empty(0, dtype=torch.float16), None, ggml_quants.BLOCK)
+
+
 def apply_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
     """Freeze every parameter of `model` and wrap the targeted linear maps in LoRALinear (in place; returned)."""
     mlp = set(cfg.resolved_targets()) - {"wq", "wk", "wv", "wo"}
@@ -176,11 +193,7 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
     for parent, name, lin in targets:
         base: nn.Module = lin
         if cfg.quantize != "none":
-            from models.compress.quantize import quantize_int4, quantize_int8
-
-            w = lin.weight.detach().float()
-            q = quantize_int8(w) if cfg.quantize == "int8" else quantize_int4(w, cfg.group_size)
-            base = QuantLinear(q)
+            base = QuantLinear(_quantize_base(lin.weight.detach().float(), cfg))
         wrapped = LoRALinear(base, lin.in_features, lin.out_features, cfg)
         wrapped.to(device=lin.weight.device)
         setattr(parent, name, wrapped)

@@ -26,7 +26,7 @@ class FinetuneConfig:
     checkpoints/final."""
     method: Method = "lora"
     """'full' trains every weight; 'lora' trains low-rank adapters on the frozen base; 'qlora' the same on a base
-    quantized with our int8/int4 quantizer (lora.quantize, int4 by default)."""
+    quantized with our int8/int4 quantizer or onto a llama.cpp grid (lora.quantize, int4 by default)."""
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     """Adapter settings (rank, alpha, dropout, target modules, lora_bias, quantize) for lora / qlora."""
     data: list[str] = field(default_factory=list)

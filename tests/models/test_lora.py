@@ -93,6 +93,29 @@ def test_qlora_base_is_frozen_int4_codes() -> None:
     torch.testing.assert_close(merge_(q)(ids).logits, want, rtol=1e-5, atol=1e-5)
 
 
+def test_qlora_on_a_ggml_grid_keeps_a_base_already_on_it_bit_for_bit() -> None:
+    """A GGUF base (SmolLM2 ships Q4_1) re-quantized onto its own grid is unchanged: QLoRA adds no rounding error."""
+    from models.compress import ggml_quants
+
+    base = _model()
+    with torch.no_grad():  # put every adapted weight on the Q4_1 grid, as a Q4_1 GGUF import does
+        for m in base.modules():
+            if isinstance(m, torch.nn.Linear) and m.weight.shape[-1] % 32 == 0:
+                w = m.weight.float()
+                m.weight.copy_(ggml_quants.dequantize("q4_1", ggml_quants.quantize_ref("q4_1", w), tuple(w.shape)))
+    ref = {n: m.weight.detach().clone() for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)}
+    q = apply_lora(base, LoRAConfig(rank=4, target_modules=["all-linear"], quantize="q4_1"))
+    for name, m in q.named_modules():
+        if isinstance(m, LoRALinear):
+            assert m.base.kind == "q4_1" and m.base.codes.dtype == torch.uint8
+            assert torch.equal(m.base.dequantized(), ref[name])
+    ids = torch.randint(0, CFG.vocab_size, (2, 16))
+    _randomize_adapters(q)
+    torch.testing.assert_close(merged(q)(ids).logits, q(ids).logits, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="quantize: must be"):
+        LoRAConfig(quantize="q2_k")
+
+
 def test_bad_targets_are_refused() -> None:
     with pytest.raises(ValueError, match="target_modules"):
         LoRAConfig(target_modules=["attention"])
