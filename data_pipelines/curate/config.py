@@ -10,23 +10,8 @@ stories profile also runs (see LOG.md, curation), so a profile is only a choice 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from typing import Any, Literal
-
-STEP_NAMES = (
-    "normalize",
-    "length",
-    "fineweb",
-    "ratios",
-    "c4",
-    "gopher_quality",
-    "gopher_repetition",
-    "language",
-    "pii",
-    "exact_dedup",
-    "minhash",
-    "perplexity",
-)
 
 PROFILES: dict[str, list[str]] = {
     # clean narrative text: no line-removal rules (dialogue lines end in '."'), keep the rest
@@ -309,16 +294,15 @@ class CurateConfig:
     """Optional model-based filter (bits per byte under a tinyfoundry model)."""
 
     def __post_init__(self) -> None:
-        # nested sections given as plain dicts (e.g. from YAML without the lead's loader)
-        for name, typ in _SECTIONS.items():
-            val = getattr(self, name)
-            if isinstance(val, dict):
-                setattr(self, name, typ(**val))
+        _sections_from_dicts(self)
         if isinstance(self.inputs, str):
             self.inputs = [self.inputs]
         _check(self.profile in PROFILES, "profile", f"must be one of {sorted(PROFILES)}", self.profile)
-        unknown = [s for s in self.steps if s not in STEP_NAMES]
-        _check(not unknown, "steps", f"unknown step(s) {unknown}; known: {', '.join(STEP_NAMES)}", self.steps)
+        from .steps import step_names  # the registry (imports the step modules, which import this one)
+
+        known = step_names()
+        unknown = [s for s in self.steps if s not in known]
+        _check(not unknown, "steps", f"unknown step(s) {unknown}; known: {', '.join(known)}", self.steps)
         _check(len(set(self.steps)) == len(self.steps), "steps", "a step appears twice", self.steps)
         _check(self.num_workers >= 0, "num_workers", "must be >= 0", self.num_workers)
         _check(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
@@ -347,17 +331,15 @@ class CurateConfig:
         return asdict(self)
 
 
-_SECTIONS = {
-    "normalize": NormalizeConfig,
-    "length": LengthConfig,
-    "c4": C4Config,
-    "gopher_quality": GopherQualityConfig,
-    "gopher_repetition": GopherRepetitionConfig,
-    "fineweb": FineWebConfig,
-    "ratios": RatiosConfig,
-    "language": LanguageConfig,
-    "pii": PIIConfig,
-    "exact_dedup": ExactDedupConfig,
-    "minhash": MinHashConfig,
-    "perplexity": PerplexityConfig,
-}
+def _sections_from_dicts(cfg: CurateConfig) -> None:
+    """Nested step sections given as plain dicts (YAML) become their config dataclass; an unknown key is
+    an error naming `<section>.<key>`. The sections are the fields whose default is a dataclass."""
+    for f in fields(cfg):
+        typ = f.default_factory if f.default_factory is not MISSING else None
+        val = getattr(cfg, f.name)
+        if typ is None or not is_dataclass(typ) or not isinstance(val, dict):
+            continue
+        known = {g.name for g in fields(typ)}
+        bad = [k for k in val if k not in known]
+        _check(not bad, f"{f.name}.{bad[0] if bad else ''}", "unknown key", val)
+        setattr(cfg, f.name, typ(**val))

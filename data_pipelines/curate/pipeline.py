@@ -45,10 +45,9 @@ from tqdm import tqdm
 from .config import CurateConfig
 from .dedup import ExactDeduper, MinHashDeduper
 from .documents import Document
-from .filters import STEP_CLASSES
 from .readers import ReaderOptions, ReadStats, read_source, resolve_inputs
+from .steps import build_step, is_dedup
 
-DEDUP_STEPS = ("exact_dedup", "minhash")
 MAX_SCORES_PER_SHARD = 50_000
 _EXAMPLES_PER_REASON = 3
 
@@ -119,8 +118,8 @@ class DocProcessor:
 
     def __init__(self, cfg: CurateConfig) -> None:
         self.cfg = cfg
-        names = [s for s in cfg.resolved_steps if s not in DEDUP_STEPS]
-        self.steps = [(name, STEP_CLASSES[name](getattr(cfg, name))) for name in names]
+        names = [s for s in cfg.resolved_steps if not is_dedup(s)]
+        self.steps = [(name, build_step(name, cfg)) for name in names]
         steps = cfg.resolved_steps
         self.exact = ExactDeduper(cfg.exact_dedup.normalize) if "exact_dedup" in steps else None
         m = cfg.minhash
@@ -138,22 +137,23 @@ class DocProcessor:
         return {}
 
     def process(self, docs: list[Document]) -> dict[str, Any]:
-        """Kept docs (+ keys), dropped docs (+ reason), scores; texts after every transform."""
-        kept: list[Document] = []
-        dropped: list[tuple[Document, str, str]] = []
-        scores: list[tuple[dict[str, float], bool]] = []
-        for doc in docs:
-            reason = step_name = None
-            for name, step in self.steps:
-                reason = step(doc)
+        """Kept docs (+ keys), dropped docs (+ reason), scores; texts after every transform.
+
+        Each step sees the batch's surviving documents at once (`filter_batch`), so a model-based
+        filter runs one forward pass per batch; outputs stay in input order."""
+        verdict: list[tuple[str, str] | None] = [None] * len(docs)
+        alive = list(range(len(docs)))
+        for name, step in self.steps:
+            if not alive:
+                break
+            reasons = step.filter_batch([docs[i] for i in alive])
+            for i, reason in zip(alive, reasons):
                 if reason is not None:
-                    step_name = name
-                    break
-            scores.append((doc.scores, reason is None))
-            if reason is None:
-                kept.append(doc)
-            else:
-                dropped.append((doc, reason, step_name or ""))
+                    verdict[i] = (reason, name)
+            alive = [i for i, reason in zip(alive, reasons) if reason is None]
+        kept = [docs[i] for i in alive]
+        dropped = [(doc, v[0], v[1]) for doc, v in zip(docs, verdict) if v is not None]
+        scores = [(doc.scores, v is None) for doc, v in zip(docs, verdict)]
         exact_keys = [self.exact.key(d.text) for d in kept] if self.exact is not None else None
         band_keys = self.minhash.band_keys([d.text for d in kept]) if self.minhash is not None else None
         return {"kept": kept, "dropped": dropped, "scores": scores, "exact": exact_keys, "bands": band_keys}
@@ -376,7 +376,7 @@ class _Dedup:
         m = cfg.minhash
         self.exact = ExactDeduper(cfg.exact_dedup.normalize) if "exact_dedup" in steps else None
         self.minhash = MinHashDeduper(m.ngram, m.num_bands, m.rows_per_band, m.seed) if "minhash" in steps else None
-        self.order = [s for s in steps if s in DEDUP_STEPS]
+        self.order = [s for s in steps if is_dedup(s)]
 
     def check(self, doc_id: str, row: int, ek: np.ndarray | None, bk: np.ndarray | None) -> tuple[str | None, str | None]:
         """(reason, id of the earlier copy) for row `row` of a shard's keys, or (None, None) to keep it."""
