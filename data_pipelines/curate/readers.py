@@ -6,7 +6,8 @@ Design
 ``save_to_disk`` folders) so that sharding and resume see the same list on every machine.
 ``read_source`` yields documents from one source; the format is chosen from the name
 (``.jsonl/.json/.ndjson``, ``.parquet``, ``.warc[.gz]``, anything else is text), with ``.gz`` and
-``.zst`` decompressed on the fly.
+``.zst`` decompressed on the fly. ``hf:<name>[:<config>]`` is streamed with ``datasets``
+(``streaming=True``): rows arrive as the files are read, nothing is downloaded or converted first.
 
 Invariants
 - Every document has a non-empty string id: the input's own (``id_field``) when present, otherwise
@@ -236,22 +237,38 @@ def _read_parquet(path: str, opts: ReaderOptions, stats: ReadStats) -> Iterator[
     yield from _iter_table_rows(pq.ParquetFile(path).iter_batches(batch_size=4096), path, opts)
 
 
+def _iter_records(records: Iterator[dict[str, Any]], source: str, opts: ReaderOptions) -> Iterator[Document]:
+    name = os.path.basename(source.rstrip("/")) or source
+    for row, rec in enumerate(records):
+        yield _split_record(rec, opts, f"{name}:{row}", f"{source} row {row}")
+
+
+def _stream_hf(source: str, opts: ReaderOptions) -> Iterator[dict[str, Any]]:
+    """Rows of `hf:<name>[:<config>]`, streamed: `datasets.load_dataset(..., streaming=True)` reads the
+    files as it goes (Hub datasets over HTTP, local folders and builders from disk) and never downloads
+    or converts the whole dataset first, so the first documents arrive at once and disk use stays flat."""
+    import datasets
+
+    name, _, config = source[3:].partition(":")
+    try:
+        ds = datasets.load_dataset(name, config or None, split=opts.hf_split, streaming=True)
+        yield from ds
+    except (ConnectionError, OSError) as e:  # offline, unknown name, no such split/config
+        raise ValueError(f"inputs: could not stream {source!r} with datasets.load_dataset: {e}") from e
+
+
 def _read_hf(source: str, opts: ReaderOptions, stats: ReadStats) -> Iterator[Document]:
+    """`hf:` specs are streamed; a `save_to_disk` folder is memory-mapped arrow already and read by batch."""
     import datasets
 
     if source.startswith("hf:"):
-        spec = source[3:]
-        name, _, config = spec.partition(":")
-        try:
-            ds = datasets.load_dataset(name, config or None, split=opts.hf_split)
-        except (ConnectionError, OSError) as e:  # offline, unknown name, no such split/config
-            raise ValueError(f"inputs: could not load {source!r} with datasets.load_dataset: {e}") from e
-    else:
-        ds = datasets.load_from_disk(source)
-        if isinstance(ds, datasets.DatasetDict):
-            if opts.hf_split not in ds:
-                raise ValueError(f"hf_split: {source} has splits {list(ds)}, not {opts.hf_split!r}")
-            ds = ds[opts.hf_split]
+        yield from _iter_records(_stream_hf(source, opts), source, opts)
+        return
+    ds = datasets.load_from_disk(source)
+    if isinstance(ds, datasets.DatasetDict):
+        if opts.hf_split not in ds:
+            raise ValueError(f"hf_split: {source} has splits {list(ds)}, not {opts.hf_split!r}")
+        ds = ds[opts.hf_split]
     yield from _iter_table_rows(ds.data.to_batches(max_chunksize=4096), source, opts)
 
 
