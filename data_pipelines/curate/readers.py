@@ -13,7 +13,8 @@ Invariants
 - Every document has a non-empty string id: the input's own (``id_field``) when present, otherwise
   a stable ``<file name>:<line or index>`` (the same on every rerun and every shard).
 - Input metadata (all fields other than the text and the id) is kept as-is in ``Document.metadata``.
-- Invalid UTF-8 never stops a run: bytes are replaced by U+FFFD and counted in ``ReadStats``.
+- Text files, compression and invalid UTF-8 follow data_pipelines/text_files.py (the rules shared with
+  tokenize and eval): invalid bytes become U+FFFD and are counted in ``ReadStats``.
 - A malformed JSONL line is skipped and counted (with its line number); a record without the text
   field is a ``ValueError`` naming the file and line, because it means the wrong ``text_field``.
 """
@@ -21,28 +22,24 @@ Invariants
 from __future__ import annotations
 
 import glob
-import gzip
-import io
 import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from ..text_files import COMPRESSED_SUFFIXES, Utf8Stats, decode_utf8, iter_blocks, open_binary
 from .documents import Document
 
 MAX_REPORTED_LINES = 10
-_COMPRESSED = (".gz", ".zst", ".zstd")
 _JSONL = (".jsonl", ".json", ".ndjson")
 
 
 @dataclass
-class ReadStats:
+class ReadStats(Utf8Stats):
     """What the readers had to repair or skip (merged across workers and shards)."""
 
-    invalid_utf8_chars: int = 0
-    invalid_utf8_docs: int = 0
     malformed_lines: dict[str, dict[str, Any]] = field(default_factory=dict)  # file -> {count, first_lines}
     empty_docs: int = 0
 
@@ -82,15 +79,8 @@ class ReaderOptions:
 
 
 def decode(data: bytes, stats: ReadStats) -> str:
-    """UTF-8 decode; invalid bytes become U+FFFD and are counted."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        text = data.decode("utf-8", errors="replace")
-        inserted = text.count("\ufffd") - data.decode("utf-8", errors="ignore").count("\ufffd")
-        stats.invalid_utf8_chars += inserted
-        stats.invalid_utf8_docs += 1
-        return text
+    """UTF-8 decode; invalid bytes become U+FFFD and are counted (data_pipelines/text_files.py)."""
+    return decode_utf8(data, stats)
 
 
 def _is_save_to_disk(path: Path) -> bool:
@@ -134,19 +124,9 @@ def resolve_inputs(inputs: list[str]) -> list[str]:
     return [s for s in out if not (s in seen or seen.add(s))]
 
 
-def _open_binary(path: str) -> IO[bytes]:
-    if path.endswith(".gz"):
-        return gzip.open(path, "rb")
-    if path.endswith((".zst", ".zstd")):
-        import zstandard
-
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
-    return open(path, "rb")
-
-
 def _base_suffix(path: str) -> str:
     name = path.lower()
-    for c in _COMPRESSED:
+    for c in COMPRESSED_SUFFIXES:
         if name.endswith(c):
             name = name[: -len(c)]
             break
@@ -188,7 +168,7 @@ def _split_record(rec: dict[str, Any], opts: ReaderOptions, fallback_id: str, wh
 
 def _read_jsonl(path: str, opts: ReaderOptions, stats: ReadStats) -> Iterator[Document]:
     name = os.path.basename(path)
-    with _open_binary(path) as f:
+    with open_binary(path) as f:
         for line_no, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
@@ -205,17 +185,17 @@ def _read_jsonl(path: str, opts: ReaderOptions, stats: ReadStats) -> Iterator[Do
 
 
 def _read_text(path: str, opts: ReaderOptions, stats: ReadStats) -> Iterator[Document]:
+    """Separator-delimited documents, streamed (data_pipelines/text_files.py has the rules); ids are
+    `<file>:<block index>`, or the file name when the whole file is one document. Empty blocks between
+    separators are skipped and counted."""
     name = os.path.basename(path)
-    with _open_binary(path) as f:
-        text = decode(f.read(), stats)
-    blocks = text.split(opts.separator) if opts.separator else [text]
-    for i, block in enumerate(blocks):
-        block = block.strip("\n")
-        if not block.strip():
-            if opts.separator and 0 < i < len(blocks) - 1:
-                stats.empty_docs += 1
+    blocks = iter_blocks(path, opts.separator)
+    for i, (_offset, raw) in enumerate(blocks):
+        text = decode_utf8(raw, stats)
+        if not text.strip():
+            stats.empty_docs += 1
             continue
-        yield Document(text=block, id=f"{name}:{i}" if opts.separator else name)
+        yield Document(text=text, id=f"{name}:{i}" if opts.separator else name)
 
 
 def _iter_table_rows(batches: Iterator[Any], path: str, opts: ReaderOptions) -> Iterator[Document]:
