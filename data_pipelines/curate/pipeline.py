@@ -555,18 +555,7 @@ def run_curate(
     sources = resolve_inputs(inputs)
     work = out_dir / ".work"
 
-    if shard is not None:
-        i, n = int(shard[0]), int(shard[1])
-        if not (n >= 1 and 0 <= i < n):
-            raise ValueError(f"shard: must be i/n with 0 <= i < n, got {i}/{n}")
-        todo, num_shards = [i], n
-    else:
-        num_shards = 1
-        for cand in sorted(work.glob("*/run.json")) if work.exists() else []:
-            info = json.loads(cand.read_text())
-            if info.get("fingerprint") == _fingerprint(cfg, sources, info["num_shards"]):
-                num_shards = info["num_shards"]
-        todo = list(range(num_shards))
+    todo, num_shards = _shards_to_run(cfg, sources, work, shard)
 
     fp = _fingerprint(cfg, sources, num_shards)
     run_dir = work / fp
@@ -592,15 +581,45 @@ def run_curate(
     if missing:
         return {"finalized": False, "num_shards": num_shards, "shards_missing": missing, "run": fp}
 
-    # exactly one finisher finalizes: an exclusive lock file (a later plain call takes over a stale one)
+    stats = _finalize_once(cfg, run_dir, out_dir, sources, num_shards, shard is not None, t0)
+    if stats.get("finalized") is False:
+        return stats
+    if stats["docs_out"] == 0:
+        raise CurateError(_empty_message(stats, out_dir))
+    return stats
+
+
+def _shards_to_run(
+    cfg: CurateConfig, sources: list[str], work: Path, shard: tuple[int, int] | None
+) -> tuple[list[int], int]:
+    """(shards this call processes, shard count): `shard=(i, n)` means shard i of n; no shard means every
+    shard of the last sharded run with this config and inputs, or the whole input as one shard."""
+    if shard is not None:
+        i, n = int(shard[0]), int(shard[1])
+        if not (n >= 1 and 0 <= i < n):
+            raise ValueError(f"shard: must be i/n with 0 <= i < n, got {i}/{n}")
+        return [i], n
+    num_shards = 1
+    for cand in sorted(work.glob("*/run.json")) if work.exists() else []:
+        info = json.loads(cand.read_text())
+        if info.get("fingerprint") == _fingerprint(cfg, sources, info["num_shards"]):
+            num_shards = info["num_shards"]
+    return list(range(num_shards)), num_shards
+
+
+def _finalize_once(
+    cfg: CurateConfig, run_dir: Path, out_dir: Path, sources: list[str], num_shards: int, sharded: bool, t0: float
+) -> dict[str, Any]:
+    """Finalize under an exclusive lock file, so exactly one finisher does it (a later plain call takes over
+    a stale lock); a sharded call that finds the lock taken returns ``finalized: False``."""
     lock = run_dir / "finalize.lock"
     try:
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         os.write(fd, str(os.getpid()).encode())
         os.close(fd)
     except FileExistsError:
-        if shard is not None:
-            return {"finalized": False, "num_shards": num_shards, "shards_missing": [], "run": fp}
+        if sharded:
+            return {"finalized": False, "num_shards": num_shards, "shards_missing": [], "run": run_dir.name}
     try:
         total_in = sum(
             json.loads((run_dir / f"shard-{s:05d}" / "done.json").read_text())["docs_in"]
@@ -611,11 +630,9 @@ def run_curate(
                 f"inputs: no documents found in {len(sources)} source(s): {', '.join(sources[:5])}"
             )
         stats = _finalize(cfg, run_dir, out_dir, num_shards, time.time() - t0)
-        _atomic_write_json(final_path, {"finished": time.time()})
+        _atomic_write_json(run_dir / "final.json", {"finished": time.time()})
     finally:
         lock.unlink(missing_ok=True)
-    if stats["docs_out"] == 0:
-        raise CurateError(_empty_message(stats, out_dir))
     return stats
 
 
