@@ -73,3 +73,24 @@ def test_nested_section_dict_with_unknown_key_names_it():
     assert CurateConfig(length={"min_words": 3}).length.min_words == 3
     with pytest.raises(ValueError, match="length.min_wrods"):
         CurateConfig(length={"min_wrods": 3})
+
+
+def test_readme_filter_example_registers_and_runs():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### A curation filter", 1)[1].split("###", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    import sys
+    import types
+
+    mod = types.ModuleType("readme_example")  # dataclasses look their module up in sys.modules
+    sys.modules[mod.__name__] = mod
+    try:
+        exec(compile(code, "README.md", "exec"), mod.__dict__)
+        f = build_step("shout", CurateConfig())
+        assert f(Document(text="Yes!" * 30, id="a")) == "shouting" and f(Document(text="Fine.", id="b")) is None
+    finally:
+        STEPS.pop("shout", None)
+        sys.modules.pop(mod.__name__, None)
