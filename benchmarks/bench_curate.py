@@ -36,7 +36,8 @@ DATA = (ROOT / ".." / "shared" / "data").resolve()
 from data_pipelines.curate.config import CurateConfig  # noqa: E402
 from data_pipelines.curate.dedup import MinHashDeduper  # noqa: E402
 from data_pipelines.curate.documents import Document  # noqa: E402
-from data_pipelines.curate.filters import STEP_CLASSES, fasttext_model_path  # noqa: E402
+from data_pipelines.curate.filters import fasttext_model_path  # noqa: E402
+from data_pipelines.curate.steps import build_step, is_dedup  # noqa: E402
 
 
 def load_stories() -> list[str]:
@@ -107,7 +108,7 @@ def dt_chain(filters: dict, names: list[str], texts: list[str]) -> list[str | No
 
 
 def our_steps(cfg: CurateConfig, names: list[str]) -> list:
-    return [STEP_CLASSES[n](getattr(cfg, n)) for n in names]
+    return [build_step(n, cfg) for n in names]
 
 
 def our_chain(steps: list, texts: list[str]) -> list[str | None]:
@@ -230,7 +231,7 @@ def main() -> None:
     _, dt_st = timed(dt_chain, dt, ["gopher_quality", "gopher_repetition"], stories)
     _, dt_sf = timed(dt_chain, dt, ["fineweb"], stories)
     scfg = CurateConfig(profile="stories")
-    st_steps = [s for s in scfg.resolved_steps if s in STEP_CLASSES]
+    st_steps = [s for s in scfg.resolved_steps if not is_dedup(s)]
     _, us_st = timed(our_chain, our_steps(scfg, st_steps), stories)
     keep = lambda rs: sum(r is None for r in rs) / len(rs)  # noqa: E731
     print("TinyStories kept (2,000 clean stories; target >= 99.5%):")
@@ -247,7 +248,7 @@ def main() -> None:
         d0, d1 = drop_rates(dt_chain(dt, names, web_texts), labels)
         print(f"  datatrove {name:20s} {100 * d0:5.1f}% / {100 * d1:5.1f}%")
     wcfg = CurateConfig(profile="web")
-    w_steps = [s for s in wcfg.resolved_steps if s in STEP_CLASSES]
+    w_steps = [s for s in wcfg.resolved_steps if not is_dedup(s)]
     d0, d1 = drop_rates(our_chain(our_steps(wcfg, w_steps), web_texts), labels)
     print(f"  tinyfoundry web profile        {100 * d0:5.1f}% / {100 * d1:5.1f}%")
 

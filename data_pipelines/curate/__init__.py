@@ -5,10 +5,14 @@ Entry point: ``run_curate(cfg, out_dir, inputs=None, shard=None) -> stats``; see
 shard/finalize design and config.py for the steps and their thresholds.
 """
 
-from .config import PROFILES, STEP_NAMES, CurateConfig
+from .config import PROFILES, CurateConfig
 from .documents import Document
 from .pipeline import CurateError, run_curate
 from .readers import resolve_inputs
+from .steps import STEPS, DedupStep, Filter, Step, Transform, register_step, step_names
+
+STEP_NAMES = step_names()
+"""Names of the steps registered when the package was imported (the registry is `STEPS`)."""
 
 __all__ = [
     "CurateConfig",
@@ -16,6 +20,13 @@ __all__ = [
     "Document",
     "PROFILES",
     "STEP_NAMES",
+    "STEPS",
+    "DedupStep",
+    "Filter",
+    "Step",
+    "Transform",
+    "register_step",
+    "step_names",
     "resolve_inputs",
     "run_curate",
 ]

@@ -30,6 +30,9 @@ from collections.abc import Sequence
 import numpy as np
 import xxhash
 
+from .config import ExactDedupConfig, MinHashConfig
+from .steps import DedupStep, register_step
+
 WORD_RE = re.compile(r"\w+")
 _NONWORD_RE = re.compile(r"[\W_]+")
 _MAX_SHINGLES_PER_CHUNK = 1 << 13  # (permutations x shingles) uint64 temporary stays ~7 MB, cache-sized
@@ -218,3 +221,21 @@ class MinHashDeduper:
         if not ga and not gb:
             return 1.0
         return len(ga & gb) / len(ga | gb)
+
+
+@register_step
+class ExactDedupStep(DedupStep):
+    """`exact_dedup`: exact duplicates after normalization, across all shards (reason `exact_dup`)."""
+
+    name = "exact_dedup"
+    config_cls = ExactDedupConfig
+    reasons = ("exact_dup",)
+
+
+@register_step
+class MinHashStep(DedupStep):
+    """`minhash`: near duplicates by MinHash-LSH, across all shards (reason `near_dup`)."""
+
+    name = "minhash"
+    config_cls = MinHashConfig
+    reasons = ("near_dup",)

@@ -2,10 +2,12 @@
 
 Design
 ------
-Every step is a callable ``step(doc) -> reason | None``: ``None`` keeps the document (a transform may
-have rewritten ``doc.text``), a string is the drop *reason code* (``gopher_alpha``,
-``fineweb_line_punct``...), so a drop is always explained and the runner only counts and routes.
-Filters also record the score they judged in ``doc.scores`` for the report's histograms.
+Every step is a `steps.Transform` or `steps.Filter` registered by name (steps.py): ``step(doc) ->
+reason | None``, ``None`` keeping the document (a transform may have rewritten ``doc.text``), a string
+being the drop *reason code* (``gopher_alpha``, ``fineweb_line_punct``...), so a drop is always
+explained and the runner only counts and routes. Filters also record the score they judged in
+``doc.scores`` for the report's histograms. The perplexity filter scores whole batches
+(``score_batch``), one forward pass per ``perplexity.batch_size`` documents.
 
 Words. Rules that count words (Gopher, FineWeb, length) use whitespace tokens with surrounding
 punctuation stripped, and a token that is only punctuation is *not* a word. datatrove counts
@@ -25,7 +27,6 @@ import re
 import string
 import unicodedata
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from .config import (
     RatiosConfig,
 )
 from .documents import Document
+from .steps import Filter, Transform, register_step
 
 PUNCT = string.punctuation + "“”‘’«»„‟‹›—–…•·¿¡"
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200d\u2060\ufeff]")
@@ -57,9 +59,6 @@ _TERMINAL = (".", "!", "?", "…", '"', "'", "”", "’")
 _TERMINAL_AFTER_QUOTE_RE = re.compile(r"[.!?…][\"'”’)\]]+$")
 _BULLETS = ("•", "-", "*", "·", "‣", "◦", "▪", "●", "–")
 _POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
-
-Step = Callable[[Document], "str | None"]
-
 
 @functools.lru_cache(maxsize=8)
 def text_words(text: str) -> list[str]:
@@ -80,13 +79,13 @@ def ends_sentence(line: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 # transforms
 # ---------------------------------------------------------------------------------------------
-class Normalizer:
+@register_step
+class Normalizer(Transform):
     """Unicode normalization, control-character removal and whitespace clean-up (never drops)."""
 
     name = "normalize"
-
-    def __init__(self, cfg: NormalizeConfig) -> None:
-        self.cfg = cfg
+    config_cls = NormalizeConfig
+    reasons = ()
 
     def __call__(self, doc: Document) -> str | None:
         text = doc.text
@@ -116,13 +115,16 @@ _PHONE_RE = re.compile(
 )
 
 
-class PIIRedactor:
+@register_step
+class PIIRedactor(Transform):
     """Replaces emails, public IPv4 addresses and phone numbers with placeholders (never drops)."""
 
     name = "pii"
+    config_cls = PIIConfig
+    reasons = ()
 
     def __init__(self, cfg: PIIConfig) -> None:
-        self.cfg = cfg
+        super().__init__(cfg)
         self.counts: Counter[str] = Counter()
 
     def _ip(self, m: re.Match[str]) -> str:
@@ -156,13 +158,13 @@ class PIIRedactor:
 # ---------------------------------------------------------------------------------------------
 # filters
 # ---------------------------------------------------------------------------------------------
-class LengthFilter:
+@register_step
+class LengthFilter(Filter):
     """Too short / too long in words (`empty`, `too_short`, `too_long`)."""
 
     name = "length"
-
-    def __init__(self, cfg: LengthConfig) -> None:
-        self.cfg = cfg
+    config_cls = LengthConfig
+    reasons = ("empty", "too_short", "too_long")
 
     def __call__(self, doc: Document) -> str | None:
         if len(doc.text.strip()) < max(self.cfg.min_chars, 1):
@@ -176,7 +178,8 @@ class LengthFilter:
         return None
 
 
-class C4Filter:
+@register_step
+class C4Filter(Filter):
     """C4 line rules: remove boilerplate lines, then judge what is left.
 
     Reasons: `c4_lorem_ipsum`, `c4_curly_bracket`, `c4_boilerplate` (most characters were removed),
@@ -184,9 +187,8 @@ class C4Filter:
     """
 
     name = "c4"
-
-    def __init__(self, cfg: C4Config) -> None:
-        self.cfg = cfg
+    config_cls = C4Config
+    reasons = ("c4_lorem_ipsum", "c4_curly_bracket", "c4_boilerplate", "c4_few_sentences")
 
     def __call__(self, doc: Document) -> str | None:
         cfg = self.cfg
@@ -224,13 +226,13 @@ class C4Filter:
         return None
 
 
-class GopherQualityFilter:
+@register_step
+class GopherQualityFilter(Filter):
     """Gopher quality rules (Rae et al. 2021, A.1.1) with punctuation-aware word counting."""
 
     name = "gopher_quality"
-
-    def __init__(self, cfg: GopherQualityConfig) -> None:
-        self.cfg = cfg
+    config_cls = GopherQualityConfig
+    reasons = ("gopher_short", "gopher_long", "gopher_word_length", "gopher_symbols", "gopher_bullets", "gopher_ellipsis", "gopher_alpha", "gopher_stop_words")
 
     def __call__(self, doc: Document) -> str | None:
         cfg = self.cfg
@@ -283,13 +285,13 @@ def _dup_fraction(items: list[str]) -> tuple[float, float]:
     return dup / max(len(items), 1), dup_chars / max(total_chars, 1)
 
 
-class GopherRepetitionFilter:
+@register_step
+class GopherRepetitionFilter(Filter):
     """Gopher repetition rules (Rae et al. 2021, A.1.1, table A1): repeated lines, paragraphs and n-grams."""
 
     name = "gopher_repetition"
-
-    def __init__(self, cfg: GopherRepetitionConfig) -> None:
-        self.cfg = cfg
+    config_cls = GopherRepetitionConfig
+    reasons = ("gopher_dup_paras", "gopher_dup_para_chars", "gopher_dup_lines", "gopher_dup_line_chars", "gopher_top_2gram", "gopher_top_3gram", "gopher_top_4gram", "gopher_dup_5gram", "gopher_dup_6gram", "gopher_dup_7gram", "gopher_dup_8gram", "gopher_dup_9gram", "gopher_dup_10gram")
 
     def __call__(self, doc: Document) -> str | None:
         cfg = self.cfg
@@ -351,14 +353,14 @@ class GopherRepetitionFilter:
         return None
 
 
-class FineWebQualityFilter:
+@register_step
+class FineWebQualityFilter(Filter):
     """FineWeb line rules (Penedo et al. 2024): `fineweb_line_punct`, `fineweb_short_lines`,
     `fineweb_dup_lines`, `fineweb_list`."""
 
     name = "fineweb"
-
-    def __init__(self, cfg: FineWebConfig) -> None:
-        self.cfg = cfg
+    config_cls = FineWebConfig
+    reasons = ("fineweb_line_punct", "fineweb_short_lines", "fineweb_dup_lines", "fineweb_list")
 
     def __call__(self, doc: Document) -> str | None:
         cfg = self.cfg
@@ -404,7 +406,8 @@ def _upper_and_cased(text: str) -> tuple[int, int]:
     return int(np.count_nonzero(a != lo)), int(np.count_nonzero(lo != hi))
 
 
-class RatiosFilter:
+@register_step
+class RatiosFilter(Filter):
     """Character and function-word ratios: `uppercase_ratio`, `stop_word_ratio`, `digit_ratio`.
 
     Running prose has ~3-5% capitals and ~30% function words; navigation menus, product grids,
@@ -412,9 +415,8 @@ class RatiosFilter:
     """
 
     name = "ratios"
-
-    def __init__(self, cfg: RatiosConfig) -> None:
-        self.cfg = cfg
+    config_cls = RatiosConfig
+    reasons = ("uppercase_ratio", "stop_word_ratio", "digit_ratio")
 
     def __call__(self, doc: Document) -> str | None:
         cfg = self.cfg
@@ -458,16 +460,19 @@ def _fasttext() -> Any:
     return _FASTTEXT_MODEL
 
 
-class LanguageFilter:
+@register_step
+class LanguageFilter(Filter):
     """fastText lid.176 language ID; keeps `cfg.languages` at `min_score` (reason `language`).
 
     The detected language and its probability are added to the document's metadata.
     """
 
     name = "language"
+    config_cls = LanguageConfig
+    reasons = ("language",)
 
     def __init__(self, cfg: LanguageConfig) -> None:
-        self.cfg = cfg
+        super().__init__(cfg)
         self.languages = set(cfg.languages)
         self.model = _fasttext()
 
@@ -484,14 +489,22 @@ class LanguageFilter:
         return None
 
 
-class PerplexityFilter:
+@register_step
+class PerplexityFilter(Filter):
     """Bits per byte under a tinyfoundry model trained on reference text (reason `perplexity`).
 
     Loaded lazily through the models room's `load_model`; documents are scored on their first
-    `max_tokens` tokens, in batches. Optional and last, because it is by far the slowest step.
+    `max_tokens` tokens, `batch_size` documents per forward pass. Optional and last, because it is by
+    far the slowest step.
+
+    Batching pads each batch on the right to its longest document. The model is causal, so a real
+    token never attends to the padding after it, and the padded positions are left out of the loss:
+    a document scores the same alone or in any batch (to float rounding; tested).
     """
 
     name = "perplexity"
+    config_cls = PerplexityConfig
+    reasons = ("perplexity",)
 
     def __init__(self, cfg: PerplexityConfig) -> None:
         import torch
@@ -499,7 +512,7 @@ class PerplexityFilter:
 
         from models import load_model
 
-        self.cfg = cfg
+        super().__init__(cfg)
         self.torch = torch
         self.model, tok_path = load_model(Path(cfg.model_dir), device="cpu")
         self.model.eval()
@@ -507,40 +520,43 @@ class PerplexityFilter:
             raise ValueError(f"perplexity.model_dir: {cfg.model_dir} has no tokenizer.json")
         self.tokenizer = Tokenizer.from_file(str(tok_path))
 
-    def bits_per_byte(self, texts: list[str]) -> list[float]:
+    def _max_tokens(self) -> int:
+        return min(self.cfg.max_tokens, int(getattr(self.model.cfg, "max_seq_len", 1 << 30)) + 1)
+
+    def _nll_batch(self, seqs: list[list[int]]) -> list[float]:
+        """Summed next-token NLL (nats) of each id sequence (each >= 2 ids), in one padded forward pass."""
         torch = self.torch
-        out: list[float] = []
-        max_tokens = min(self.cfg.max_tokens, int(getattr(self.model.cfg, "max_seq_len", 1 << 30)) + 1)
-        for text in texts:
-            ids = self.tokenizer.encode(text).ids[:max_tokens]
-            nbytes = len(self.tokenizer.decode(ids[1:]).encode("utf-8")) if len(ids) > 1 else 0
-            if len(ids) < 2 or nbytes == 0:
-                out.append(0.0)
-                continue
-            x = torch.tensor([ids[:-1]])
-            y = torch.tensor([ids[1:]])
-            with torch.no_grad():
-                logits = self.model(x).logits.float()
-                nll = torch.nn.functional.cross_entropy(logits[0], y[0], reduction="sum").item()
-            out.append(nll / np.log(2) / nbytes)
+        width = max(len(s) for s in seqs) - 1
+        x_BT = torch.zeros((len(seqs), width), dtype=torch.long)
+        y_BT = torch.full((len(seqs), width), -100, dtype=torch.long)  # -100: padding, not scored
+        for b, ids in enumerate(seqs):
+            x_BT[b, : len(ids) - 1] = torch.tensor(ids[:-1])
+            y_BT[b, : len(ids) - 1] = torch.tensor(ids[1:])
+        with torch.no_grad():
+            logits_BTV = self.model(x_BT).logits.float()
+            nll_BT = torch.nn.functional.cross_entropy(
+                logits_BTV.transpose(1, 2), y_BT, reduction="none", ignore_index=-100
+            )
+        return nll_BT.sum(dim=1).tolist()
+
+    def bits_per_byte(self, texts: list[str]) -> list[float]:
+        """Bits per byte of each text's first `max_tokens` tokens (0.0 for a text under two tokens)."""
+        max_tokens = self._max_tokens()
+        ids = [self.tokenizer.encode(t).ids[:max_tokens] for t in texts]
+        nbytes = [len(self.tokenizer.decode(s[1:]).encode("utf-8")) if len(s) > 1 else 0 for s in ids]
+        todo = [i for i, (s, n) in enumerate(zip(ids, nbytes)) if len(s) >= 2 and n > 0]
+        out = [0.0] * len(texts)
+        step = max(self.cfg.batch_size, 1)
+        for start in range(0, len(todo), step):
+            chunk = todo[start : start + step]
+            for i, nll in zip(chunk, self._nll_batch([ids[i] for i in chunk])):
+                out[i] = nll / np.log(2) / nbytes[i]
         return out
 
-    def __call__(self, doc: Document) -> str | None:
-        bpb = self.bits_per_byte([doc.text])[0]
-        doc.scores["bits_per_byte"] = bpb
-        doc.metadata["bits_per_byte"] = round(bpb, 4)
-        return "perplexity" if bpb > self.cfg.max_bits_per_byte else None
+    def score_batch(self, docs: list[Document]) -> list[float]:
+        return self.bits_per_byte([d.text for d in docs])
 
-
-STEP_CLASSES: dict[str, type] = {
-    "normalize": Normalizer,
-    "length": LengthFilter,
-    "c4": C4Filter,
-    "gopher_quality": GopherQualityFilter,
-    "gopher_repetition": GopherRepetitionFilter,
-    "fineweb": FineWebQualityFilter,
-    "ratios": RatiosFilter,
-    "language": LanguageFilter,
-    "pii": PIIRedactor,
-    "perplexity": PerplexityFilter,
-}
+    def decide(self, doc: Document, score: float) -> str | None:
+        doc.scores["bits_per_byte"] = score
+        doc.metadata["bits_per_byte"] = round(score, 4)
+        return "perplexity" if score > self.cfg.max_bits_per_byte else None

@@ -6,13 +6,15 @@ Design
 ``save_to_disk`` folders) so that sharding and resume see the same list on every machine.
 ``read_source`` yields documents from one source; the format is chosen from the name
 (``.jsonl/.json/.ndjson``, ``.parquet``, ``.warc[.gz]``, anything else is text), with ``.gz`` and
-``.zst`` decompressed on the fly.
+``.zst`` decompressed on the fly. ``hf:<name>[:<config>]`` is streamed with ``datasets``
+(``streaming=True``): rows arrive as the files are read, nothing is downloaded or converted first.
 
 Invariants
 - Every document has a non-empty string id: the input's own (``id_field``) when present, otherwise
   a stable ``<file name>:<line or index>`` (the same on every rerun and every shard).
 - Input metadata (all fields other than the text and the id) is kept as-is in ``Document.metadata``.
-- Invalid UTF-8 never stops a run: bytes are replaced by U+FFFD and counted in ``ReadStats``.
+- Text files, compression and invalid UTF-8 follow data_pipelines/text_files.py (the rules shared with
+  tokenize and eval): invalid bytes become U+FFFD and are counted in ``ReadStats``.
 - A malformed JSONL line is skipped and counted (with its line number); a record without the text
   field is a ``ValueError`` naming the file and line, because it means the wrong ``text_field``.
 """
@@ -20,28 +22,24 @@ Invariants
 from __future__ import annotations
 
 import glob
-import gzip
-import io
 import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from ..text_files import COMPRESSED_SUFFIXES, Utf8Stats, decode_utf8, iter_blocks, open_binary
 from .documents import Document
 
 MAX_REPORTED_LINES = 10
-_COMPRESSED = (".gz", ".zst", ".zstd")
 _JSONL = (".jsonl", ".json", ".ndjson")
 
 
 @dataclass
-class ReadStats:
+class ReadStats(Utf8Stats):
     """What the readers had to repair or skip (merged across workers and shards)."""
 
-    invalid_utf8_chars: int = 0
-    invalid_utf8_docs: int = 0
     malformed_lines: dict[str, dict[str, Any]] = field(default_factory=dict)  # file -> {count, first_lines}
     empty_docs: int = 0
 
@@ -81,15 +79,8 @@ class ReaderOptions:
 
 
 def decode(data: bytes, stats: ReadStats) -> str:
-    """UTF-8 decode; invalid bytes become U+FFFD and are counted."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        text = data.decode("utf-8", errors="replace")
-        inserted = text.count("\ufffd") - data.decode("utf-8", errors="ignore").count("\ufffd")
-        stats.invalid_utf8_chars += inserted
-        stats.invalid_utf8_docs += 1
-        return text
+    """UTF-8 decode; invalid bytes become U+FFFD and are counted (data_pipelines/text_files.py)."""
+    return decode_utf8(data, stats)
 
 
 def _is_save_to_disk(path: Path) -> bool:
@@ -133,19 +124,9 @@ def resolve_inputs(inputs: list[str]) -> list[str]:
     return [s for s in out if not (s in seen or seen.add(s))]
 
 
-def _open_binary(path: str) -> IO[bytes]:
-    if path.endswith(".gz"):
-        return gzip.open(path, "rb")
-    if path.endswith((".zst", ".zstd")):
-        import zstandard
-
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
-    return open(path, "rb")
-
-
 def _base_suffix(path: str) -> str:
     name = path.lower()
-    for c in _COMPRESSED:
+    for c in COMPRESSED_SUFFIXES:
         if name.endswith(c):
             name = name[: -len(c)]
             break
@@ -187,7 +168,7 @@ def _split_record(rec: dict[str, Any], opts: ReaderOptions, fallback_id: str, wh
 
 def _read_jsonl(path: str, opts: ReaderOptions, stats: ReadStats) -> Iterator[Document]:
     name = os.path.basename(path)
-    with _open_binary(path) as f:
+    with open_binary(path) as f:
         for line_no, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
@@ -204,17 +185,17 @@ def _read_jsonl(path: str, opts: ReaderOptions, stats: ReadStats) -> Iterator[Do
 
 
 def _read_text(path: str, opts: ReaderOptions, stats: ReadStats) -> Iterator[Document]:
+    """Separator-delimited documents, streamed (data_pipelines/text_files.py has the rules); ids are
+    `<file>:<block index>`, or the file name when the whole file is one document. Empty blocks between
+    separators are skipped and counted."""
     name = os.path.basename(path)
-    with _open_binary(path) as f:
-        text = decode(f.read(), stats)
-    blocks = text.split(opts.separator) if opts.separator else [text]
-    for i, block in enumerate(blocks):
-        block = block.strip("\n")
-        if not block.strip():
-            if opts.separator and 0 < i < len(blocks) - 1:
-                stats.empty_docs += 1
+    blocks = iter_blocks(path, opts.separator)
+    for i, (_offset, raw) in enumerate(blocks):
+        text = decode_utf8(raw, stats)
+        if not text.strip():
+            stats.empty_docs += 1
             continue
-        yield Document(text=block, id=f"{name}:{i}" if opts.separator else name)
+        yield Document(text=text, id=f"{name}:{i}" if opts.separator else name)
 
 
 def _iter_table_rows(batches: Iterator[Any], path: str, opts: ReaderOptions) -> Iterator[Document]:
@@ -236,22 +217,38 @@ def _read_parquet(path: str, opts: ReaderOptions, stats: ReadStats) -> Iterator[
     yield from _iter_table_rows(pq.ParquetFile(path).iter_batches(batch_size=4096), path, opts)
 
 
+def _iter_records(records: Iterator[dict[str, Any]], source: str, opts: ReaderOptions) -> Iterator[Document]:
+    name = os.path.basename(source.rstrip("/")) or source
+    for row, rec in enumerate(records):
+        yield _split_record(rec, opts, f"{name}:{row}", f"{source} row {row}")
+
+
+def _stream_hf(source: str, opts: ReaderOptions) -> Iterator[dict[str, Any]]:
+    """Rows of `hf:<name>[:<config>]`, streamed: `datasets.load_dataset(..., streaming=True)` reads the
+    files as it goes (Hub datasets over HTTP, local folders and builders from disk) and never downloads
+    or converts the whole dataset first, so the first documents arrive at once and disk use stays flat."""
+    import datasets
+
+    name, _, config = source[3:].partition(":")
+    try:
+        ds = datasets.load_dataset(name, config or None, split=opts.hf_split, streaming=True)
+        yield from ds
+    except (ConnectionError, OSError) as e:  # offline, unknown name, no such split/config
+        raise ValueError(f"inputs: could not stream {source!r} with datasets.load_dataset: {e}") from e
+
+
 def _read_hf(source: str, opts: ReaderOptions, stats: ReadStats) -> Iterator[Document]:
+    """`hf:` specs are streamed; a `save_to_disk` folder is memory-mapped arrow already and read by batch."""
     import datasets
 
     if source.startswith("hf:"):
-        spec = source[3:]
-        name, _, config = spec.partition(":")
-        try:
-            ds = datasets.load_dataset(name, config or None, split=opts.hf_split)
-        except (ConnectionError, OSError) as e:  # offline, unknown name, no such split/config
-            raise ValueError(f"inputs: could not load {source!r} with datasets.load_dataset: {e}") from e
-    else:
-        ds = datasets.load_from_disk(source)
-        if isinstance(ds, datasets.DatasetDict):
-            if opts.hf_split not in ds:
-                raise ValueError(f"hf_split: {source} has splits {list(ds)}, not {opts.hf_split!r}")
-            ds = ds[opts.hf_split]
+        yield from _iter_records(_stream_hf(source, opts), source, opts)
+        return
+    ds = datasets.load_from_disk(source)
+    if isinstance(ds, datasets.DatasetDict):
+        if opts.hf_split not in ds:
+            raise ValueError(f"hf_split: {source} has splits {list(ds)}, not {opts.hf_split!r}")
+        ds = ds[opts.hf_split]
     yield from _iter_table_rows(ds.data.to_batches(max_chunksize=4096), source, opts)
 
 

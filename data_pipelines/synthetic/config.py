@@ -185,8 +185,8 @@ class GateConfig:
 class SynthConfig:
     """Synthetic TinyStories-style stories (Eldan & Li 2023): prompt recipe, teacher, quality gates."""
 
-    teacher: Literal["grammar", "openai", "hf", "tinyfoundry"] = "grammar"
-    """Who writes the stories: the offline grammar (no model), an OpenAI-compatible server, a transformers model, or a tinyfoundry model."""
+    teacher: str = "grammar"
+    """Who writes the stories, a registered backend (teacher_registry.py): grammar (offline, no model), openai (an OpenAI-compatible server), hf (a transformers model) or tinyfoundry (our model)."""
     num_stories: int = 2000
     """Stories to keep (after the quality gates)."""
     max_attempts_factor: float = 3.0
@@ -232,8 +232,9 @@ class SynthConfig:
         self.openai = _nested(OpenAITeacherConfig, self.openai, "openai")
         self.local = _nested(LocalTeacherConfig, self.local, "local")
         self.gates = _nested(GateConfig, self.gates, "gates")
-        if self.teacher not in ("grammar", "openai", "hf", "tinyfoundry"):
-            raise ValueError(f"teacher: must be grammar, openai, hf or tinyfoundry, got {self.teacher!r}")
+        from .teacher_registry import teacher_backend  # the registry imports teachers.py, which imports this
+
+        backend = teacher_backend(self.teacher)
         if self.num_stories < 1:
             raise ValueError(f"num_stories: must be >= 1, got {self.num_stories}")
         if self.max_attempts_factor < 1:
@@ -268,5 +269,4 @@ class SynthConfig:
             raise ValueError(f"reference_tokens: must be >= 1, got {self.reference_tokens}")
         if self.grammar_workers < 1:
             raise ValueError(f"grammar_workers: must be >= 1, got {self.grammar_workers}")
-        if self.teacher in ("hf", "tinyfoundry") and not self.local.model_path:
-            raise ValueError(f"local.model_path: teacher {self.teacher} needs a model path, got ''")
+        backend.check(self)

@@ -32,11 +32,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from .config import LocalTeacherConfig, OpenAITeacherConfig, SynthConfig
 from .grammar import write_story
 from .prompts import EXAMPLE_REQUEST, StoryRequest, instruct_header
+from .teacher_registry import Teacher, register_teacher, teacher_backend
 
 SUMMARY_INSTRUCTION = (
     "\nAfter the story, write one line that starts with 'Summary:' and sums up the story in one sentence."
@@ -75,15 +76,6 @@ class Answer:
         return cls(text=row["text"], summary=row.get("summary", ""), finish_reason=row.get("finish_reason", ""),
                    score=row.get("score"), candidates=tuple(cls.from_row(c) for c in row.get("candidates", ())),
                    raw=row.get("raw", ""))
-
-
-class Teacher(Protocol):
-    name: str
-    model: str
-
-    def generate(self, reqs: Sequence[StoryRequest]) -> list[Answer]: ...
-
-    def close(self) -> None: ...
 
 
 _PREAMBLE = re.compile(r"^\s*(?:sure|certainly|of course|okay|here(?:'s| is)|title)\b[^\n]*\n+", re.IGNORECASE)
@@ -173,13 +165,17 @@ class JournaledTeacher:
     def num_retries(self) -> int:
         return getattr(self.inner, "num_retries", 0)
 
-    def generate(self, reqs: Sequence[StoryRequest]) -> list[Answer]:
+    def generate(self, reqs: Sequence[StoryRequest], on_answer: Callable | None = None) -> list[Answer]:
+        def record(r: StoryRequest, a: Answer) -> None:
+            self.journal.record(r, a, self.model)
+            if on_answer is not None:
+                on_answer(r, a)
+
         out: list[Answer | None] = [self.journal.get(r) for r in reqs]
         todo = [i for i, a in enumerate(out) if a is None]
         self.num_replayed += len(reqs) - len(todo)
         if todo:
-            fresh = self.inner.generate([reqs[i] for i in todo],
-                                        on_answer=lambda r, a: self.journal.record(r, a, self.model))
+            fresh = self.inner.generate([reqs[i] for i in todo], on_answer=record)
             for i, a in zip(todo, fresh):
                 out[i] = a
         return [a for a in out if a is not None]
@@ -208,9 +204,14 @@ class GrammarTeacher:
 
     def generate(self, reqs: Sequence[StoryRequest], on_answer: Callable | None = None) -> list[Answer]:
         if self.pool is None:
-            return [_grammar_one(r) for r in reqs]
-        chunk = max(1, len(reqs) // (4 * self.num_workers))
-        return list(self.pool.map(_grammar_one, reqs, chunksize=chunk))
+            out = [_grammar_one(r) for r in reqs]
+        else:
+            chunk = max(1, len(reqs) // (4 * self.num_workers))
+            out = list(self.pool.map(_grammar_one, reqs, chunksize=chunk))
+        if on_answer is not None:
+            for r, a in zip(reqs, out):
+                on_answer(r, a)
+        return out
 
     def close(self) -> None:
         if self.pool is not None:
@@ -539,14 +540,25 @@ class HFTeacher:
         pass
 
 
+def _needs_model_path(cfg: SynthConfig) -> None:
+    if not cfg.local.model_path:
+        raise ValueError(f"local.model_path: teacher {cfg.teacher} needs a model path, got ''")
+
+
+register_teacher("grammar", lambda cfg, seed: GrammarTeacher(cfg.grammar_workers), journaled=False,
+                 batch_size=lambda cfg: 256)
+register_teacher("openai", lambda cfg, seed: OpenAITeacher(cfg.openai, cfg.system_prompt,
+                                                           want_summary=cfg.instruct_format),
+                 batch_size=lambda cfg: 4 * cfg.openai.num_concurrent)
+register_teacher("hf", lambda cfg, seed: HFTeacher(cfg.local, seed), batch_size=lambda cfg: cfg.local.batch_size,
+                 check=_needs_model_path)
+register_teacher("tinyfoundry", lambda cfg, seed: TinyfoundryTeacher(cfg.local, seed),
+                 batch_size=lambda cfg: cfg.local.batch_size, check=_needs_model_path)
+
+
 def make_teacher(cfg: SynthConfig, journal_path: Path, seed: int) -> Teacher:
-    """The configured teacher; model teachers are wrapped in the resumable journal at `journal_path`."""
-    if cfg.teacher == "grammar":
-        return GrammarTeacher(cfg.grammar_workers)
-    if cfg.teacher == "openai":
-        inner: Any = OpenAITeacher(cfg.openai, cfg.system_prompt, want_summary=cfg.instruct_format)
-    elif cfg.teacher == "hf":
-        inner = HFTeacher(cfg.local, seed)
-    else:
-        inner = TinyfoundryTeacher(cfg.local, seed)
-    return JournaledTeacher(inner, Journal(journal_path))
+    """The configured teacher (from the registry); journaled backends are wrapped in the resumable journal
+    at `journal_path`."""
+    backend = teacher_backend(cfg.teacher)
+    teacher = backend.build(cfg, seed)
+    return JournaledTeacher(teacher, Journal(journal_path)) if backend.journaled else teacher

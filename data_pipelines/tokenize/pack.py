@@ -452,10 +452,7 @@ def _build_index(records: list[dict[str, Any]], vocab_size: int, dtype: np.dtype
     }
 
 
-def run_tokenize(cfg: TokenizeConfig, data_files: list[Path], tokenizer_dir: Path, shards_dir: Path,
-                 seed: int) -> dict[str, Any]:
-    """Train/reuse the tokenizer and pack `data_files` into `shards_dir`; returns stats (see module doc)."""
-    t0 = time.perf_counter()
+def _checked_inputs(data_files: list[Path]) -> list[Path]:
     files = [Path(f) for f in data_files]
     if not files:
         raise ValueError("data_files: no input files given")
@@ -463,6 +460,50 @@ def run_tokenize(cfg: TokenizeConfig, data_files: list[Path], tokenizer_dir: Pat
         if not f.is_file():
             raise ValueError(f"{f}: input file not found")
         sources.file_format(f)
+    return files
+
+
+def _shard_dtype(cfg: TokenizeConfig, vocab_size: int) -> np.dtype:
+    if cfg.shard_dtype == "auto":
+        return np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)
+    dtype = np.dtype(cfg.shard_dtype)
+    if vocab_size > np.iinfo(dtype).max + 1:
+        raise ValueError(f"shard_dtype: {cfg.shard_dtype} cannot hold vocab size {vocab_size}")
+    return dtype
+
+
+def _pending_units(corpus: Any, shards_dir: Path, fingerprint: str, dtype: np.dtype) -> tuple[list[dict[str, Any]], list[Unit]]:
+    """(record per unit, {} where not done; units still to pack): a unit whose progress record matches the
+    fingerprint and whose shard files are whole is not packed again."""
+    records: list[dict[str, Any]] = []
+    todo: list[Unit] = []
+    for unit in corpus.units:
+        rec = _read_json(shards_dir / PROGRESS_DIR / f"unit_{unit.index:05d}.json")
+        if _unit_done(rec, fingerprint, shards_dir, dtype.itemsize):
+            records.append(rec)
+        else:
+            records.append({})
+            todo.append(unit)
+    return records, todo
+
+
+def _remove_stale(index: dict[str, Any], corpus: Any, shards_dir: Path) -> None:
+    """Delete shard files and progress records that the new index no longer names (an earlier, larger run)."""
+    keep = {sh["file"] for s in index["splits"].values() for sh in s["shards"]}
+    for f in shards_dir.glob("*.bin"):
+        if f.name not in keep:
+            f.unlink()
+    keep_records = {f"unit_{u.index:05d}.json" for u in corpus.units}
+    for f in (shards_dir / PROGRESS_DIR).glob("unit_*.json"):
+        if f.name not in keep_records:
+            f.unlink()
+
+
+def run_tokenize(cfg: TokenizeConfig, data_files: list[Path], tokenizer_dir: Path, shards_dir: Path,
+                 seed: int) -> dict[str, Any]:
+    """Train/reuse the tokenizer and pack `data_files` into `shards_dir`; returns stats (see module doc)."""
+    t0 = time.perf_counter()
+    files = _checked_inputs(data_files)
     tokenizer_dir, shards_dir = Path(tokenizer_dir), Path(shards_dir)
     shards_dir.mkdir(parents=True, exist_ok=True)
     (shards_dir / PROGRESS_DIR).mkdir(exist_ok=True)
@@ -477,27 +518,14 @@ def run_tokenize(cfg: TokenizeConfig, data_files: list[Path], tokenizer_dir: Pat
     t_tok = time.perf_counter()
     vocab_size = tok.get_vocab_size()
     special = foreign.special_ids(tokenizer_dir / TOKENIZER_FILE)  # ours: 1/2/0; a base model's: its own
-    if cfg.shard_dtype == "auto":
-        dtype = np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)
-    else:
-        dtype = np.dtype(cfg.shard_dtype)
-        if vocab_size > np.iinfo(dtype).max + 1:
-            raise ValueError(f"shard_dtype: {cfg.shard_dtype} cannot hold vocab size {vocab_size}")
+    dtype = _shard_dtype(cfg, vocab_size)
     fingerprint = _digest({
         "format": FORMAT, "version": VERSION, "tokenizer_sha256": sha, "dtype": dtype.name, "add_bos": cfg.add_bos,
         "val_fraction": cfg.val_fraction, "seed": seed, "shard_bytes": cfg.shard_bytes,
         "text_field": cfg.text_field, "id_field": cfg.id_field, "files": _files_signature(files),
     })
 
-    records: list[dict[str, Any]] = []
-    todo: list[Unit] = []
-    for unit in corpus.units:
-        rec = _read_json(shards_dir / PROGRESS_DIR / f"unit_{unit.index:05d}.json")
-        if _unit_done(rec, fingerprint, shards_dir, dtype.itemsize):
-            records.append(rec)
-        else:
-            records.append({})
-            todo.append(unit)
+    records, todo = _pending_units(corpus, shards_dir, fingerprint, dtype)
     if todo:
         (shards_dir / INDEX_FILE).unlink(missing_ok=True)  # incomplete until every unit is done again
     done_bytes = corpus.total_bytes - sum(u.num_bytes for u in todo)
@@ -511,14 +539,7 @@ def run_tokenize(cfg: TokenizeConfig, data_files: list[Path], tokenizer_dir: Pat
     pack_s = time.perf_counter() - t_pack
 
     index = _build_index(records, vocab_size, dtype, sha, cfg, seed, special)
-    keep = {sh["file"] for s in index["splits"].values() for sh in s["shards"]}
-    for f in shards_dir.glob("*.bin"):
-        if f.name not in keep:
-            f.unlink()
-    keep_records = {f"unit_{u.index:05d}.json" for u in corpus.units}
-    for f in (shards_dir / PROGRESS_DIR).glob("unit_*.json"):
-        if f.name not in keep_records:
-            f.unlink()
+    _remove_stale(index, corpus, shards_dir)
     _write_json_atomic(shards_dir / INDEX_FILE, index)
 
     packed_bytes = sum(u.num_bytes for u in todo)

@@ -9,25 +9,26 @@ Formats:
 - `.parquet`: column `text_field` (required) and `id_field` (optional); seeks by row group.
 - `.jsonl` / `.json` (one object per line), optionally `.gz` / `.zst`: key `text_field`, optional `id_field`;
   blank lines are skipped. Uncompressed files seek by byte offset; compressed ones re-read from the start.
-- `.txt` (optionally `.gz` / `.zst`): documents separated by a line that is exactly `<|endoftext|>` (the
-  TinyStories convention); the newline before a separator belongs to the separator. A file with no separator
-  line is one document.
-A missing column/key or invalid UTF-8 raises ValueError naming the file.
+- `.txt` (optionally `.gz` / `.zst`): documents separated by `<|endoftext|>` (the TinyStories convention),
+  with the rules of data_pipelines/text_files.py (shared with curate and eval): the line breaks next to a
+  separator belong to it, an empty document between two separators is a row. A file with no separator is
+  one document.
+A missing column/key raises ValueError naming the file and row; invalid UTF-8 is replaced by U+FFFD with a
+warning naming the file (text_files.py).
 """
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 
-TXT_SEPARATOR = b"<|endoftext|>"
+from ..text_files import EOS_SEPARATOR, decode_utf8_warn, is_compressed, iter_blocks, iter_lines
+
+TXT_SEPARATOR = EOS_SEPARATOR
 SCAN_BATCH_ROWS = 8192
 READ_BATCH_ROWS = 1024
 
@@ -55,52 +56,20 @@ def file_format(path: Path) -> str:
     raise ValueError(f"{path}: unsupported input format (expected .parquet, .jsonl[.gz|.zst] or .txt[.gz|.zst])")
 
 
-def _compressed(path: Path) -> bool:
-    return path.suffix.lower() in (".gz", ".zst")
-
-
-def _open_binary(path: Path) -> IO[bytes]:
-    suffix = path.suffix.lower()
-    if suffix == ".gz":
-        return gzip.open(path, "rb")
-    if suffix == ".zst":
-        import zstandard
-
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
-    return open(path, "rb")
-
-
 def _decode(path: Path, raw: bytes, row: int) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: row {row} is not valid UTF-8 ({e})") from None
-
-
-# ---------------------------------------------------------------- line-based formats (jsonl, txt)
-
-
-def _iter_lines(path: Path, offset: int) -> Iterator[tuple[int, bytes]]:
-    """(byte offset, line) pairs from `offset` (0 for compressed files, which cannot seek)."""
-    with _open_binary(path) as f:
-        if offset > 0:
-            f.seek(offset)
-        pos = max(offset, 0)
-        for line in f:
-            yield pos, line
-            pos += len(line)
+    return decode_utf8_warn(raw, path, row)
 
 
 def _iter_jsonl(path: Path, text_field: str, id_field: str, start: Position) -> Iterator[tuple[int, int, str, str]]:
     """(row, offset, key, text) for every row from `start`."""
-    seek = start.offset >= 0 and not _compressed(path)
+    seek = start.offset >= 0 and not is_compressed(path)
     row = start.row if seek else 0
-    for offset, line in _iter_lines(path, start.offset if seek else 0):
+    for offset, line in iter_lines(path, start.offset if seek else 0):
         if not line.strip():
             continue
         if row >= start.row:
             try:
-                obj = json.loads(line)
+                obj = json.loads(_decode(path, line, row))
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}: row {row} is not valid JSON ({e})") from None
             text = obj.get(text_field) if isinstance(obj, dict) else None
@@ -113,24 +82,13 @@ def _iter_jsonl(path: Path, text_field: str, id_field: str, start: Position) -> 
 
 
 def _iter_txt(path: Path, start: Position) -> Iterator[tuple[int, int, str, str]]:
-    """(row, offset, key, text) for every separator-delimited document from `start`."""
-    seek = start.offset >= 0 and not _compressed(path)
+    """(row, offset, key, text) for every separator-delimited document from `start` (text_files.iter_blocks)."""
+    seek = start.offset >= 0 and not is_compressed(path)
     row = start.row if seek else 0
-    doc_offset = start.offset if seek else 0
-    parts: list[bytes] = []
-    for offset, line in _iter_lines(path, doc_offset):
-        if line.rstrip(b"\r\n") == TXT_SEPARATOR:
-            raw = b"".join(parts)
-            raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1] if raw.endswith(b"\n") else raw
-            if row >= start.row:
-                yield row, doc_offset, f"{path.name}:{row}", _decode(path, raw, row)
-            row += 1
-            parts = []
-            doc_offset = offset + len(line)
-        else:
-            parts.append(line)
-    if parts and row >= start.row:
-        yield row, doc_offset, f"{path.name}:{row}", _decode(path, b"".join(parts), row)
+    for offset, raw in iter_blocks(path, TXT_SEPARATOR, start.offset if seek else 0):
+        if row >= start.row:
+            yield row, offset, f"{path.name}:{row}", _decode(path, raw, row)
+        row += 1
 
 
 def _iter_rows(path: Path, fmt: str, text_field: str, id_field: str, start: Position):
@@ -198,7 +156,7 @@ def scan(path: Path, text_field: str = "text", id_field: str = "id") -> Iterator
             yield keys, lengths, row, np.full(n, -1, dtype=np.int64)
         return
     keys, lens, offsets, first = [], [], [], 0
-    seekable = not _compressed(path)
+    seekable = not is_compressed(path)
     for row, offset, key, text in _iter_rows(path, fmt, text_field, id_field, Position(0, 0)):
         if not keys:
             first = row

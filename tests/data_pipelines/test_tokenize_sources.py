@@ -84,8 +84,22 @@ def test_parquet_row_groups_nulls_and_ids(tmp_path: Path) -> None:
     assert np.array_equal(_scan(no_id)[1], [1, 1])
 
 
-def test_invalid_utf8_names_the_file(tmp_path: Path) -> None:
+def test_invalid_utf8_is_replaced_with_a_warning_naming_the_file(tmp_path: Path) -> None:
+    # one rule with curate and eval (data_pipelines/text_files.py): U+FFFD, counted or warned, never fatal
     p = tmp_path / "bad.txt"
     p.write_bytes(b"ok\n<|endoftext|>\nbad \xff byte\n")
-    with pytest.raises(ValueError, match=r"bad\.txt: row 1 is not valid UTF-8"):
-        _scan(p)
+    with pytest.warns(UserWarning, match=r"bad\.txt: row 1 is not valid UTF-8"):
+        keys, lens, _ = _scan(p)
+    assert keys == ["bad.txt:0", "bad.txt:1"] and lens == [2, len("bad \ufffd byte\n".encode())]
+    j = tmp_path / "bad.jsonl"
+    j.write_bytes(b'{"text": "caf\xe9"}\n')
+    with pytest.warns(UserWarning, match=r"bad\.jsonl: row 0"):
+        assert _read_all(j, sources.Position(0, 0), 1) == ["caf\ufffd"]
+
+
+def test_separator_inside_a_line_and_at_the_end(tmp_path: Path) -> None:
+    p = tmp_path / "inline.txt"
+    p.write_bytes(b"first story.<|endoftext|>second\n<|endoftext|>\n")
+    keys, _, offsets = _scan(p)
+    assert _read_all(p, sources.Position(0, 0), 5) == ["first story.", "second"]
+    assert _read_all(p, sources.Position(1, offsets[1]), 1) == ["second"]

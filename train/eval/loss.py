@@ -27,6 +27,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from data_pipelines.text_files import read_text_documents
+
 EOS_TEXT = "<|endoftext|>"
 
 
@@ -40,9 +42,7 @@ def read_documents(paths: Path | Sequence[Path], text_field: str = "text") -> li
             raise ValueError(f"data: no such file {p}")
         suffixes = "".join(p.suffixes[-2:]).lower()
         if p.suffix.lower() == ".txt":
-            text = p.read_text(encoding="utf-8")
-            blocks = text.split(f"\n{EOS_TEXT}\n") if f"\n{EOS_TEXT}\n" in text else text.split(EOS_TEXT)
-            docs.extend(b.strip("\n") for b in blocks)
+            docs.extend(read_text_documents(p, EOS_TEXT))  # the shared rules: data_pipelines/text_files.py
         elif suffixes.endswith((".jsonl", ".json")):
             with p.open(encoding="utf-8") as f:
                 for line_no, line in enumerate(f, 1):
