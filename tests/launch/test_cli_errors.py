@@ -37,7 +37,7 @@ def _write(tmp_path: Path, text: str) -> Path:
 @pytest.mark.parametrize(
     "yaml_text, expected",
     [
-        ("train:\n  max_tokenz: 100\n", "unknown key 'train.max_tokenz' (did you mean 'max_tokens'?)"),
+        ("train:\n  max_tokenz: 100\n", "unknown key 'train.max_tokenz' (did you mean 'train.max_tokens'?)"),
         ("trian:\n  lr: 0.1\n", "unknown section 'trian' (did you mean 'train'?)"),
         ("train:\n  lr: fast\n", "train.lr: expected a number, got 'fast'"),
         ("train:\n  lr: -1\n", "train.lr:"),

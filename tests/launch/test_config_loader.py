@@ -56,13 +56,13 @@ def test_coercion_from_yaml_strings():
 @pytest.mark.parametrize(
     "data, message",
     [
-        ({"lrr": 1}, "unknown key 'train.lrr' (did you mean 'lr'?)"),
+        ({"lrr": 1}, "unknown key 'train.lrr' (did you mean 'train.lr'?)"),
         ({"max_tokens": "lots"}, "train.max_tokens: expected an integer, got 'lots'"),
         ({"max_tokens": 1.5}, "train.max_tokens: expected an integer, got 1.5"),
         ({"schedule": "cosin"}, "train.schedule: must be one of 'cosine', 'wsd', 'constant', got 'cosin' (did you mean 'cosine'?)"),
         ({"lr": -1}, "train.lr: must be > 0, got -1.0"),
         ({"compile": "yes"}, "train.compile: expected true or false, got 'yes'"),
-        ({"inner": {"widht": 2}}, "unknown key 'train.inner.widht' (did you mean 'width'?)"),
+        ({"inner": {"widht": 2}}, "unknown key 'train.inner.widht' (did you mean 'train.inner.width'?)"),
     ],
 )
 def test_errors_name_the_key(data, message):
