@@ -9,7 +9,7 @@ Design:
   A component's ``ValueError("<field>: <message>")`` is prefixed with the dotted path of the dataclass that raised it.
 - A dataclass whose YAML shape is not its fields (a compression pass: one flat mapping of method, name and the
   method's options) defines ``from_config(raw, build, key)``; the loader calls it with ``build`` (this module's
-  `build_dataclass`), so the parts it builds go through the same typed path and name the same dotted keys.
+  `build_fields`), so the parts it builds go through the same typed path and name the same dotted keys.
 - Field documentation lives in a docstring under each field; ``field_docs`` reads those with ``ast`` so that
   ``--help`` shows every option with its doc and the docs never drift from the code.
 """
@@ -80,7 +80,12 @@ def build_dataclass(cls: type, data: dict[str, Any], prefix: str) -> Any:
     if hook is not None:
         if not isinstance(data, dict):
             raise ConfigError(f"{prefix}: expected a mapping, got {data!r}")
-        return construct(lambda: hook(data, build_dataclass, prefix), None, prefix)
+        return construct(lambda: hook(data, build_fields, prefix), None, prefix)
+    return build_fields(cls, data, prefix)
+
+
+def build_fields(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    """`build_dataclass` without the `from_config` hook: the builder a hook is handed for its own parts."""
     kwargs = coerce_fields(cls, data, prefix)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     missing = [

@@ -1,7 +1,8 @@
 """`CurateConfig`: inputs, the ordered steps and every threshold (YAML section `curate:`).
 
 Design: one small dataclass per step, nested in `CurateConfig`, so a YAML section or a dotted
-override (``--curate.gopher_quality.min_stop_words=1``) reaches exactly one threshold. ``steps`` is
+override (``--curate.gopher_quality.min_stop_words=1``) reaches exactly one threshold; the run-config loader
+(launch/loader.py) builds the nested dataclasses and checks the ``Literal`` options, so this module only checks ranges. ``steps`` is
 the order to apply them; left empty, the named ``profile`` decides (``PROFILES``). Thresholds are
 shared by both profiles: they were chosen so that clean story text passes every web rule that the
 stories profile also runs (see LOG.md, curation), so a profile is only a choice of steps.
@@ -304,14 +305,6 @@ class CurateConfig:
     """Optional model-based filter (bits per byte under a tinyfoundry model)."""
 
     def __post_init__(self) -> None:
-        # nested sections given as plain dicts (e.g. from YAML without the lead's loader)
-        for name, typ in _SECTIONS.items():
-            val = getattr(self, name)
-            if isinstance(val, dict):
-                setattr(self, name, typ(**val))
-        if isinstance(self.inputs, str):
-            self.inputs = [self.inputs]
-        _check(self.profile in PROFILES, "profile", f"must be one of {sorted(PROFILES)}", self.profile)
         unknown = [s for s in self.steps if s not in STEP_NAMES]
         _check(not unknown, "steps", f"unknown step(s) {unknown}; known: {', '.join(STEP_NAMES)}", self.steps)
         _check(len(set(self.steps)) == len(self.steps), "steps", "a step appears twice", self.steps)
@@ -341,18 +334,3 @@ class CurateConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-
-_SECTIONS = {
-    "normalize": NormalizeConfig,
-    "length": LengthConfig,
-    "c4": C4Config,
-    "gopher_quality": GopherQualityConfig,
-    "gopher_repetition": GopherRepetitionConfig,
-    "fineweb": FineWebConfig,
-    "ratios": RatiosConfig,
-    "language": LanguageConfig,
-    "pii": PIIConfig,
-    "exact_dedup": ExactDedupConfig,
-    "minhash": MinHashConfig,
-    "perplexity": PerplexityConfig,
-}

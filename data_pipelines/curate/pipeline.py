@@ -160,9 +160,9 @@ class DocProcessor:
 _WORKER: DocProcessor | None = None
 
 
-def _init_worker(cfg_dict: dict[str, Any]) -> None:
+def _init_worker(cfg: CurateConfig) -> None:
     global _WORKER
-    _WORKER = DocProcessor(CurateConfig(**cfg_dict))
+    _WORKER = DocProcessor(cfg)
 
 
 def _work(docs: list[Document]) -> dict[str, Any]:
@@ -271,11 +271,11 @@ def _run_shard(
         head = [b for b in (next(batches, None), next(batches, None)) if b is not None]
         if num_workers > 1 and len(head) > 1:  # a single batch is not worth starting processes for
             pool = mp.get_context("spawn").Pool(
-                num_workers, initializer=_init_worker, initargs=(cfg.to_dict(),)
+                num_workers, initializer=_init_worker, initargs=(cfg,)
             )
             results = _bounded_imap(pool, itertools.chain(head, batches), max_pending=2 * num_workers)
         else:
-            _init_worker(cfg.to_dict())
+            _init_worker(cfg)
             results = map(_work, itertools.chain(head, batches))
         for res in results:
             n = len(res["kept"]) + len(res["dropped"])

@@ -22,6 +22,7 @@ openai = pytest.importorskip("openai", reason="the OpenAI-compatible teacher nee
 torch = pytest.importorskip("torch")
 
 from data_pipelines.synthetic import GateConfig, SynthConfig, run_synth  # noqa: E402
+from data_pipelines.synthetic.config import OpenAITeacherConfig  # noqa: E402
 from data_pipelines.synthetic.grammar import write_story  # noqa: E402
 from data_pipelines.synthetic.teachers import TeacherConfigError  # noqa: E402
 from data_pipelines.synthetic.vocab import Word  # noqa: E402
@@ -373,7 +374,7 @@ def test_concurrent_clients_are_batched_and_match_single_answers(model_dir: Path
 
 def test_run_synth_through_the_server_resumes_from_the_journal(server, tmp_path: Path) -> None:
     cfg = SynthConfig(teacher="openai", num_stories=5, max_attempts_factor=1.0, gates=OPEN_GATES,
-                      openai={"base_url": server.url, "num_concurrent": 2, "max_tokens": 24, "api": "completions"})
+                      openai=OpenAITeacherConfig(base_url=server.url, num_concurrent=2, max_tokens=24, api="completions"))
     before = server.num_generations
     stats = run_synth(cfg, tmp_path, seed=0)
     assert server.num_generations - before == 5
