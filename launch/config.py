@@ -67,7 +67,10 @@ def __getattr__(name: str) -> Any:
 
 
 def section_class(name: str) -> type:
-    module, _, cls = registry.section_classes()[name].partition(":")
+    target = registry.section_classes()[name]
+    if isinstance(target, type):
+        return target
+    module, _, cls = target.partition(":")
     return getattr(importlib.import_module(module), cls)
 
 

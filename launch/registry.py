@@ -50,8 +50,8 @@ class Stage:
     """Entry point: reads its sections and upstream outputs, returns small facts for its manifest."""
     help: str
     """One line for `tinyfoundry --help` and the subcommand's description."""
-    declares: dict[str, str] = field(default_factory=dict)
-    """Config sections this stage introduces: section -> 'module:Class' (imported lazily)."""
+    declares: dict[str, str | type] = field(default_factory=dict)
+    """Config sections this stage introduces: section -> its dataclass, or 'module:Class' to import it lazily."""
     reads: tuple[str, ...] = ()
     """Sections whose values decide the outputs (hashed into the manifest); default: the declared ones."""
     inputs: Callable[[RunConfig, RunDir], Inputs] = lambda cfg, rd: Inputs()
@@ -86,6 +86,7 @@ def register(stage: Stage, after: str | None = None) -> Stage:
     """Add a stage (at the end of the pipeline, or right after `after`). Re-registering a name replaces it in place."""
     if not stage.name.isidentifier():
         raise ValueError(f"stage name must be an identifier, got {stage.name!r}")
+    stages()  # the built-ins first, so a stage registered from elsewhere comes after them
     taken = {sec: s.name for s in _STAGES.values() if s.name != stage.name for sec in s.declares}
     clash = [sec for sec in stage.declares if sec in taken]
     if clash:
@@ -129,6 +130,6 @@ def default_stages() -> tuple[str, ...]:
     return tuple(n for n, s in stages().items() if s.default)
 
 
-def section_classes() -> dict[str, str]:
-    """Section -> 'module:Class', in pipeline order: the config schema."""
+def section_classes() -> dict[str, str | type]:
+    """Section -> its dataclass or 'module:Class', in pipeline order: the config schema."""
     return {sec: target for s in stages().values() for sec, target in s.declares.items()}
