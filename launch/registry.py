@@ -11,7 +11,8 @@ and whether `tinyfoundry run` includes it by default. From those declarations:
   (launch/stages.py, launch/rundir.py).
 
 Pipeline order is registration order (or `after=` a named stage). The built-in stages register themselves in
-launch/stages.py, which `stages()` imports on first use, so this module stays import-light (`tinyfoundry --help`).
+launch/stages.py, which `stages()` imports on first use (then any module an installed package lists under the
+`tinyfoundry.stages` entry-point group), so this module stays import-light (`tinyfoundry --help`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from launch.rundir import RunDir
 
 BUILTIN_MODULE = "launch.stages"  # registers the built-in stages when imported
+ENTRY_POINT_GROUP = "tinyfoundry.stages"  # a package's module under this group registers its stages when loaded
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,8 @@ def stages() -> dict[str, Stage]:
     if not _loaded:
         _loaded = True
         importlib.import_module(BUILTIN_MODULE)
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):  # stages of installed plugin packages
+            ep.load()
     return _STAGES
 
 

@@ -82,3 +82,8 @@ def test_missing_or_bad_base_is_one_line(tmp_path: Path) -> None:
     _write(tmp_path / "broken.yaml", "train: [\n")
     with pytest.raises(ConfigError, match=r"broken\.yaml:\d+: invalid YAML"):
         load_config(_write(tmp_path / "run3.yaml", "base: broken.yaml\n"))
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "base").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_base_piece_validates_on_its_own(path: Path) -> None:
+    assert load_config(path).name == path.stem
