@@ -16,14 +16,16 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from launch import registry
 from launch import stage_commands as commands
 from launch.config import ConfigError, RunConfig, dump_yaml
 from launch.registry import Inputs, Stage, register
-from launch.rundir import RunDir, atomic_write_text, file_fingerprint
 from launch.summary import print_run_summary
+
+if TYPE_CHECKING:  # launch.rundir imports models (torch): loaded when a stage runs, not for `tinyfoundry --help`
+    from launch.rundir import RunDir
 
 
 def log(msg: str) -> None:
@@ -85,6 +87,8 @@ def _summary(outputs: Any) -> dict[str, Any]:
 
 
 def write_config(cfg: RunConfig, rd: RunDir) -> None:
+    from launch.rundir import atomic_write_text
+
     rd.root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(rd.config_yaml, dump_yaml(cfg))
 
@@ -297,6 +301,7 @@ def _curate_inputs(cfg: RunConfig, rd: RunDir) -> Inputs:
     if not cfg.curate.inputs:
         return Inputs(needs=("synth",))
     from data_pipelines.curate import resolve_inputs
+    from launch.rundir import file_fingerprint
 
     fp = file_fingerprint(resolve_inputs(cfg.curate.inputs)) + "|" + "|".join(cfg.curate.inputs)
     return Inputs(files={"inputs": fp})
@@ -308,6 +313,8 @@ def _train_inputs(cfg: RunConfig, rd: RunDir) -> Inputs:
 
 
 def _finetune_inputs(cfg: RunConfig, rd: RunDir) -> Inputs:
+    from launch.rundir import file_fingerprint
+
     needs = (() if cfg.finetune.base else ("train",)) + (() if cfg.finetune.data else ("tokenize",))
     files = {f"data:{d}": file_fingerprint([Path(d)]) for d in cfg.finetune.data if Path(d).is_file()}
     return Inputs(needs=needs, files=files)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from launch.config import RunConfig
-from launch.rundir import RunDir
+if TYPE_CHECKING:
+    from launch.config import RunConfig
+    from launch.rundir import RunDir
 
 
 def unigram_baseline(shards_dir: Path) -> float:
