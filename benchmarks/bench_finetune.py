@@ -77,8 +77,8 @@ def run_one(spec: dict) -> None:
     torch.set_num_threads(spec["threads"])
     import lightning  # noqa: F401  (everything the run imports, so the baseline below holds the libraries)
 
-    import models.lora  # noqa: F401
     import train.runner  # noqa: F401
+    from models.lora import LoRAConfig
     from train import TrainConfig
     from train.finetune import FinetuneConfig, run_finetune
 
@@ -86,7 +86,7 @@ def run_one(spec: dict) -> None:
     baseline_mib = int(rss[0].split()[1]) / 1024 if rss else 0.0
     tokens = spec["steps"] * spec["batch"] * spec["seq"]
     ft = FinetuneConfig(base=spec["base"], method=spec["method"], max_tokens=tokens, batch_size=spec["batch"],
-                        seq_len=spec["seq"], lr=spec["lr"], warmup_frac=0.1, lora=spec.get("lora", {}))
+                        seq_len=spec["seq"], lr=spec["lr"], warmup_frac=0.1, lora=LoRAConfig(**spec.get("lora", {})))
     tr = TrainConfig(num_threads=spec["threads"], val_every_tokens=10 * tokens, ckpt_every_tokens=tokens,
                      num_val_tokens=spec["val_tokens"], num_sample_tokens=0, progress_bar=False, log_every_steps=5,
                      seed=0)

@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_vs_llama2c import run_ours, split_stories  # noqa: E402
 
 from data_pipelines.synthetic import SynthConfig, run_synth  # noqa: E402
+from launch.loader import build_dataclass  # noqa: E402
 
 CONFIG = ROOT / "configs" / "synth-smollm2.yaml"
 ORDER = ["real", "grammar", "teacher", "real@teacher"]
@@ -82,7 +83,7 @@ def teacher_config(num_stories: int, base_url: str, journaled: bool = False) -> 
         if raw.get(key):
             raw[key] = str(ROOT / raw[key])
     raw["reference"] = ""  # scored here, by the students below
-    return SynthConfig(**raw)
+    return build_dataclass(SynthConfig, raw, "synth")  # the run-config loader: nested sections, coercion
 
 
 def teacher_corpus(work: Path, num_stories: int, seed: int, threads: int) -> tuple[list[str], dict]:

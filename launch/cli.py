@@ -3,6 +3,8 @@
     tinyfoundry <stage> --config FILE.yaml [--run-dir DIR] [--section.key=value ...]
     tinyfoundry run --config FILE.yaml          # every stage in order, skipping those whose outputs are current
     tinyfoundry generate --model DIR --prompt TEXT [--max-new-tokens N] [--temperature T]
+    tinyfoundry <stage> --config FILE.yaml --print-config   # the resolved config as YAML
+    tinyfoundry --version
 
 Bad input (unknown key, wrong type, out-of-range value, missing file) prints one line naming the key or path and exits
 with status 2; set TINYFOUNDRY_DEBUG=1 to see the traceback instead.
@@ -17,31 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from launch.config import ALL_STAGES, ConfigError, describe_section, load_config
-
-STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "synth": ("synth",),
-    "curate": ("curate",),
-    "tokenize": ("tokenize",),
-    "plan": ("plan", "model", "sweep"),
-    "train": ("model", "train"),
-    "finetune": ("finetune", "train"),
-    "compress": ("compress",),
-    "export": ("export",),
-    "run": ("synth", "curate", "tokenize", "plan", "model", "train", "finetune", "compress", "export", "sweep"),
-}
-
-STAGE_HELP = {
-    "synth": "make TinyStories-style stories (offline grammar, an OpenAI-compatible server, or a local model)",
-    "curate": "read, normalize, filter and deduplicate documents",
-    "tokenize": "train a byte-level BPE tokenizer and pack token shards",
-    "plan": "choose model size and token count for a compute budget (`plan sweep` fits your own law)",
-    "train": "train the model with Lightning",
-    "finetune": "adapt a base model (ours, HF, GGUF): full fine-tuning, LoRA or QLoRA, chat data with loss masks",
-    "compress": "quantize and prune the trained model, with a size-vs-quality report",
-    "export": "write the Hugging Face (safetensors) and GGUF exports",
-    "run": "run every configured stage in order, skipping stages whose outputs are current",
-}
+from launch.config import ConfigError, describe_section
+from launch.stage_commands import PrintedConfig
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -58,30 +37,41 @@ def _options_epilog(sections: tuple[str, ...]) -> str:
     return "\n".join(parts)
 
 
-def build_parser(with_epilogs: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tinyfoundry", description=__doc__, formatter_class=_Formatter)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+def version() -> str:
+    """The installed package's version (pyproject.toml's, through the package metadata)."""
+    from importlib import metadata
 
-    for name in (*ALL_STAGES, "run"):
-        p = sub.add_parser(name, help=STAGE_HELP[name], description=STAGE_HELP[name], formatter_class=_Formatter,
-                           epilog=_options_epilog(STAGE_SECTIONS[name]) if with_epilogs else None)
+    try:
+        return metadata.version("tinyfoundry")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed; pip install -e .)"
+
+
+def _stage_parsers(sub: Any, with_epilogs: bool) -> None:
+    """One subcommand per registered stage, and `run`: their help and options come from the stage declarations."""
+    from launch import registry
+
+    every_section = tuple(registry.section_classes())
+    entries = [(s.name, s.help, s.sections, s.add_arguments) for s in registry.stages().values()]
+    entries.append(("run", "run every configured stage in order, skipping stages whose outputs are current",
+                    every_section, None))
+    for name, help_, sections, add_arguments in entries:
+        p = sub.add_parser(name, help=help_, description=help_, formatter_class=_Formatter,
+                           epilog=_options_epilog(sections) if with_epilogs else None)
         p.add_argument("--config", type=Path, help="the run's YAML config")
         p.add_argument("--run-dir", type=Path, help="run directory (default runs/<config name>/)")
         p.add_argument("--force", action="store_true", help="redo the stage even if its outputs are current")
-        if name == "curate":
-            p.add_argument("--input", action="append", help="path, glob or hf:<dataset> (repeatable); no config needed")
-            p.add_argument("--profile", choices=["web", "stories"], help="named filter profile")
-            p.add_argument("--output", type=Path, help="output folder (default <run-dir>/data)")
-            p.add_argument("--shard", help="process shard i of n, as i/n (for SLURM arrays)")
-        if name == "plan":
-            p.add_argument("action", nargs="?", choices=["sweep"], help="`sweep`: run an IsoFLOP sweep and fit a law")
-            p.add_argument("--flops", help="compute budget in FLOPs (e.g. 1e18)")
-            p.add_argument("--hours", help="wall-clock budget in hours on --device")
-            p.add_argument("--law", help="chinchilla | epoch | tokens-per-param | kaplan | fitted")
-        if name == "export":
-            p.add_argument("--model", type=Path, help="export this model outside a run: a checkpoints/final dir, a "
-                                                      "compressed/<pass> dir, an HF dir or a .ckpt (no --config needed)")
-            p.add_argument("--out", type=Path, help="with --model: output folder (default <model>-export beside it)")
+        p.add_argument("--print-config", action="store_true",
+                       help="print the resolved config (file, includes and overrides) as YAML and exit")
+        if add_arguments is not None:
+            add_arguments(p)
+
+
+def build_parser(with_epilogs: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tinyfoundry", description=__doc__, formatter_class=_Formatter)
+    parser.add_argument("-V", "--version", action="version", version=f"tinyfoundry {version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _stage_parsers(sub, with_epilogs)
 
     g = sub.add_parser("generate", help="sample text from a checkpoint or export", formatter_class=_Formatter)
     g.add_argument("--model", type=Path, required=True, help="model folder, .ckpt, HF export or compressed model")
@@ -128,103 +118,6 @@ def build_parser(with_epilogs: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-def _run_dir(args: argparse.Namespace, cfg_name: str) -> Path:
-    return args.run_dir if args.run_dir is not None else Path("runs") / cfg_name
-
-
-def _load(args: argparse.Namespace, overrides: list[str], required: bool = True):
-    if args.config is None and required:
-        raise ConfigError(f"{args.command}: --config FILE.yaml is required")
-    if args.config is not None and not args.config.is_file():
-        raise ConfigError(f"config file not found: {args.config}")
-    return load_config(args.config, overrides)
-
-
-def cmd_stage(args: argparse.Namespace, overrides: list[str]) -> int:
-    from launch.rundir import RunDir
-    from launch.stages import STAGES, run_pipeline, run_stage, write_config
-
-    cfg = _load(args, overrides)
-    rd = RunDir(_run_dir(args, cfg.name))
-    if args.command == "run":
-        run_pipeline(cfg, rd, force=args.force)
-        return 0
-    write_config(cfg, rd)
-    run_stage(cfg, rd, STAGES[args.command], force=args.force)
-    return 0
-
-
-def cmd_curate(args: argparse.Namespace, overrides: list[str]) -> int:
-    """With --config and no --output/--shard: the curate stage of a run. Otherwise stand-alone input -> output."""
-    overrides = list(overrides)
-    if args.input:
-        overrides.append("--curate.inputs=" + _yaml_list(args.input))
-    if args.profile:
-        overrides.append(f"--curate.profile={args.profile}")
-    if args.config is not None and args.output is None and args.shard is None:
-        return cmd_stage(args, overrides)
-    if args.config is None and not args.input:
-        raise ConfigError("curate: give --input PATH_OR_GLOB (and --profile, --output), or --config FILE.yaml")
-    from data_pipelines.curate import run_curate
-
-    cfg = load_config(args.config, overrides, default_name="curate")
-    out = args.output or (_run_dir(args, cfg.name) / "data")
-    shard = _parse_shard(args.shard) if args.shard else None
-    stats = run_curate(cfg.curate, Path(out), inputs=list(cfg.curate.inputs), shard=shard)
-    if stats.get("finalized") is False:
-        print(f"shard done; waiting for shards {stats.get('shards_missing')} before the cross-shard dedup "
-              f"(the last shard to finish writes {out})")
-    else:
-        print(f"kept {stats.get('docs_out')} of {stats.get('docs_in')} documents -> {out}")
-    return 0
-
-
-def _yaml_list(items: list[str]) -> str:
-    import json
-
-    return json.dumps(list(items))
-
-
-def _parse_shard(text: str) -> tuple[int, int]:
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise ConfigError(f"--shard: expected i/n such as 0/4, got {text!r}") from None
-    if not (n >= 1 and 0 <= i < n):
-        raise ConfigError(f"--shard: need 0 <= i < n, got {text!r}")
-    return i, n
-
-
-def cmd_plan(args: argparse.Namespace, overrides: list[str]) -> int:
-    overrides = list(overrides)
-    for flag in ("flops", "hours", "law"):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides.append(f"--plan.{flag}={value}")
-    if args.action == "sweep":
-        from train.planner import run_sweep
-
-        cfg = _load(args, overrides, required=False)
-        rd_root = _run_dir(args, cfg.name)
-        shards = rd_root / "shards"
-        if not (shards / "index.json").is_file():
-            raise ConfigError(f"plan sweep: no token shards at {shards} (run `tinyfoundry tokenize` first)")
-        result = run_sweep(cfg.sweep, shards, rd_root / "sweep")
-        print(result.get("summary", result))
-        return 0
-    if args.config is None:
-        # Stand-alone planning from flags: no run directory needed beyond plan.json.
-        from launch.rundir import RunDir
-        from launch.stages import STAGES, run_stage, write_config
-
-        cfg = load_config(None, overrides, default_name="plan")
-        rd = RunDir(_run_dir(args, cfg.name))
-        write_config(cfg, rd)
-        run_stage(cfg, rd, STAGES["plan"], force=True)
-        return 0
-    return cmd_stage(args, overrides)
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
     from launch.generation import generate_text
 
@@ -256,8 +149,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
-    import json
-
     from launch.config import build_dataclass, parse_overrides
     from train.eval import EvalConfig, run_eval
 
@@ -292,29 +183,6 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
-def cmd_export_model(args: argparse.Namespace, overrides: list[str]) -> int:
-    """`tinyfoundry export --model DIR`: export any model dir outside a run. Held-out tokens for the runtime
-    figures come from the run the dir sits in (`<run>/shards`), when there is one."""
-    from launch.stages import val_tokens
-    from models.export import format_files, run_export
-
-    model = args.model
-    if not model.exists():
-        raise ConfigError(f"--model: no such file or folder: {model}")
-    cfg = load_config(args.config, overrides, default_name="export")
-    out = args.out or model.parent / f"{model.name}-export"
-    shards = next((p / "shards" for p in (model.parent, model.parent.parent, model.parent.parent.parent)
-                   if (p / "shards" / "index.json").is_file()), None)
-    tokens, bpt = val_tokens(shards) if shards is not None else (None, None)
-    report_path = model.parent / "report.json"
-    report = json.loads(report_path.read_text()) if report_path.is_file() else None
-    info = run_export(cfg.export, model, out, report=report, val_tokens=tokens, bytes_per_token=bpt,
-                      source_label=model.name)
-    print(format_files(info))
-    print(f"wrote {out}")
-    return 0
-
-
 def cmd_launch(args: argparse.Namespace) -> int:
     from launch.slurm import write_sbatch
 
@@ -327,22 +195,24 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 
 def dispatch(argv: list[str]) -> int:
+    from launch import registry
+    from launch.stage_commands import cmd_stage
+
     # Only build the (slow) per-section help when it will be shown.
     wants_help = any(a in ("-h", "--help") for a in argv)
     parser = build_parser(with_epilogs=wants_help)
     args, rest = parser.parse_known_args(argv)
     if args.command is None:
+        if rest:
+            raise ConfigError(f"unrecognized arguments: {' '.join(rest)} (see tinyfoundry --help)")
         parser.print_help()
         return 0
-    if rest and args.command not in (*ALL_STAGES, "run", "eval"):
+    stages = registry.stages()
+    if rest and args.command not in (*stages, "run", "eval"):
         raise ConfigError(f"{args.command}: unrecognized arguments: {' '.join(rest)}")
-    if args.command == "curate":
-        return cmd_curate(args, rest)
-    if args.command == "plan":
-        return cmd_plan(args, rest)
-    if args.command == "export" and args.model is not None:
-        return cmd_export_model(args, rest)
-    if args.command in (*ALL_STAGES, "run"):
+    if args.command in stages:
+        return (stages[args.command].command or cmd_stage)(args, rest)
+    if args.command == "run":
         return cmd_stage(args, rest)
     if args.command == "generate":
         return cmd_generate(args)
@@ -363,6 +233,8 @@ def main(argv: list[str] | None = None) -> Any:
     debug = os.environ.get("TINYFOUNDRY_DEBUG") == "1"
     try:
         return dispatch(argv)
+    except PrintedConfig:
+        return 0
     except KeyboardInterrupt:
         print("tinyfoundry: interrupted", file=sys.stderr)
         return 130

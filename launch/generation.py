@@ -30,11 +30,9 @@ def load_any(model_path: Path):
     model_path = Path(model_path)
     if not model_path.exists():
         raise ConfigError(f"--model: {model_path} does not exist")
-    try:
-        from models.compress import is_compressed_dir, load_compressed
-    except ImportError:
-        is_compressed_dir = None
-    if is_compressed_dir is not None and model_path.is_dir() and is_compressed_dir(model_path):
+    from models.compress import is_compressed_dir, load_compressed
+
+    if model_path.is_dir() and is_compressed_dir(model_path):
         model, tok = load_compressed(model_path)
     else:
         model, tok = models.load_model(model_path)

@@ -1,4 +1,4 @@
-"""The run directory: fixed names (a contract, see ../shared/DESIGN.md) and per-stage manifests.
+"""The run directory: fixed names (a contract, see "The run directory" in README.md) and per-stage manifests.
 
 Invariants:
 - A stage's outputs are trusted only when its manifest exists. The manifest is written last and atomically, after every
@@ -58,22 +58,9 @@ def file_fingerprint(paths: Iterable[Path]) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-# Outputs each stage owns inside the run directory (cleared when the stage is redone under a new config).
-STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "synth": ("synth",),
-    "curate": ("data",),
-    "tokenize": ("tokenizer", "shards"),
-    "plan": ("plan.json",),
-    "train": ("checkpoints", "tb", "train"),
-    "finetune": ("finetune",),
-    "compress": ("compressed",),
-    "export": ("export",),
-}
-
-
 @dataclass(frozen=True)
 class RunDir:
-    """Paths inside one run directory (names fixed by DESIGN.md)."""
+    """Paths inside one run directory (names fixed: see "The run directory" in README.md)."""
 
     root: Path
 
@@ -154,8 +141,9 @@ class RunDir:
         m = self.read_manifest(stage)
         return m is not None and m.get("config_hash") == config_hash and m.get("inputs") == inputs
 
-    def begin(self, stage: str, config_hash: str, inputs: dict[str, str]) -> None:
-        """Drop the stage's manifest; clear its outputs unless this is a retry of the same attempt (resume)."""
+    def begin(self, stage: str, config_hash: str, inputs: dict[str, str], outputs: Iterable[str] = ()) -> None:
+        """Drop the stage's manifest; clear its `outputs` (paths under the root, from the stage's declaration) unless
+        this is a retry of the same attempt (resume)."""
         self.manifest_path(stage).unlink(missing_ok=True)
         started = self.started_path(stage)
         same_attempt = False
@@ -166,7 +154,7 @@ class RunDir:
             except (OSError, json.JSONDecodeError):
                 same_attempt = False
         if not same_attempt:
-            for name in STAGE_OUTPUTS[stage]:
+            for name in outputs:
                 target = self.root / name
                 if target.is_dir():
                     shutil.rmtree(target)
@@ -176,13 +164,16 @@ class RunDir:
                                     "started_at": _now()})
 
     def finish(self, stage: str, config_hash: str, inputs: dict[str, str], wall_s: float,
-               outputs: dict[str, Any] | None = None) -> dict[str, Any]:
+               outputs: dict[str, Any] | None = None, paths: Iterable[str] = ()) -> dict[str, Any]:
+        """Write the manifest last: `outputs` are the stage's small result facts, `paths` the run-directory paths it
+        declares as its own."""
         manifest = {
             "stage": stage,
             "run_id": uuid.uuid4().hex,
             "config_hash": config_hash,
             "inputs": inputs,
             "outputs": outputs or {},
+            "paths": list(paths),
             "versions": library_versions(),
             "finished_at": _now(),
             "wall_s": round(wall_s, 3),

@@ -345,28 +345,7 @@ class Handler(BaseHTTPRequestHandler):
         if so is not None and not isinstance(so, dict):
             raise _bad("'stream_options' must be an object", "stream_options")
         include_usage = bool((so or {}).get("include_usage"))
-        if chat:
-            echo = False
-            want_lp = _bool(body, "logprobs")
-            top = _int(body, "top_logprobs", 0, 0, MAX_LOGPROBS)
-            if top and not want_lp:
-                raise _bad("'top_logprobs' needs 'logprobs': true", "top_logprobs")
-            logprobs = top if want_lp else None
-            try:
-                text = srv.chat.render(_messages(body.get("messages")))
-            except ApiError:
-                raise
-            except Exception as e:  # noqa: BLE001 - a template that raised on these messages
-                raise _bad(f"chat template: {type(e).__name__}: {e}", "messages") from None
-            prompts: list[str | list[int]] = [text]
-            stop_ids = frozenset({srv.eos_id} - {None}) | srv.chat_stop_ids
-        else:
-            if "prompt" not in body:
-                raise _bad("'prompt' is required", "prompt")
-            prompts = _prompts(body["prompt"], srv.vocab)
-            echo = _bool(body, "echo")
-            logprobs = _int(body, "logprobs", None, 0, MAX_LOGPROBS)
-            stop_ids = frozenset({srv.eos_id} - {None})
+        prompts, echo, logprobs, stop_ids = self._prompt_inputs(body, chat)
         if not echo and max_tokens == 0:
             raise _bad("'max_tokens' must be >= 1 (0 only with echo)", "max_tokens")
         if (echo or logprobs is not None) and stream and n > 1:
@@ -409,6 +388,28 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             for r in reqs:  # a client that went away frees its rows
                 r.cancelled.set()
+
+    def _prompt_inputs(self, body: dict[str, Any], chat: bool
+                       ) -> tuple[list[str | list[int]], bool, int | None, frozenset[int]]:
+        """The prompts (a chat renders its messages through the template), echo, logprobs and the stop token ids."""
+        srv = self.server
+        if not chat:
+            if "prompt" not in body:
+                raise _bad("'prompt' is required", "prompt")
+            prompts = _prompts(body["prompt"], srv.vocab)
+            echo = _bool(body, "echo")
+            return prompts, echo, _int(body, "logprobs", None, 0, MAX_LOGPROBS), frozenset({srv.eos_id} - {None})
+        want_lp = _bool(body, "logprobs")
+        top = _int(body, "top_logprobs", 0, 0, MAX_LOGPROBS)
+        if top and not want_lp:
+            raise _bad("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+        try:
+            text = srv.chat.render(_messages(body.get("messages")))
+        except ApiError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a template that raised on these messages
+            raise _bad(f"chat template: {type(e).__name__}: {e}", "messages") from None
+        return [text], False, (top if want_lp else None), frozenset({srv.eos_id} - {None}) | srv.chat_stop_ids
 
     def _next(self, events: queue.SimpleQueue, reqs: list[Request], choices: list[_Choice]
               ) -> tuple[int, str, Any] | None:

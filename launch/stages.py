@@ -1,23 +1,31 @@
 """Stage orchestration: each stage reads its section of the run config and its upstream outputs, calls one entry
 function of its component, and records a manifest. `run` is every configured stage in pipeline order.
 
+Each stage is declared once, at the end of this file (`register(Stage(...))`: name, sections, inputs, outputs,
+function, help); the CLI, the config schema, `run` and the manifests are derived from those declarations
+(launch/registry.py).
+
 Why here and not in the components: the components know nothing of each other or of the run directory's layout beyond
-the paths they are handed; this module is the one place that wires outputs to inputs (and the only one allowed to import
-every room, see ../shared/DESIGN.md).
+the paths they are handed; this module is the one place that wires outputs to inputs (launch/ is the only package that
+imports every other one).
 """
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from launch import registry
+from launch import stage_commands as commands
 from launch.config import ConfigError, RunConfig, dump_yaml
-from launch.rundir import RunDir, atomic_write_text, file_fingerprint
+from launch.registry import Inputs, Stage, register
+from launch.summary import print_run_summary
+
+if TYPE_CHECKING:  # launch.rundir imports models (torch): loaded when a stage runs, not for `tinyfoundry --help`
+    from launch.rundir import RunDir
 
 
 def log(msg: str) -> None:
@@ -28,82 +36,45 @@ class StageInterrupted(Exception):
     """A stage stopped on a signal after saving its state (e.g. training's last.ckpt)."""
 
 
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    sections: tuple[str, ...]
-    """Config sections whose values decide the stage's outputs."""
-    fn: Callable[[RunConfig, RunDir], dict[str, Any]]
-
-
 # --------------------------------------------------------------------------------------------------------------
-# Upstream identity
+# Running one stage: upstream identity, manifest, outputs
 
 
-def _upstream(cfg: RunConfig, rd: RunDir, stage: str) -> dict[str, str]:
+def upstream_identities(cfg: RunConfig, rd: RunDir, stage: Stage) -> dict[str, str]:
     """What a stage consumes, as identities: upstream stages' run ids, or fingerprints of external files."""
+    spec = stage.inputs(cfg, rd)
     deps: dict[str, str] = {}
-
-    def need(up: str) -> None:
+    for up in spec.needs:
         rid = rd.run_id(up)
         if rid is None:
             raise ConfigError(
-                f"{stage} needs the outputs of '{up}' in {rd.root}, which are missing or unfinished: "
+                f"{stage.name} needs the outputs of '{up}' in {rd.root}, which are missing or unfinished: "
                 f"run `tinyfoundry {up}` first, or `tinyfoundry run`"
             )
         deps[up] = rid
-
-    if stage == "curate":
-        if cfg.curate.inputs:
-            from data_pipelines.curate import resolve_inputs
-
-            deps["inputs"] = file_fingerprint(resolve_inputs(cfg.curate.inputs)) + "|" + "|".join(cfg.curate.inputs)
-        else:
-            need("synth")
-    elif stage == "tokenize":
-        need("curate")
-    elif stage == "plan":
-        if rd.run_id("tokenize"):
-            deps["tokenize"] = rd.run_id("tokenize")  # unique tokens come from the shards when present
-    elif stage == "train":
-        need("tokenize")
-        if "plan" in cfg.stages or rd.plan_json.is_file():
-            need("plan")
-    elif stage == "finetune":
-        if not cfg.finetune.base:
-            need("train")
-        if not cfg.finetune.data:
-            need("tokenize")
-        deps.update({f"data:{d}": file_fingerprint([Path(d)]) for d in cfg.finetune.data if Path(d).is_file()})
-    elif stage == "compress":
-        need("train")
-        need("tokenize")
-        if "finetune" in cfg.stages:
-            need("finetune")
-    elif stage == "export":
-        need("train")
-        if "compress" in cfg.stages or cfg.export.source != "final":
-            need("compress")
-        if "finetune" in cfg.stages:
-            need("finetune")
+    for up in spec.uses:
+        rid = rd.run_id(up)
+        if rid:
+            deps[up] = rid
+    deps.update(spec.files)
     return deps
 
 
 def run_stage(cfg: RunConfig, rd: RunDir, stage: Stage, force: bool = False) -> dict[str, Any] | None:
-    inputs = _upstream(cfg, rd, stage.name)
-    chash = cfg.section_hash(*stage.sections)
+    inputs = upstream_identities(cfg, rd, stage)
+    chash = cfg.section_hash(*stage.hashed)
     if not force and rd.is_current(stage.name, chash, inputs):
         log(f"{stage.name}: up to date (manifest matches), skipped")
         return None
     log(f"{stage.name}: running")
-    rd.begin(stage.name, chash, inputs)
+    rd.begin(stage.name, chash, inputs, stage.outputs)
     t0 = time.time()
     outputs = stage.fn(cfg, rd)
     wall = time.time() - t0
     if isinstance(outputs, dict) and outputs.get("status") == "interrupted":
         # no manifest: the stage is unfinished, and the same command resumes it
         raise StageInterrupted(f"{stage.name} interrupted after {wall:.0f}s; rerun the same command to resume")
-    rd.finish(stage.name, chash, inputs, wall, outputs=_summary(outputs))
+    rd.finish(stage.name, chash, inputs, wall, outputs=_summary(outputs), paths=stage.outputs)
     log(f"{stage.name}: done in {wall:.1f}s")
     return outputs
 
@@ -116,6 +87,8 @@ def _summary(outputs: Any) -> dict[str, Any]:
 
 
 def write_config(cfg: RunConfig, rd: RunDir) -> None:
+    from launch.rundir import atomic_write_text
+
     rd.root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(rd.config_yaml, dump_yaml(cfg))
 
@@ -277,12 +250,9 @@ def _probe_fn(cfg: RunConfig, rd: RunDir) -> Callable[..., Any]:
     return lambda model: probe_metrics(model, tok, pcfg)
 
 
-def _recover_fn(cfg: RunConfig, rd: RunDir) -> Callable[..., Any] | None:
+def _recover_fn(cfg: RunConfig, rd: RunDir) -> Callable[..., Any]:
     """Short KD recovery training after pruning, using train's distillation (models/ may not import train/)."""
-    try:
-        from train.distill import recover
-    except ImportError:
-        return None
+    from train.distill import recover
 
     def fn(student: Any, teacher: Any, **kw: Any) -> Any:
         kw.setdefault("num_tokens", 200_000)  # a short recovery: minutes on a CPU, seconds on a GPU
@@ -323,83 +293,82 @@ def stage_export(cfg: RunConfig, rd: RunDir) -> dict[str, Any]:
     return {"source": label, "files": len(info["files"])}
 
 
-STAGES: dict[str, Stage] = {
-    "synth": Stage("synth", ("synth",), stage_synth),
-    "curate": Stage("curate", ("curate",), stage_curate),
-    "tokenize": Stage("tokenize", ("tokenize",), stage_tokenize),
-    "plan": Stage("plan", ("plan", "model"), stage_plan),
-    "train": Stage("train", ("model", "train"), stage_train),
-    "finetune": Stage("finetune", ("finetune", "train"), stage_finetune),
-    "compress": Stage("compress", ("compress",), stage_compress),
-    "export": Stage("export", ("export",), stage_export),
-}
+# --------------------------------------------------------------------------------------------------------------
+# The declarations: one per stage, in pipeline order (launch/registry.py derives the CLI, schema and `run` from them)
+
+
+def _curate_inputs(cfg: RunConfig, rd: RunDir) -> Inputs:
+    if not cfg.curate.inputs:
+        return Inputs(needs=("synth",))
+    from data_pipelines.curate import resolve_inputs
+    from launch.rundir import file_fingerprint
+
+    fp = file_fingerprint(resolve_inputs(cfg.curate.inputs)) + "|" + "|".join(cfg.curate.inputs)
+    return Inputs(files={"inputs": fp})
+
+
+def _train_inputs(cfg: RunConfig, rd: RunDir) -> Inputs:
+    with_plan = "plan" in cfg.stages or rd.plan_json.is_file()
+    return Inputs(needs=("tokenize", "plan") if with_plan else ("tokenize",))
+
+
+def _finetune_inputs(cfg: RunConfig, rd: RunDir) -> Inputs:
+    from launch.rundir import file_fingerprint
+
+    needs = (() if cfg.finetune.base else ("train",)) + (() if cfg.finetune.data else ("tokenize",))
+    files = {f"data:{d}": file_fingerprint([Path(d)]) for d in cfg.finetune.data if Path(d).is_file()}
+    return Inputs(needs=needs, files=files)
+
+
+def _compress_inputs(cfg: RunConfig, rd: RunDir) -> Inputs:
+    return Inputs(needs=("train", "tokenize") + (("finetune",) if "finetune" in cfg.stages else ()))
+
+
+def _export_inputs(cfg: RunConfig, rd: RunDir) -> Inputs:
+    needs = ["train"]
+    if "compress" in cfg.stages or cfg.export.source != "final":
+        needs.append("compress")
+    if "finetune" in cfg.stages:
+        needs.append("finetune")
+    return Inputs(needs=tuple(needs))
+
+
+register(Stage(
+    "synth", stage_synth, declares={"synth": "data_pipelines.synthetic:SynthConfig"}, outputs=("synth",),
+    help="make TinyStories-style stories (offline grammar, an OpenAI-compatible server, or a local model)"))
+register(Stage(
+    "curate", stage_curate, declares={"curate": "data_pipelines.curate:CurateConfig"}, inputs=_curate_inputs,
+    outputs=("data",), add_arguments=commands.curate_arguments, command=commands.cmd_curate,
+    help="read, normalize, filter and deduplicate documents"))
+register(Stage(
+    "tokenize", stage_tokenize, declares={"tokenize": "data_pipelines.tokenize:TokenizeConfig"},
+    inputs=lambda cfg, rd: Inputs(needs=("curate",)), outputs=("tokenizer", "shards"),
+    help="train a byte-level BPE tokenizer and pack token shards"))
+register(Stage(
+    "plan", stage_plan, declares={"plan": "train.planner:PlanConfig", "sweep": "train.planner.sweep:SweepConfig"},
+    reads=("plan", "model"), help_sections=("model",), outputs=("plan.json",),
+    inputs=lambda cfg, rd: Inputs(uses=("tokenize",)),  # unique tokens come from the shards when present
+    add_arguments=commands.plan_arguments, command=commands.cmd_plan,
+    help="choose model size and token count for a compute budget (`plan sweep` fits your own law)"))
+register(Stage(
+    "train", stage_train, declares={"model": "models:ModelConfig", "train": "train:TrainConfig"},
+    inputs=_train_inputs, outputs=("checkpoints", "tb", "train"), help="train the model with Lightning"))
+register(Stage(
+    "finetune", stage_finetune, declares={"finetune": "train.finetune_config:FinetuneConfig"},
+    reads=("finetune", "train"), inputs=_finetune_inputs, outputs=("finetune",), default=False,
+    help="adapt a base model (ours, HF, GGUF): full fine-tuning, LoRA or QLoRA, chat data with loss masks"))
+register(Stage(
+    "compress", stage_compress, declares={"compress": "models.compress:CompressConfig"}, inputs=_compress_inputs,
+    outputs=("compressed",), help="quantize and prune the trained model, with a size-vs-quality report"))
+register(Stage(
+    "export", stage_export, declares={"export": "models.export:ExportConfig"}, inputs=_export_inputs,
+    outputs=("export",), add_arguments=commands.export_arguments, command=commands.cmd_export,
+    help="write the Hugging Face (safetensors) and GGUF exports"))
 
 
 def run_pipeline(cfg: RunConfig, rd: RunDir, force: bool = False) -> None:
     check_export_source(cfg)
     write_config(cfg, rd)
     for name in cfg.stages:
-        run_stage(cfg, rd, STAGES[name], force=force)
+        run_stage(cfg, rd, registry.get(name), force=force)
     print_run_summary(cfg, rd)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# What `run` prints at the end
-
-
-def unigram_baseline(shards_dir: Path) -> float:
-    """Cross-entropy (nats/token) of the val split under the train split's unigram distribution (add-one smoothed):
-    the loss of a model that has learned token frequencies and nothing else."""
-    import numpy as np
-
-    from data_pipelines.tokenize.shards import ShardIndex
-
-    idx = ShardIndex.load(shards_dir)
-    counts = np.ones(idx.vocab_size, dtype=np.float64)
-    for arr in idx.open("train"):
-        counts += np.bincount(np.asarray(arr, dtype=np.int64), minlength=idx.vocab_size)[: idx.vocab_size]
-    logp = np.log(counts / counts.sum())
-    total, n = 0.0, 0
-    for arr in idx.open("val"):
-        ids = np.asarray(arr, dtype=np.int64)
-        total -= float(logp[ids].sum())
-        n += len(ids)
-    return total / max(n, 1)
-
-
-def sample_story(model_dir: Path, prompt: str = "Once upon a time", max_new_tokens: int = 160,
-                 temperature: float = 0.7, seed: int = 0) -> str:
-    from launch.generation import generate_text
-
-    return generate_text(model_dir, prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                         top_k=40)
-
-
-def print_run_summary(cfg: RunConfig, rd: RunDir) -> None:
-    import json
-
-    lines = [f"\nRun directory: {rd.root.resolve()}"]
-    for label, path in [
-        ("config", rd.config_yaml), ("synthetic stories", rd.synth), ("curated data", rd.data),
-        ("tokenizer", rd.tokenizer_file), ("token shards", rd.shards), ("plan", rd.plan_json),
-        ("checkpoints", rd.checkpoints), ("TensorBoard", rd.tb), ("training summary", rd.train_summary),
-        ("compressed", rd.compressed), ("HF export", rd.export / "hf"), ("GGUF export", rd.export / "gguf"),
-    ]:
-        if path.exists():
-            lines.append(f"  {label:<18} {path}")
-    if rd.train_summary.is_file() and rd.shards.is_dir():
-        s = json.loads(rd.train_summary.read_text())
-        base = unigram_baseline(rd.shards)
-        val = s.get("final_val_loss")
-        if isinstance(val, (int, float)) and math.isfinite(val):
-            lines.append(f"\nval loss {val:.3f} nats/token vs unigram baseline {base:.3f} "
-                         f"({val / base:.0%} of it); val bits-per-byte {s.get('val_bpb', float('nan')):.3f}")
-    if (rd.export / "report.json").is_file():  # the deliverables: each file's size and bpb in its own runtime
-        from models.export import format_files
-
-        lines.append("\n" + format_files(json.loads((rd.export / "report.json").read_text())))
-    story_model = rd.export / "hf" if (rd.export / "hf" / "config.json").is_file() else rd.final_model
-    if story_model.is_dir():
-        lines.append(f"\nA story from {story_model}:\n")
-        lines.append("Once upon a time" + sample_story(story_model, seed=cfg.seed))
-    print("\n".join(lines), flush=True)

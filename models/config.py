@@ -116,8 +116,6 @@ class ModelConfig:
             raise ValueError(f"dropout: must be in [0, 1), got {self.dropout}")
         if self.init_std <= 0:
             raise ValueError(f"init_std: must be positive, got {self.init_std}")
-        if self.moe_impl not in ("grouped", "loop"):
-            raise ValueError(f"moe_impl: must be 'grouped' or 'loop', got {self.moe_impl!r}")
         if self.arch != "llama":
             raise ValueError(f"arch: only 'llama' is supported, got {self.arch!r}")
         if self.num_experts:

@@ -68,8 +68,6 @@ class LoRAConfig:
             raise ValueError(f"alpha: must be positive, got {self.alpha}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout: must be in [0, 1), got {self.dropout}")
-        if self.quantize not in ("none", "int8", "int4", "q4_0", "q4_1", "q8_0"):
-            raise ValueError(f"quantize: must be none, int8, int4, q4_0, q4_1 or q8_0, got {self.quantize!r}")
         if self.group_size < 32 or self.group_size % 32:
             raise ValueError(f"group_size: must be a positive multiple of 32, got {self.group_size}")
         self.target_modules = list(self.target_modules)

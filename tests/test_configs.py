@@ -16,9 +16,9 @@ import math
 from pathlib import Path
 
 import pytest
-import yaml
 
 from launch.cli import main
+from launch.config import load_yaml
 from models import ModelConfig
 from models.accounting import memory_estimate
 
@@ -80,7 +80,7 @@ def _small_shape(plan: dict, seq_len: int) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_recipe_plans_and_takes_a_first_step(config: Path, stories: Path, tmp_path: Path) -> None:
-    raw = yaml.safe_load(config.read_text())
+    raw = load_yaml(config)  # with its `base:` includes resolved
     rd = tmp_path / "run"
     common = ["--config", str(config), "--run-dir", str(rd)]
     stages = raw["stages"]

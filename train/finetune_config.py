@@ -55,10 +55,6 @@ class FinetuneConfig:
     """Weight average used for validation and the result (train/ema.py); 0 disables."""
 
     def __post_init__(self) -> None:
-        if self.method not in ("full", "lora", "qlora"):
-            raise ValueError(f"method: must be full, lora or qlora, got {self.method!r}")
-        if isinstance(self.lora, dict):
-            self.lora = LoRAConfig(**self.lora)
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction: must be in [0, 1), got {self.val_fraction}")
         for name in ("max_tokens", "batch_size", "seq_len"):

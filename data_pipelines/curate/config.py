@@ -1,7 +1,8 @@
 """`CurateConfig`: inputs, the ordered steps and every threshold (YAML section `curate:`).
 
 Design: one small dataclass per step, nested in `CurateConfig`, so a YAML section or a dotted
-override (``--curate.gopher_quality.min_stop_words=1``) reaches exactly one threshold. ``steps`` is
+override (``--curate.gopher_quality.min_stop_words=1``) reaches exactly one threshold; the run-config loader
+(launch/loader.py) builds the nested dataclasses and checks the ``Literal`` options, so this module only checks ranges. ``steps`` is
 the order to apply them; left empty, the named ``profile`` decides (``PROFILES``). Thresholds are
 shared by both profiles: they were chosen so that clean story text passes every web rule that the
 stories profile also runs (see LOG.md, curation), so a profile is only a choice of steps.
@@ -10,7 +11,7 @@ stories profile also runs (see LOG.md, curation), so a profile is only a choice 
 from __future__ import annotations
 
 import os
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 PROFILES: dict[str, list[str]] = {
@@ -294,10 +295,6 @@ class CurateConfig:
     """Optional model-based filter (bits per byte under a tinyfoundry model)."""
 
     def __post_init__(self) -> None:
-        _sections_from_dicts(self)
-        if isinstance(self.inputs, str):
-            self.inputs = [self.inputs]
-        _check(self.profile in PROFILES, "profile", f"must be one of {sorted(PROFILES)}", self.profile)
         from .steps import step_names  # the registry (imports the step modules, which import this one)
 
         known = step_names()
@@ -330,16 +327,3 @@ class CurateConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-
-def _sections_from_dicts(cfg: CurateConfig) -> None:
-    """Nested step sections given as plain dicts (YAML) become their config dataclass; an unknown key is
-    an error naming `<section>.<key>`. The sections are the fields whose default is a dataclass."""
-    for f in fields(cfg):
-        typ = f.default_factory if f.default_factory is not MISSING else None
-        val = getattr(cfg, f.name)
-        if typ is None or not is_dataclass(typ) or not isinstance(val, dict):
-            continue
-        known = {g.name for g in fields(typ)}
-        bad = [k for k in val if k not in known]
-        _check(not bad, f"{f.name}.{bad[0] if bad else ''}", "unknown key", val)
-        setattr(cfg, f.name, typ(**val))

@@ -162,9 +162,9 @@ class DocProcessor:
 _WORKER: DocProcessor | None = None
 
 
-def _init_worker(cfg_dict: dict[str, Any]) -> None:
+def _init_worker(cfg: CurateConfig) -> None:
     global _WORKER
-    _WORKER = DocProcessor(CurateConfig(**cfg_dict))
+    _WORKER = DocProcessor(cfg)
 
 
 def _work(docs: list[Document]) -> dict[str, Any]:
@@ -302,13 +302,13 @@ def _processed(cfg: CurateConfig, docs: Iterator[Document], num_workers: int) ->
     batches = _batches(docs, cfg.batch_size)
     head = [b for b in (next(batches, None), next(batches, None)) if b is not None]
     if num_workers > 1 and len(head) > 1:
-        pool = mp.get_context("spawn").Pool(num_workers, initializer=_init_worker, initargs=(cfg.to_dict(),))
+        pool = mp.get_context("spawn").Pool(num_workers, initializer=_init_worker, initargs=(cfg,))
         try:
             yield from _bounded_imap(pool, itertools.chain(head, batches), max_pending=2 * num_workers)
         finally:
             pool.terminate()
     else:
-        _init_worker(cfg.to_dict())
+        _init_worker(cfg)
         yield from map(_work, itertools.chain(head, batches))
 
 

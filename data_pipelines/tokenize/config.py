@@ -69,7 +69,5 @@ class TokenizeConfig:
             raise ValueError(f"batch_bytes: must be >= 1, got {self.batch_bytes}")
         if not isinstance(self.num_proc, int) or isinstance(self.num_proc, bool) or self.num_proc < 0:
             raise ValueError(f"num_proc: must be a non-negative integer, got {self.num_proc!r}")
-        if self.shard_dtype not in ("auto", "uint16", "uint32"):
-            raise ValueError(f"shard_dtype: must be one of auto, uint16, uint32, got {self.shard_dtype}")
         if not self.text_field:
             raise ValueError(f"text_field: must be non-empty, got {self.text_field!r}")

@@ -9,19 +9,22 @@ Design and invariants
 - YAML gives each pass as one flat mapping, `{method: gptq, name: gptq-q4_0, gguf_type: q4_0}`: `method`,
   `name` and `input` belong to PassConfig, every other key to the method's options (an `options:` mapping is
   accepted too, which is how the resolved config is written back). An option the method does not have is an
-  error naming the pass and the key.
+  error naming the pass and the key. The run-config loader builds each pass through `PassConfig.from_config` with
+  its typed builder; a mapping given in Python code goes through the same function with plain construction.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from models.compress.passes import PASSES, CompressionPass
 
 PASS_KEYS = ("method", "name", "input", "options")
+Builder = Callable[[type, dict[str, Any], str], Any]
 
 
 @dataclass
@@ -35,7 +38,7 @@ class PassConfig:
     input: str = "baseline"
     """Start from the trained model ('baseline') or from an earlier pass, by name."""
     options: Any = None
-    """The method's options dataclass (a mapping of its fields is converted); None = its defaults."""
+    """The method's options dataclass (`from_config` builds it from the flat mapping); None = its defaults."""
 
     def __post_init__(self) -> None:
         if self.method not in PASSES:
@@ -47,23 +50,33 @@ class PassConfig:
         opts_cls = PASSES[self.method].Options
         if self.options is None:
             self.options = opts_cls()
-        elif isinstance(self.options, dict):
-            known = {f.name for f in dataclasses.fields(opts_cls)}
-            unknown = sorted(set(self.options) - known)
-            if unknown:
-                raise ValueError(f"{unknown[0]}: not an option of method {self.method!r} "
-                                 f"(its options: {', '.join(sorted(known))})")
-            self.options = opts_cls(**self.options)
         elif not isinstance(self.options, opts_cls):
-            raise ValueError(f"options: must be a mapping or {opts_cls.__name__}, got {type(self.options).__name__}")
+            raise ValueError(f"options: must be {opts_cls.__name__}, got {type(self.options).__name__}")
+
+    @classmethod
+    def from_config(cls, raw: dict[str, Any], build: Builder, key: str) -> PassConfig:
+        """A flat mapping (method/name/input + the method's options; an `options:` mapping is merged in) -> PassConfig.
+
+        `build(cls, mapping, key)` turns a mapping into a dataclass: the run-config loader passes its typed builder
+        (coercion, `Literal` checks, errors naming `key.option`), so a pass's options go through the same path as
+        every other section; `from_mapping` passes plain construction for configs written in Python."""
+        method = raw.get("method", "int8")
+        if method not in PASSES:
+            raise ValueError(f"method: must be one of {', '.join(PASSES)}, got {method!r}")
+        opts_cls = PASSES[method].Options
+        opts = dict(raw.get("options") or {})
+        opts.update({k: v for k, v in raw.items() if k not in PASS_KEYS})
+        known = {f.name for f in dataclasses.fields(opts_cls)}
+        unknown = sorted(set(opts) - known)
+        if unknown:
+            raise ValueError(f"{unknown[0]}: not an option of method {method!r} (its options: {', '.join(sorted(known))})")
+        head = build(cls, {k: raw[k] for k in ("method", "name", "input") if k in raw}, key)
+        return dataclasses.replace(head, options=build(opts_cls, opts, key))
 
     @classmethod
     def from_mapping(cls, raw: dict[str, Any]) -> PassConfig:
-        """A flat YAML mapping (method/name/input + the method's options) -> PassConfig."""
-        opts = dict(raw.get("options") or {})
-        opts.update({k: v for k, v in raw.items() if k not in PASS_KEYS})
-        return cls(method=raw.get("method", "int8"), name=raw.get("name", ""), input=raw.get("input", "baseline"),
-                   options=opts)
+        """A flat mapping -> PassConfig, for configs written in Python (no type coercion)."""
+        return cls.from_config(raw, lambda c, d, _key: c(**d), "")
 
     def build(self) -> CompressionPass:
         return PASSES[self.method](self.options)
@@ -85,7 +98,7 @@ def _default_passes() -> list[PassConfig]:
 class CompressConfig:
     """The compress stage: an ordered list of passes, calibration and evaluation budgets."""
 
-    passes: list[Any] = field(default_factory=_default_passes)
+    passes: list[PassConfig] = field(default_factory=_default_passes)
     """Ordered passes, each a flat mapping of method, name, input and the method's options (PassConfig after
     validation), e.g. [{method: int8}, {method: gptq, name: gptq-q4_0, gguf_type: q4_0}, {method: wanda, sparsity: 0.5}]."""
     num_calib_tokens: int = 32768

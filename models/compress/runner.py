@@ -4,7 +4,7 @@ measures each and writes compressed/<pass>/ checkpoints, compressed/report.json 
 Design and invariants
 - Inputs arrive ready-made (models/ never reads shards): val tokens as a 1-D LongTensor, bytes per
   token as a float, and recovery training as a callable `recover(student, teacher) -> student`
-  (train's distillation, wired by the lead). Without `recover`, pruning passes run without recovery and
+  (train's distillation, wired in launch/stages.py). Without `recover`, pruning passes run without recovery and
   the report says so.
 - Calibration and evaluation tokens are disjoint when the val split is long enough: the first
   `num_eval_tokens` are scored, calibration windows come from the tokens after them (else from the

@@ -12,6 +12,7 @@ from data_pipelines.curate.config import (
     GopherRepetitionConfig,
     LanguageConfig,
     LengthConfig,
+    MinHashConfig,
     NormalizeConfig,
     PIIConfig,
     RatiosConfig,
@@ -179,6 +180,6 @@ def test_config_validation_names_the_field():
         CurateConfig(num_workers=-1)
     with pytest.raises(ValueError, match=r"^perplexity.model_dir: "):
         CurateConfig(steps=["perplexity"])
-    cfg = CurateConfig(profile="stories", minhash={"num_bands": 20, "rows_per_band": 5})
+    cfg = CurateConfig(profile="stories", minhash=MinHashConfig(num_bands=20, rows_per_band=5))
     assert cfg.minhash.threshold == pytest.approx((1 / 20) ** (1 / 5))
     assert "c4" not in cfg.resolved_steps and "c4" in CurateConfig(profile="web").resolved_steps

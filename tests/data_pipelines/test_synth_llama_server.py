@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_pipelines.synthetic import GateConfig, SynthConfig, run_synth
+from data_pipelines.synthetic.config import OpenAITeacherConfig
 from data_pipelines.synthetic.llama_server import LlamaCppServer, server_available, smollm2_gguf
 
 pytestmark = pytest.mark.slow
@@ -39,9 +40,10 @@ def gguf() -> Path:
 def _cfg(base_url: str, n: int, **openai: object) -> SynthConfig:
     return SynthConfig(
         teacher="openai", num_stories=n, max_attempts_factor=1.0, gates=OPEN_GATES,
-        openai={"base_url": base_url, "num_concurrent": 2, "max_tokens": 16, "temperature": 0.7, "top_p": 0.9,
-                "repeat_penalty": 1.1, "frequency_penalty": 0.1, "presence_penalty": 0.1, "seed": 7,
-                "stop": ["<|im_end|>"], "timeout_s": 900, "max_retries": 1, "backoff_s": 0.1, **openai},
+        openai=OpenAITeacherConfig(**{
+            "base_url": base_url, "num_concurrent": 2, "max_tokens": 16, "temperature": 0.7, "top_p": 0.9,
+            "repeat_penalty": 1.1, "frequency_penalty": 0.1, "presence_penalty": 0.1, "seed": 7,
+            "stop": ["<|im_end|>"], "timeout_s": 900, "max_retries": 1, "backoff_s": 0.1, **openai}),
     )
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from data_pipelines.synthetic import GateConfig, SynthConfig, run_synth
+from data_pipelines.synthetic.config import LocalTeacherConfig
 from data_pipelines.synthetic.grammar import write_story
 from data_pipelines.synthetic.vocab import Word
 
@@ -44,7 +45,7 @@ def hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_hf_teacher_generates_and_journals(hf_dir: Path, tmp_path: Path) -> None:
     cfg = SynthConfig(teacher="hf", num_stories=3, max_attempts_factor=1.0, gates=OPEN_GATES,
-                      local={"model_path": str(hf_dir), "max_new_tokens": 12, "batch_size": 2, "prefix": "once"})
+                      local=LocalTeacherConfig(model_path=str(hf_dir), max_new_tokens=12, batch_size=2, prefix="once"))
     stats = run_synth(cfg, tmp_path, seed=0)
     assert stats["teacher"] == "hf" and stats["num_prompts"] == 3
     assert stats["num_accepted"] + stats["num_rejected"] == 3 and "teacher_error" not in stats["rejected"]

@@ -37,7 +37,7 @@ def _write(tmp_path: Path, text: str) -> Path:
 @pytest.mark.parametrize(
     "yaml_text, expected",
     [
-        ("train:\n  max_tokenz: 100\n", "unknown key 'train.max_tokenz' (did you mean 'max_tokens'?)"),
+        ("train:\n  max_tokenz: 100\n", "unknown key 'train.max_tokenz' (did you mean 'train.max_tokens'?)"),
         ("trian:\n  lr: 0.1\n", "unknown section 'trian' (did you mean 'train'?)"),
         ("train:\n  lr: fast\n", "train.lr: expected a number, got 'fast'"),
         ("train:\n  lr: -1\n", "train.lr:"),
@@ -107,3 +107,28 @@ def test_bad_export_source_is_one_line_and_exit_2(tmp_path: Path):
     # `export --model` outside a run: a missing model is one line too
     r = _cli("export", "--model", str(tmp_path / "no-model"), cwd=tmp_path)
     assert r.returncode == 2 and "no-model" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_version_and_unknown_global_flags(tmp_path: Path):
+    from importlib import metadata
+
+    for flag in ("--version", "-V"):
+        r = _cli(flag, cwd=tmp_path)
+        assert r.returncode == 0 and r.stdout.strip() == f"tinyfoundry {metadata.version('tinyfoundry')}", r
+    r = _cli("--bogus", cwd=tmp_path)
+    assert r.returncode == 2 and "unrecognized arguments: --bogus" in r.stderr and "Traceback" not in r.stderr
+    assert r.stdout == ""  # an error, not the help
+
+
+def test_print_config_prints_the_resolved_config_and_runs_nothing(tmp_path: Path):
+    import yaml
+
+    (tmp_path / "base.yaml").write_text("train:\n  lr: 0.001\n  batch_size: 4\n")
+    cfg = _write(tmp_path, "name: t\nbase: base.yaml\ntrain:\n  batch_size: 8\n")
+    r = _cli("train", "--config", str(cfg), "--train.seq_len=64", "--print-config", "--run-dir", str(tmp_path / "run"),
+             cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    printed = yaml.safe_load(r.stdout)
+    assert printed == load_config(cfg, ["--train.seq_len=64"]).to_dict()
+    assert (printed["train"]["lr"], printed["train"]["batch_size"], printed["train"]["seq_len"]) == (0.001, 8, 64)
+    assert not (tmp_path / "run").exists()

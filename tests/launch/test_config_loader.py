@@ -56,13 +56,13 @@ def test_coercion_from_yaml_strings():
 @pytest.mark.parametrize(
     "data, message",
     [
-        ({"lrr": 1}, "unknown key 'train.lrr' (did you mean 'lr'?)"),
+        ({"lrr": 1}, "unknown key 'train.lrr' (did you mean 'train.lr'?)"),
         ({"max_tokens": "lots"}, "train.max_tokens: expected an integer, got 'lots'"),
         ({"max_tokens": 1.5}, "train.max_tokens: expected an integer, got 1.5"),
         ({"schedule": "cosin"}, "train.schedule: must be one of 'cosine', 'wsd', 'constant', got 'cosin' (did you mean 'cosine'?)"),
         ({"lr": -1}, "train.lr: must be > 0, got -1.0"),
         ({"compile": "yes"}, "train.compile: expected true or false, got 'yes'"),
-        ({"inner": {"widht": 2}}, "unknown key 'train.inner.widht' (did you mean 'width'?)"),
+        ({"inner": {"widht": 2}}, "unknown key 'train.inner.widht' (did you mean 'train.inner.width'?)"),
     ],
 )
 def test_errors_name_the_key(data, message):
@@ -98,3 +98,49 @@ def test_train_takes_the_plan_lr_unless_set() -> None:
     assert train_config_for(cfg, None).lr == cfg.train.lr  # no plan: the section's default
     explicit = load_config(None, {"train": {"lr": 1e-3}})
     assert train_config_for(explicit, plan).lr == pytest.approx(1e-3)  # an explicit lr wins
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--curate.profile=webb", "curate.profile: must be one of 'web', 'stories', got 'webb' (did you mean 'web'?)"),
+        ("--synth.teacher=gpt", "synth.teacher: must be one of 'grammar', 'openai', 'hf', 'tinyfoundry', got 'gpt'"),
+        ("--synth.openai.scorer=best", "synth.openai.scorer: must be one of 'logprob', 'first', got 'best'"),
+        ("--tokenize.shard_dtype=uint8", "tokenize.shard_dtype: must be one of 'auto', 'uint16', 'uint32', got 'uint8'"),
+        ("--model.moe_impl=fast", "model.moe_impl: must be one of 'grouped', 'loop', got 'fast'"),
+        ("--train.optimizer=sgd", "train.optimizer: must be one of 'auto', 'muon', 'adamw', got 'sgd'"),
+        ("--finetune.lora.quantize=int3", "finetune.lora.quantize: must be one of 'none', 'int8', 'int4', got 'int3'"),
+        ("--compress.passes=[{method: gptq, gguf_type: q9_0}]", "compress.passes[0].gguf_type: must be one of"),
+    ],
+)
+def test_literal_options_are_checked_by_the_loader_in_every_section(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert str(e.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--curate.gopher_quality.min_stop_words=many",
+         "curate.gopher_quality.min_stop_words: expected an integer, got 'many'"),
+        ("--curate.length.max_words=1", "curate.length.max_words: must be > min_words, got 1"),
+        ("--synth.gates.max_unknown_share=2", "synth.gates.max_unknown_share: must be in [0, 1], got 2.0"),
+        ("--synth.openai.bogus=1", "unknown key 'synth.openai.bogus'"),
+        ("--finetune.lora.rank=0", "finetune.lora.rank: must be a positive integer, got 0"),
+        ("--compress.passes=[{method: rtn, group_size: 32}]",
+         "compress.passes[0].group_size: not an option of method 'rtn'"),
+        ("--compress.passes=[{method: wanda, sparsity: 1.5}]", "compress.passes[0].sparsity:"),
+    ],
+)
+def test_nested_sections_name_the_full_dotted_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert str(e.value).startswith(message), str(e.value)
+
+
+def test_compress_passes_keep_their_flat_mapping_shape() -> None:
+    cfg = load_config(None, ["--compress.passes=[{method: int8}, {method: gptq, name: g4, group_size: '64'}]"])
+    p = cfg.compress.passes[1]
+    assert (p.method, p.name, p.options.group_size) == ("gptq", "g4", 64)  # the option coerced by the loader
+    assert load_config(None, {"compress": cfg.to_dict()["compress"]}).compress == cfg.compress  # round trip

@@ -22,6 +22,7 @@ openai = pytest.importorskip("openai", reason="the OpenAI-compatible teacher nee
 torch = pytest.importorskip("torch")
 
 from data_pipelines.synthetic import GateConfig, SynthConfig, run_synth  # noqa: E402
+from data_pipelines.synthetic.config import LocalTeacherConfig, OpenAITeacherConfig  # noqa: E402
 from data_pipelines.synthetic.grammar import write_story  # noqa: E402
 from data_pipelines.synthetic.teachers import TeacherConfigError  # noqa: E402
 from data_pipelines.synthetic.vocab import Word  # noqa: E402
@@ -373,7 +374,7 @@ def test_concurrent_clients_are_batched_and_match_single_answers(model_dir: Path
 
 def test_run_synth_through_the_server_resumes_from_the_journal(server, tmp_path: Path) -> None:
     cfg = SynthConfig(teacher="openai", num_stories=5, max_attempts_factor=1.0, gates=OPEN_GATES,
-                      openai={"base_url": server.url, "num_concurrent": 2, "max_tokens": 24, "api": "completions"})
+                      openai=OpenAITeacherConfig(base_url=server.url, num_concurrent=2, max_tokens=24, api="completions"))
     before = server.num_generations
     stats = run_synth(cfg, tmp_path, seed=0)
     assert server.num_generations - before == 5
@@ -398,8 +399,8 @@ def test_run_synth_through_the_server_resumes_from_the_journal(server, tmp_path:
 
 def test_tinyfoundry_teacher_self_generates(model_dir: Path, tmp_path: Path) -> None:
     cfg = SynthConfig(teacher="tinyfoundry", num_stories=3, max_attempts_factor=1.0, gates=OPEN_GATES,
-                      local={"model_path": str(model_dir), "max_new_tokens": 16, "batch_size": 2,
-                             "prefix": "instruct"})
+                      local=LocalTeacherConfig(model_path=str(model_dir), max_new_tokens=16, batch_size=2,
+                                               prefix="instruct"))
     stats = run_synth(cfg, tmp_path, seed=0)
     assert stats["num_prompts"] == 3 and stats["teacher"] == "tinyfoundry"
     assert len((tmp_path / "journal.jsonl").read_text().splitlines()) == 3
@@ -464,8 +465,8 @@ def test_openai_teacher_retries_429_and_5xx_then_keeps_good_stories(flaky, tmp_p
     monkeypatch.setenv("TF_TEST_KEY", "sk-test")
     url = f"http://127.0.0.1:{flaky.server_address[1]}/v1"
     cfg = SynthConfig(teacher="openai", num_stories=4, instruct_format=True, gates=GateConfig(dedup="exact"),
-                      openai={"base_url": url, "num_concurrent": 1, "backoff_s": 0.01, "max_retries": 3,
-                              "api_key_env": "TF_TEST_KEY"})
+                      openai=OpenAITeacherConfig(base_url=url, num_concurrent=1, backoff_s=0.01, max_retries=3,
+                                                 api_key_env="TF_TEST_KEY"))
     stats = run_synth(cfg, tmp_path, seed=5)
     assert stats["num_accepted"] == 4 and stats["model"] == "remote-teacher"
     assert _Flaky.calls == 4 + 3 and stats["num_retries"] == 3
@@ -481,7 +482,7 @@ def test_openai_teacher_counts_a_bad_request_and_goes_on(flaky, tmp_path: Path) 
     _Flaky.status = 400
     url = f"http://127.0.0.1:{flaky.server_address[1]}/v1"
     cfg = SynthConfig(teacher="openai", num_stories=3, max_attempts_factor=1.0,
-                      openai={"base_url": url, "model": "m", "backoff_s": 0.01})
+                      openai=OpenAITeacherConfig(base_url=url, model="m", backoff_s=0.01))
     stats = run_synth(cfg, tmp_path, seed=0)
     assert stats["rejected"] == {"teacher_error": 3} and _Flaky.calls == 3  # 400 is not retried
     assert not (tmp_path / "journal.jsonl").read_text()  # failures are not journaled: a rerun asks again
@@ -491,7 +492,7 @@ def test_openai_teacher_fails_fast_on_auth_errors(flaky, tmp_path: Path) -> None
     _Flaky.status = 401
     url = f"http://127.0.0.1:{flaky.server_address[1]}/v1"
     cfg = SynthConfig(teacher="openai", num_stories=6,
-                      openai={"base_url": url, "model": "m", "backoff_s": 0.01, "num_concurrent": 1})
+                      openai=OpenAITeacherConfig(base_url=url, model="m", backoff_s=0.01, num_concurrent=1))
     with pytest.raises(TeacherConfigError, match="401"):
         run_synth(cfg, tmp_path, seed=0)
     assert _Flaky.calls <= 2  # no retries, queued requests cancelled (one in flight per worker at most)

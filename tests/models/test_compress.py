@@ -119,7 +119,7 @@ def test_corrupt_and_foreign_checkpoints_give_clear_errors(model_dir, tmp_path):
 
     mdir, _, _ = model_dir
     model, tok = load_compressed(mdir)
-    qt = quantize_model(model, PassConfig(method="int4", options={"group_size": 32}), None, 8)
+    qt = quantize_model(model, PassConfig.from_mapping({"method": "int4", "group_size": 32}), None, 8)
     qdir = tmp_path / "c" / "int4"
     save_compressed(qdir, model, qt, tok, {"method": "int4"})
     reloaded, _ = load_compressed(qdir)
@@ -146,7 +146,7 @@ def test_config_validation_names_the_field():
     with pytest.raises(ValueError, match=r"^passes: pass names must be unique"):
         CompressConfig(passes=[{"method": "int8"}, {"method": "int8"}])
     with pytest.raises(ValueError, match=r"^sparsity:"):
-        PassConfig(method="wanda", options={"sparsity": 1.5})
+        PassConfig.from_mapping({"method": "wanda", "sparsity": 1.5})
     with pytest.raises(ValueError, match=r"^act_order: not supported on a GGUF grid"):
-        PassConfig(method="gptq", options={"gguf_type": "q4_0", "act_order": True})
+        PassConfig.from_mapping({"method": "gptq", "gguf_type": "q4_0", "act_order": True})
     assert CompressConfig().passes[0].method == "int8"

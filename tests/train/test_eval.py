@@ -139,7 +139,7 @@ def test_probe_config_validation() -> None:
         ProbeConfig(word_prompt_template="no slots")
     with pytest.raises(ValueError, match="^batch_size:"):
         EvalConfig(batch_size=0)
-    assert isinstance(EvalConfig(probes={"num_word_prompts": 2}).probes, ProbeConfig)
+    assert isinstance(EvalConfig(probes=ProbeConfig(num_word_prompts=2)).probes, ProbeConfig)
 
 
 def test_probe_metrics_on_real_model(trained) -> None:

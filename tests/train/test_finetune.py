@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from launch.loader import build_dataclass
 from models import ModelConfig, Transformer, load_model, save_model_dir
+from models.lora import LoRAConfig
 from train import TrainConfig, run_train
 from train.finetune import FinetuneConfig, run_finetune
 
@@ -95,7 +97,7 @@ def test_chat_template_of_a_base_model_is_used(tmp_path: Path, tiny_shards: tupl
 def test_lora_finetune_writes_peft_adapter_and_merged_model(base_dir: Path, chat_jsonl: Path, tmp_path: Path) -> None:
     ft = FinetuneConfig(base=str(base_dir), method="lora", data=[str(chat_jsonl)], max_tokens=4 * 32 * 6,
                         batch_size=4, seq_len=32, lr=1e-2, val_fraction=0.1,
-                        lora={"rank": 4, "alpha": 8, "target_modules": ["all-linear"]})
+                        lora=LoRAConfig(rank=4, alpha=8, target_modules=["all-linear"]))
     s = run_finetune(ft, TRAIN, tmp_path / "ft")
     assert s["status"] == "completed" and s["steps"] == 6 and s["val_bpb"] > 0
     out = tmp_path / "ft"
@@ -131,7 +133,7 @@ def test_lora_finetune_writes_peft_adapter_and_merged_model(base_dir: Path, chat
 @pytest.mark.slow
 def test_qlora_and_full_finetune_run(base_dir: Path, chat_jsonl: Path, tmp_path: Path) -> None:
     common = dict(base=str(base_dir), data=[str(chat_jsonl)], max_tokens=4 * 32 * 3, batch_size=4, seq_len=32)
-    q = run_finetune(FinetuneConfig(method="qlora", lora={"rank": 4, "group_size": 32}, **common), TRAIN,
+    q = run_finetune(FinetuneConfig(method="qlora", lora=LoRAConfig(rank=4, group_size=32), **common), TRAIN,
                      tmp_path / "q")
     assert q["lora"]["quantize"] == "int4" and (tmp_path / "q" / "adapter" / "adapter_model.safetensors").is_file()
     full = run_finetune(FinetuneConfig(method="full", lr=1e-3, **common), TRAIN, tmp_path / "full")
@@ -144,9 +146,10 @@ DRIVER = """
 import json, sys
 from pathlib import Path
 from train import TrainConfig
+from launch.loader import build_dataclass
 from train.finetune import FinetuneConfig, run_finetune
 ft, tr, out = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
-s = run_finetune(FinetuneConfig(**ft), TrainConfig(**tr), Path(out))
+s = run_finetune(build_dataclass(FinetuneConfig, ft, "finetune"), TrainConfig(**tr), Path(out))
 print("STATUS", s["status"], flush=True)
 """
 
@@ -172,7 +175,7 @@ def test_finetune_resume_after_sigkill_is_exact(base_dir: Path, chat_jsonl: Path
     ft = dict(base=str(base_dir), method="lora", data=[str(chat_jsonl)], max_tokens=4 * 32 * 16, batch_size=4,
               seq_len=32, lr=1e-2, lora={"rank": 4, "dropout": 0.0})
     tr = {k: v for k, v in TRAIN.to_dict().items()}
-    ref = run_finetune(FinetuneConfig(**ft), TrainConfig(**tr), tmp_path / "ref")
+    ref = run_finetune(build_dataclass(FinetuneConfig, ft, "finetune"), TrainConfig(**tr), tmp_path / "ref")
     ref_curve = _curve(tmp_path / "ref")
     assert sorted(ref_curve) == list(range(1, 17))
 
@@ -189,7 +192,7 @@ def test_finetune_resume_after_sigkill_is_exact(base_dir: Path, chat_jsonl: Path
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    s = run_finetune(FinetuneConfig(**ft), TrainConfig(**tr), run)
+    s = run_finetune(build_dataclass(FinetuneConfig, ft, "finetune"), TrainConfig(**tr), run)
     assert s["status"] == "completed"
     curve = _curve(run)
     assert curve == ref_curve

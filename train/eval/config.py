@@ -140,11 +140,5 @@ class EvalConfig:
     def __post_init__(self) -> None:
         _non_negative(self, "num_docs", "max_tokens", "seq_len", "num_saved_samples")
         _positive(self, "batch_size")
-        if self.device not in ("auto", "cpu", "cuda", "mps"):
-            raise ValueError(f"device: must be one of auto, cpu, cuda, mps, got {self.device!r}")
         if not self.text_field:
             raise ValueError(f"text_field: must not be empty, got {self.text_field!r}")
-        if isinstance(self.probes, dict):
-            self.probes = ProbeConfig(**self.probes)
-        if isinstance(self.judge, dict):
-            self.judge = JudgeConfig(**self.judge)
