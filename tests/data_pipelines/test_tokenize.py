@@ -54,7 +54,6 @@ def tok_dir(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
         ({"vocab_size": 65537}, "vocab_size"),
         ({"val_fraction": 1.0}, "val_fraction"),
         ({"val_fraction": -0.1}, "val_fraction"),
-        ({"shard_dtype": "int8"}, "shard_dtype"),
         ({"min_frequency": 0}, "min_frequency"),
         ({"shard_bytes": 0}, "shard_bytes"),
     ],

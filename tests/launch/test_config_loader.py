@@ -104,12 +104,12 @@ def test_train_takes_the_plan_lr_unless_set() -> None:
     "override, message",
     [
         ("--curate.profile=webb", "curate.profile: must be one of 'web', 'stories', got 'webb' (did you mean 'web'?)"),
-        ("--synth.teacher=gpt", "synth.teacher: must be one of 'grammar', 'openai', 'hf', 'tinyfoundry', got 'gpt'"),
+        ("--synth.teacher=gpt", "synth.teacher: unknown teacher 'gpt'; known: grammar, openai, hf, tinyfoundry"),
         ("--synth.openai.scorer=best", "synth.openai.scorer: must be one of 'logprob', 'first', got 'best'"),
         ("--tokenize.shard_dtype=uint8", "tokenize.shard_dtype: must be one of 'auto', 'uint16', 'uint32', got 'uint8'"),
         ("--model.moe_impl=fast", "model.moe_impl: must be one of 'grouped', 'loop', got 'fast'"),
         ("--train.optimizer=sgd", "train.optimizer: must be one of 'auto', 'muon', 'adamw', got 'sgd'"),
-        ("--finetune.lora.quantize=int3", "finetune.lora.quantize: must be one of 'none', 'int8', 'int4', got 'int3'"),
+        ("--finetune.lora.quantize=int3", "finetune.lora.quantize: must be one of 'none', 'int8', 'int4', 'q4_0', 'q4_1', 'q8_0', got 'int3'"),
         ("--compress.passes=[{method: gptq, gguf_type: q9_0}]", "compress.passes[0].gguf_type: must be one of"),
     ],
 )
