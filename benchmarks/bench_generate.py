@@ -16,14 +16,11 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import Transformer, get_preset  # noqa: E402
 from models.generate import decode_dtype, generate  # noqa: E402

@@ -18,16 +18,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from bench_vs_llama2c import heldout_bpb, split_stories, token_stream, train_bpe  # noqa: E402
 
 from models import Transformer, get_preset  # noqa: E402

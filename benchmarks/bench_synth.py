@@ -28,8 +28,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from data_pipelines.synthetic import SynthConfig, run_synth  # noqa: E402
 from data_pipelines.synthetic.config import GateConfig  # noqa: E402
 from data_pipelines.synthetic.gates import QualityGates, unknown_share  # noqa: E402

@@ -40,7 +40,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from data_pipelines.tokenize import TokenizeConfig, run_tokenize  # noqa: E402
 

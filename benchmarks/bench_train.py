@@ -17,15 +17,12 @@ import json
 import math
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import Transformer, get_preset  # noqa: E402
 from models.accounting import count_params, flops_per_token  # noqa: E402
