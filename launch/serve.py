@@ -501,21 +501,37 @@ class Handler(BaseHTTPRequestHandler):
             for i in range(len(choices)):
                 send({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                       "finish_reason": None})
+        behind: set[int] = set()  # choices with tokens decoded but not sent yet
+
+        def flush() -> None:
+            for j in sorted(behind):
+                text = choices[j].pending(final=False)
+                if text:
+                    chunk(j, text, None)
+            behind.clear()
+
         while (ev := self._next(events, reqs, choices)) is not None:
             i, kind, val = ev
             c = choices[i]
             want_lp = reqs[i].params.logprobs is not None
+            if kind == "token" and not want_lp:
+                # a handler that fell behind the decoder sends what is queued as one chunk: same text, fewer
+                # writes (under load the per-chunk JSON and socket work is what the handler threads spend)
+                behind.add(i)
+                if events.empty():
+                    flush()
+                continue
+            flush()
             if kind == "prompt":
                 chunk(i, prompt_texts[i // n], None, val if want_lp else None)
             elif kind == "token":
-                text = c.pending(final=False)
-                if text or want_lp:
-                    chunk(i, text, None, [val] if want_lp else None)
+                chunk(i, c.pending(final=False), None, [val])
             elif kind == "end":
                 rest = c.pending(final=True)
                 if rest:
                     chunk(i, rest, None)
                 chunk(i, "", c.finish)
+        flush()
         if include_usage:
             send(None, self._usage(prompt_tokens, choices))
         self.wfile.write(b"data: [DONE]\n\n")
