@@ -41,7 +41,7 @@ from bench_vs_llama2c import heldout_bpb as bpb  # noqa: E402
 from bench_vs_llama2c import split_stories, token_stream  # noqa: E402
 
 from models import load_model  # noqa: E402
-from models.compress.calibration import calibration_stages, run_sequential, windows  # noqa: E402
+from models.compress.calibration import Stage, calibration_stages, run_sequential, windows  # noqa: E402
 from models.compress.passes import PASSES, PassContext  # noqa: E402
 from models.compress.prune import prunable_weights, prune  # noqa: E402
 
@@ -55,7 +55,10 @@ def feature_norms(model: torch.nn.Module, calib_NT: torch.Tensor) -> dict[str, t
         for name in stage.linears:
             norms[name + ".weight"] = stage.stats[name].col_norm_I.clone()
 
-    run_sequential(model, calib_NT, calibration_stages(model, include_head=False), keep, desc="norms")
+    # the model is not changed between stages, so one forward with every block's hooks equals the sequential pass
+    stages = calibration_stages(model, include_head=False)
+    one = Stage({n: m for st in stages for n, m in st.linears.items()}, stages[-1].stop, name="all blocks")
+    run_sequential(model, calib_NT, [one], keep, desc="norms")
     return norms
 
 
@@ -108,6 +111,8 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=0, help="window length (0 = the model's max_seq_len, <= 512 "
                     "for smollm2)")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--only-norms", action="store_true", help="print the outlier-feature statistics only")
+    ap.add_argument("--only", default="", help="comma-separated variants to run (e.g. rtn-int4,gptq-int4); '' = all")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -133,7 +138,17 @@ def main() -> None:
         scored[name] = (s[:n], int(nbytes * n / s.numel()))
     print(f"model {args.model}: {model.num_params():,} params, dim {model.cfg.dim}, {model.cfg.num_layers} layers; "
           f"{calib.numel():,} calibration tokens (tinystories), windows of {seq}", flush=True)
-    rows = run_rows(model, calib, scored, seq, with_quant=args.model == "smollm2")
+    if args.only_norms:
+        report_norms(model, calib)
+        return
+    only = {v.strip() for v in args.only.split(",") if v.strip()}
+    rows = run_rows(model, calib, scored, seq, with_quant=args.model == "smollm2", only=only)
+    if only:
+        for name in rows:
+            if name != "baseline":
+                print(f"  {name}: " + ", ".join(f"{t} {(v / rows['baseline'][t] - 1) * 100:+.2f}%"
+                                                for t, v in rows[name].items()))
+        return
     report_norms(model, calib)
     for text in scored:
         r = {k: v[text] for k, v in rows.items()}
@@ -146,7 +161,8 @@ def main() -> None:
             print(f"  {text}: GPTQ-int4 {inc['gptq-int4'] * 100:+.2f}% vs RTN-int4 {inc['rtn-int4'] * 100:+.2f}%")
 
 
-def run_rows(model: torch.nn.Module, calib: torch.Tensor, scored: dict, seq: int, with_quant: bool) -> dict:
+def run_rows(model: torch.nn.Module, calib: torch.Tensor, scored: dict, seq: int, with_quant: bool,
+             only: set[str] | None = None) -> dict:
     """bpb per variant and text: baseline, magnitude (per layer, per row), Wanda, and int4 RTN/GPTQ if asked."""
     def score(m: torch.nn.Module) -> dict[str, float]:
         return {t: bpb(m, s, nb, seq) for t, (s, nb) in scored.items()}
@@ -161,6 +177,8 @@ def run_rows(model: torch.nn.Module, calib: torch.Tensor, scored: dict, seq: int
         variants += [("rtn-int4", lambda: quantize_copy(model, "int4", calib)),
                      ("gptq-int4", lambda: quantize_copy(model, "gptq", calib))]
     for name, make in variants:
+        if only and name not in only:
+            continue
         rows[name] = score(make())
         print(f"  {name:<26}" + "".join(f"  {t} {v:.4f} ({(v / rows['baseline'][t] - 1) * 100:+.2f}%)"
                                          for t, v in rows[name].items()), flush=True)

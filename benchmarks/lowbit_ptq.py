@@ -42,6 +42,8 @@ PTQ_PASSES = [
     {"method": "lowbit", "name": "gptq-2bit-g64", "bits": 2, "group_size": 64},
     {"method": "lowbit", "name": "gptq-2bit-g64-lr", "bits": 2, "group_size": 64, "lowrank_budget": 0.25,
      "lowrank_iters": 2},
+    {"method": "lowbit", "name": "gptq-2bit-g64-lr-int4", "bits": 2, "group_size": 64, "lowrank_budget": 0.25,
+     "lowrank_bits": 4, "lowrank_iters": 2},
     {"method": "lowrank", "name": "lowrank-svd-0.5", "size_ratio": 0.5},
 ]
 """Every PTQ pass from the trained model; block weights on the grid, the embedding int8 (q8_0 on GGUF grids)."""

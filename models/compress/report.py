@@ -120,6 +120,11 @@ def write_plot(report: dict, path: Path) -> None:
         ax.step(xs, ys, where="post", color="black", alpha=0.5, lw=1, label="Pareto front")
         ax.scatter(xs, ys, s=140, facecolors="none", edgecolors="black", lw=1)
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    for axis in (ax.xaxis,):
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "1235" else ""))
     ax.set_xlabel("size on disk (MB, log)")
     ax.set_ylabel("val bits per byte (lower is better)")
     ax.set_title("compression: size vs quality")
