@@ -32,7 +32,8 @@ class PassConfig:
     """One compression pass: a registered method, its folder name, its input, and the method's options."""
 
     method: str = "int8"
-    """A registered method: int8, int4, gptq, rtn, magnitude, wanda, sparse24, structured (models/compress/passes.py)."""
+    """A registered method: int8, int4, gptq, rtn, lowbit, lowrank, magnitude, wanda, sparse24, structured
+    (models/compress/passes.py, lowbit.py, lowrank.py)."""
     name: str = ""
     """Folder under compressed/ and label in the report; '' means the method name."""
     input: str = "baseline"

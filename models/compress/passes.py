@@ -428,3 +428,7 @@ class StructuredPass(CompressionPass):
                                           o.experts_fraction, ctx.batch_size)
         model, info = _recover(model, ctx, {}, o.recover)
         return PassOutput(model, info={"structured": summary, **info})
+
+
+# Passes defined in their own files register themselves on import (after everything above is defined).
+from models.compress import lowbit, lowrank  # noqa: E402, F401

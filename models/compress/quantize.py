@@ -26,15 +26,17 @@ import io
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-QuantKind = Literal["int8", "int4", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"]
-"""int8 / int4: our formats; q8_0 ... q5_1: llama.cpp block formats (models/compress/ggml_quants.py), whose `codes`
+QuantKind = Literal["int8", "int4", "int3", "int2", "lowrank", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"]
+"""int8 / int4 / int3 / int2: our formats (int3, int2: models/compress/lowbit.py); lowrank: no grid, only the factors
+of its `lowrank` term (models/compress/lowrank.py); q8_0 ... q5_1: llama.cpp block formats (models/compress/ggml_quants.py), whose `codes`
 are the GGUF block bytes themselves (scales inside), so the GGUF writer copies them unchanged."""
+OUR_KINDS = ("int8", "int4", "int3", "int2", "lowrank")
 FP16_TINY = 1e-7  # smallest scale kept (fp16 subnormals reach ~6e-8); an all-zero row quantizes to zeros
 
 
@@ -52,12 +54,24 @@ class QTensor:
     """uint8 zero points (asymmetric int4), same shape as scale; None when symmetric."""
     group_size: int = 0
     """Inputs per scale along the last dim (int4); 0 for int8 (the whole row)."""
+    lowrank: Any = None
+    """A low-rank term U V added to the grid's values (models/compress/lowrank.py LowRank), or None."""
 
     @property
     def is_ggml(self) -> bool:
-        return self.kind not in ("int8", "int4")
+        return self.kind not in OUR_KINDS
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        base = self._dequantize_grid(dtype)
+        return base if self.lowrank is None else base + self.lowrank.dense().to(dtype).reshape(self.shape)
+
+    def _dequantize_grid(self, dtype: torch.dtype) -> torch.Tensor:
+        if self.kind == "lowrank":
+            return torch.zeros(self.shape, dtype=dtype)
+        if self.kind in ("int2", "int3"):
+            from models.compress.lowbit import dequantize_lowbit
+
+            return dequantize_lowbit(self, dtype)
         if self.is_ggml:
             from models.compress.ggml_quants import dequantize
 
@@ -70,10 +84,12 @@ class QTensor:
         return ((q_ONS - zero) * self.scale.to(dtype)[..., None]).reshape(self.shape)
 
     def nbytes(self) -> int:
+        """Bytes of the codes, scales, zero points and low-rank factors."""
+        lr = self.lowrank.nbytes() if self.lowrank is not None else 0
         if self.is_ggml:
-            return self.codes.numel()
+            return self.codes.numel() + lr
         extra = self.zero.numel() * self.zero.element_size() if self.zero is not None else 0
-        return self.codes.numel() * self.codes.element_size() + self.scale.numel() * 2 + extra
+        return self.codes.numel() * self.codes.element_size() + self.scale.numel() * 2 + extra + lr
 
 
 def effective_group_size(row_len: int, group_size: int) -> int:
@@ -233,7 +249,7 @@ def _quiet():
 def apply_runtime(
     model: nn.Module,
     qtensors: dict[str, QTensor],
-    runtime: Literal["dequant", "torchao", "int8", "auto"] = "auto",
+    runtime: Literal["dequant", "torchao", "int8", "auto", "factored"] = "auto",
     activations: Literal["none", "int8"] = "none",
 ) -> str:
     """Turn a model holding dequantized weights into the chosen runtime; returns the runtime used.
@@ -256,6 +272,10 @@ def apply_runtime(
             runtime = "torchao" if torchao_available() else "int8"
     if runtime == "dequant":
         return runtime
+    if runtime == "factored":
+        from models.compress.lowrank import apply_factored
+
+        return apply_factored(model, qtensors)
     if runtime == "torchao":
         with _quiet():
             from torchao.quantization import (

@@ -7,6 +7,8 @@ Design and invariants
 - Speed = new tokens per second of greedy KV-cached generation (models.generate) after one warm-up
   run, with the runtime the pass would be served with. Timings on a shared CPU are noisy: compare
   ratios measured in one process.
+- The frontier: an entry is on the Pareto front (`pareto: true`) when no other entry (baseline included) is at
+  most as large *and* at most as bad with one of the two strictly better; the plot joins the front's points.
 - The sample is decoded with the `tokenizers` library when it is installed (it is a project dependency),
   else returned as token ids: models/ must not require it.
 """
@@ -81,8 +83,20 @@ def sample(model: nn.Module, prompt: list[int], num_new: int, tokenizer_file: Pa
     return decode(tokenizer_file, list(prompt) + new)
 
 
+def mark_pareto(entries: list[dict], size_key: str = "bytes", bpb_key: str = "val_bpb") -> list[dict]:
+    """Set `pareto` on every entry (size vs bpb, both lower is better; an entry without a finite bpb is off the
+    front); returns the front sorted by size."""
+    ok = [e for e in entries if isinstance(e.get(bpb_key), (int, float)) and math.isfinite(e[bpb_key])]
+    for e in entries:
+        e["pareto"] = e in ok and not any(
+            o[size_key] <= e[size_key] and o[bpb_key] <= e[bpb_key]
+            and (o[size_key] < e[size_key] or o[bpb_key] < e[bpb_key]) for o in ok)
+    return sorted((e for e in entries if e["pareto"]), key=lambda e: (e[size_key], e[bpb_key]))
+
+
 def write_plot(report: dict, path: Path) -> None:
-    """Scatter of size on disk (MB) against val bits-per-byte, one point per pass, baseline starred."""
+    """Scatter of size on disk (MB) against val bits-per-byte, one point per pass, baseline starred, the Pareto
+    front drawn as a step line through its points (ringed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -95,12 +109,23 @@ def write_plot(report: dict, path: Path) -> None:
     ax.scatter([base["bytes"] / 1e6], [base["val_bpb"]], marker="*", s=180, color="black", label="baseline (fp32)")
     ax.annotate("baseline", (base["bytes"] / 1e6, base["val_bpb"]), textcoords="offset points", xytext=(6, 4))
     colors = {"int8": "C0", "int4": "C1", "gptq": "C2", "magnitude": "C3", "wanda": "C4", "sparse24": "C5",
-              "structured": "C6"}
+              "structured": "C6", "lowbit": "C8", "lowrank": "C9"}
     for p in report["passes"]:
         ax.scatter([p["bytes"] / 1e6], [p["val_bpb"]], color=colors.get(p["method"], "C7"), s=50)
         ax.annotate(p["name"], (p["bytes"] / 1e6, p["val_bpb"]), textcoords="offset points", xytext=(6, -10),
                     fontsize=8)
-    ax.set_xlabel("size on disk (MB)")
+    front = mark_pareto([base, *report["passes"]])
+    if front:
+        xs, ys = [e["bytes"] / 1e6 for e in front], [e["val_bpb"] for e in front]
+        ax.step(xs, ys, where="post", color="black", alpha=0.5, lw=1, label="Pareto front")
+        ax.scatter(xs, ys, s=140, facecolors="none", edgecolors="black", lw=1)
+    ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    for axis in (ax.xaxis,):
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "1235" else ""))
+    ax.set_xlabel("size on disk (MB, log)")
     ax.set_ylabel("val bits per byte (lower is better)")
     ax.set_title("compression: size vs quality")
     ax.grid(alpha=0.3)

@@ -31,7 +31,7 @@ from models.compress.config import CompressConfig, PassConfig
 from models.compress.passes import PassContext
 from models.compress.prune import sparsity_of
 from models.compress.quantize import QTensor
-from models.compress.report import eval_bpb, sample, tokens_per_s, write_plot
+from models.compress.report import eval_bpb, mark_pareto, sample, tokens_per_s, write_plot
 from models.compress.storage import (
     atomic_write_json,
     dir_weight_bytes,
@@ -185,6 +185,7 @@ def run_compress(
         entry["speedup"] = entry["tokens_per_s"] / max(baseline["tokens_per_s"], 1e-9)
         entry["wall_s"] = round(time.perf_counter() - t0, 2)
         report["passes"].append(entry)
+        mark_pareto([baseline, *report["passes"]])
         atomic_write_json(out_dir / "report.json", report)
     atomic_write_json(out_dir / "report.json", report)
     if cfg.plot:

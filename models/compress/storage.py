@@ -56,11 +56,14 @@ def save_compressed(
             continue  # a tied weight: stored once, under its canonical name
         if name in qtensors:
             q = qtensors[name]
-            tensors[name + SEP + "codes"] = q.codes.cpu()
+            if q.kind != "lowrank":  # a pure factorization has no grid codes
+                tensors[name + SEP + "codes"] = q.codes.cpu()
             if q.scale.numel():  # llama.cpp block types keep their scales inside the block bytes
                 tensors[name + SEP + "scale"] = q.scale.cpu().half()
             if q.zero is not None:
                 tensors[name + SEP + "zero"] = q.zero.cpu()
+            if q.lowrank is not None:  # `W::lr_u`, `W::lr_v` (+ scales): models/compress/lowrank.py
+                tensors.update({k: v.cpu() for k, v in q.lowrank.tensors(name + SEP).items()})
         else:
             tensors[name] = t.detach().cpu().float()
     meta = {
@@ -68,7 +71,8 @@ def save_compressed(
         "version": 1,
         "pass": pass_info,
         "quantized": {
-            n: {"kind": q.kind, "shape": list(q.shape), "group_size": q.group_size} for n, q in qtensors.items()
+            n: {"kind": q.kind, "shape": list(q.shape), "group_size": q.group_size,
+                **({"lowrank": q.lowrank.meta()} if q.lowrank is not None else {})} for n, q in qtensors.items()
         },
     }
     atomic_save_safetensors(tensors, out_dir / "model.safetensors", metadata={"format": "pt"})
@@ -106,10 +110,11 @@ def read_compressed(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], d
             q = QTensor(
                 kind=info["kind"],
                 shape=tuple(info["shape"]),
-                codes=raw[name + SEP + "codes"],
+                codes=raw[name + SEP + "codes"] if info["kind"] != "lowrank" else torch.empty(0, dtype=torch.uint8),
                 scale=raw.get(name + SEP + "scale", torch.empty(0, dtype=torch.float16)),
                 zero=raw.get(name + SEP + "zero"),
                 group_size=int(info["group_size"]),
+                lowrank=_lowrank(raw, name + SEP, info),
             )
         except KeyError as e:
             raise ValueError(f"{path}: quantized tensor {name} is missing its {e} part") from e
@@ -118,11 +123,19 @@ def read_compressed(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], d
     return cfg, sd, qtensors, meta
 
 
+def _lowrank(raw: dict[str, torch.Tensor], prefix: str, info: dict) -> object | None:
+    if "lowrank" not in info:
+        return None
+    from models.compress.lowrank import LowRank
+
+    return LowRank.from_tensors(raw, prefix, info["lowrank"], tuple(info["shape"]))
+
+
 def load_compressed(
     path: Path | str,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
-    runtime: Literal["dequant", "torchao", "int8", "auto"] = "dequant",
+    runtime: Literal["dequant", "torchao", "int8", "auto", "factored"] = "dequant",
 ) -> tuple[Transformer, Path | None]:
     """Load a compressed/<pass>/ dir (quantized or pruned) or any model dir models.load_model reads.
 

@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 
 from models.atomic import atomic_write_json, atomic_write_text
+from models.compress.lowrank import export_note
+from models.compress.report import mark_pareto
 from models.compress.storage import is_compressed_dir, load_compressed, read_compressed
 from models.export.card import model_card
 from models.export.gguf import LLAMA_CPP_TYPES, OUR_TYPES, export_gguf, llama_quantize
@@ -136,11 +138,14 @@ def run_export(
             fp_from = fp_dir.name if fp_dir.name != "final" else "final"
         else:
             fp_from = f"{fp_from} (dequantized: its full-precision input was not found)"
+    merged, own_weights = export_note(qtensors)
+    if own_weights:  # a factorization: the re-multiplied product *is* the pass's model, at every precision
+        fp_model, fp_from = model, f"{source_label or model_dir.name} (factors re-multiplied)"
     n_params = model.num_params()
     files: list[dict] = []
     info: dict = {"source": str(model_dir), "source_label": source_label or model_dir.name,
                   "source_method": info_pass.get("method", ""), "gguf_type": native, "params": n_params,
-                  "sparsity": _sparsity(model), "files": files, "notes": []}
+                  "sparsity": _sparsity(model), "files": files, "notes": [merged] if merged else []}
 
     def add(path: Path, fmt: str, typ: str, weights: str, runtime: str, nbytes: int, extra: dict | None = None) -> None:
         files.append({"file": str(path.relative_to(out_dir)), "path": str(path), "format": fmt, "type": typ,
@@ -195,6 +200,7 @@ def run_export(
         if report and report.get("num_eval_tokens") and report.get("eval_seq_len"):
             num_eval, seq = int(report["num_eval_tokens"]), int(report["eval_seq_len"])  # the baseline's tokens
         _measure(cfg, model, files, val_tokens, bytes_per_token, num_eval, seq)
+        mark_pareto(files)  # the frontier of what was exported: file bytes vs the bpb its runtime measured
     if cfg.card and (out_dir / "hf").is_dir():
         card = model_card(model, info, report, cfg.name, {"license": cfg.license, **(meta or {})})
         atomic_write_text(out_dir / "hf" / "README.md", card)

@@ -1,0 +1,222 @@
+"""Below four bits and low rank: the 2/3-bit grids, GPTQ on them, the low-rank correction and factorization,
+their storage, runtimes, export notes, and the Pareto front of the compress report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from models.compress import CompressConfig, load_compressed, run_compress
+from models.compress.lowbit import (
+    LowbitOptions,
+    LowbitPass,
+    gptq_lowbit,
+    pack_bits,
+    quantize_lowbit,
+    unpack_bits,
+)
+from models.compress.lowrank import (
+    FactoredLinear,
+    LowRank,
+    apply_factored,
+    export_note,
+    fit_lowrank,
+    rank_for_budget,
+    rank_for_energy,
+    whitened_svd,
+)
+from models.compress.report import mark_pareto
+from models.compress.storage import read_compressed
+from tests.models.test_compress import model_dir, small_cfg  # noqa: F401 (fixture)
+from tests.models.test_quant import _correlated_inputs
+
+
+def _out_err(x: torch.Tensor, w: torch.Tensor, wq: torch.Tensor) -> float:
+    return float(((x @ (w - wq).T) ** 2).mean())
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_pack_roundtrip_and_grid(bits):
+    torch.manual_seed(0)
+    q = torch.randint(0, 1 << bits, (5, 64))
+    packed = pack_bits(q, bits)
+    assert packed.dtype == torch.uint8 and packed.shape == (5, 64 * bits // 8)
+    assert torch.equal(unpack_bits(packed, bits, 64), q)
+    w = torch.randn(8, 128)
+    qt = quantize_lowbit(w, bits, 32)
+    assert qt.kind == ("int4" if bits == 4 else f"int{bits}") and qt.scale.shape == (8, 4)
+    deq = qt.dequantize()
+    # every value lies on its group's grid: (value / scale + zero) is an integer code in [0, 2^bits)
+    codes = deq.reshape(8, 4, 32) / qt.scale.float()[..., None] + qt.zero.float()[..., None]
+    assert torch.allclose(codes, codes.round(), atol=1e-3)
+    assert codes.min() >= -1e-3 and codes.max() <= (1 << bits) - 1 + 1e-3
+    assert len({float(v) for v in deq[0, :32]}) <= 1 << bits
+    assert qt.nbytes() == 8 * 128 * bits // 8 + 8 * 4 * 3  # codes + fp16 scale + uint8 zero per group
+
+
+@pytest.mark.parametrize("bits,group", [(2, 32), (2, 128), (3, 64)])
+def test_gptq_lowbit_beats_rtn(bits, group):
+    torch.manual_seed(0)
+    w = torch.randn(64, 256) * 0.05
+    x = _correlated_inputs(2048, 256)
+    h = x.T @ x
+    rtn = quantize_lowbit(w, bits, group, h.diagonal()).dequantize()
+    g = gptq_lowbit(w, h, bits, group)
+    assert g.kind == f"int{bits}" and g.group_size == group
+    assert _out_err(x, w, g.dequantize()) < 0.8 * _out_err(x, w, rtn)
+    # the range search is worth something on its own (min/max RTN is worse than searched RTN)
+    plain = quantize_lowbit(w, bits, group, search=False).dequantize()
+    assert _out_err(x, w, rtn) < _out_err(x, w, plain)
+
+
+def test_lowrank_fit_error_decreases_with_rank_and_whitening_helps():
+    torch.manual_seed(0)
+    w = torch.randn(48, 96)
+    x = _correlated_inputs(1024, 96)
+    h = x.T @ x
+    errs = [_out_err(x, w, torch.zeros_like(w) if r == 0 else torch.mm(*fit_lowrank(w, h, r))) for r in (0, 4, 16, 48)]
+    assert errs[0] > errs[1] > errs[2] > errs[3] and errs[3] < 1e-6 * errs[0]
+    plain = _out_err(x, w, torch.mm(*fit_lowrank(w, h, 8, "none")))
+    assert _out_err(x, w, torch.mm(*fit_lowrank(w, h, 8, "cholesky"))) < plain
+    assert _out_err(x, w, torch.mm(*fit_lowrank(w, h, 8, "diag"))) < plain
+    _, S, _, _ = whitened_svd(w, h)
+    assert rank_for_energy(S, 0.5) < rank_for_energy(S, 0.9) < rank_for_energy(S, 0.999) <= 48
+
+
+@pytest.mark.parametrize("bits", [4, 8, 16])
+def test_lowrank_storage_bits_and_budget(bits):
+    torch.manual_seed(0)
+    u, v = torch.randn(64, 3), torch.randn(3, 128)
+    lr = LowRank.quantize(u, v, bits)
+    assert lr.rank == 3 and lr.shape == (64, 128)
+    assert torch.allclose(lr.dense(), u @ v, rtol=0, atol={4: 3.0, 8: 0.2, 16: 0.02}[bits])
+    expect = 3 * (64 + 128) * bits // 8 + (3 * 2 * 2 if bits < 16 else 0)
+    assert lr.nbytes() == expect
+    r = rank_for_budget(256, 256, 0.25, 8)
+    assert r == 3 and r * (8 * 512 + 32) <= 0.25 * 256 * 256 < (r + 1) * (8 * 512 + 32)
+
+
+def test_correction_lowers_error_within_budget():
+    torch.manual_seed(0)
+    w = torch.randn(64, 256) * 0.05
+    x = _correlated_inputs(2048, 256)
+    h = x.T @ x
+    plain = LowbitPass(LowbitOptions(bits=2, group_size=64)).quantize_one(w, h)
+    errs = []
+    for rank in (2, 8, 32):
+        q = LowbitPass(LowbitOptions(bits=2, group_size=64, lowrank_rank=rank)).quantize_one(w, h)
+        assert q.lowrank.rank == rank and q.dequantize().shape == w.shape
+        errs.append(_out_err(x, w, q.dequantize()))
+    assert _out_err(x, w, plain.dequantize()) > errs[0] > errs[1] > errs[2]
+    q = LowbitPass(LowbitOptions(bits=2, group_size=64, lowrank_budget=0.25)).quantize_one(w, h)
+    assert 0 < q.lowrank.nbytes() * 8 / w.numel() <= 0.25
+    two = LowbitPass(LowbitOptions(bits=2, group_size=64, lowrank_rank=8, lowrank_iters=2)).quantize_one(w, h)
+    assert _out_err(x, w, two.dequantize()) < errs[0]
+
+
+def test_factored_linear_runs_the_product():
+    torch.manual_seed(0)
+    u, v = torch.randn(24, 5), torch.randn(5, 40)
+    fl = FactoredLinear(u, v)
+    x = torch.randn(3, 40)
+    assert torch.allclose(fl(x), x @ (u @ v).T, atol=1e-5)
+    assert sum(p.numel() for p in fl.parameters()) == 5 * (24 + 40)
+
+
+def test_lowbit_and_lowrank_passes_save_reload_and_report(model_dir, tmp_path):  # noqa: F811 (fixture)
+    mdir, ids, bpt = model_dir
+    cfg = small_cfg([
+        {"method": "lowbit", "name": "g2", "bits": 2, "group_size": 32},
+        {"method": "lowbit", "name": "g2-lr", "bits": 2, "group_size": 32, "lowrank_rank": 4},
+        {"method": "lowbit", "name": "g3", "bits": 3, "group_size": 64, "embeddings": "fp32"},
+        {"method": "lowrank", "name": "svd", "size_ratio": 0.5},
+        {"method": "lowbit", "name": "svd-g4", "input": "svd", "bits": 4},
+    ])
+    calls = []
+    rep = run_compress(cfg, mdir, ids, bpt, tmp_path / "c", recover=lambda s, t: calls.append(1) or s)
+    by = {p["name"]: p for p in rep["passes"]}
+    assert not calls  # lowrank's recovery is off by default
+    assert by["g2"]["bytes"] < by["g3"]["bytes"] and by["g2"]["bytes"] < by["g2-lr"]["bytes"]
+    assert by["g2-lr"]["lowrank_bits_per_weight"] > 0 and by["g2"]["lowrank_bits_per_weight"] == 0
+    assert 2.5 < by["g2"]["block_bits_per_weight"] < 3.0  # 2 bits + (16 + 8) / 32 of scale and zero
+    assert by["svd"]["bytes"] < 0.75 * rep["baseline"]["bytes"] and by["svd"]["runtime"] == "factored"
+    for name, p in by.items():
+        model, _ = load_compressed(tmp_path / "c" / name)
+        # the reloaded weights are exactly what was measured
+        from models.compress.report import eval_bpb
+
+        bpb = eval_bpb(model, ids[: rep["num_eval_tokens"]], bpt, rep["eval_seq_len"], 8)
+        assert abs(bpb - p["val_bpb"]) < 1e-4, name
+    _, _, qt, _ = read_compressed(tmp_path / "c" / "g2-lr")
+    assert any(q.kind == "int2" and q.lowrank is not None and q.lowrank.rank == 4 for q in qt.values())
+    note, from_pass = export_note(qt)
+    assert "merged" in note and not from_pass
+    _, _, qt, _ = read_compressed(tmp_path / "c" / "svd")
+    note, from_pass = export_note(qt)
+    assert "re-multiplied" in note and from_pass
+    fact, _ = load_compressed(tmp_path / "c" / "svd", runtime="factored")
+    dense, _ = load_compressed(tmp_path / "c" / "svd")
+    assert any(isinstance(m, FactoredLinear) for m in fact.modules())
+    x = ids[:32][None]
+    assert torch.allclose(fact(x).logits, dense(x).logits, atol=1e-4)
+    assert apply_factored(dense, qt) == "factored"
+    # export: the factored pass's files hold the re-multiplied product; the corrected pass says what it merged
+    from models.export import ExportConfig, run_export
+    from models.gguf_import import load_gguf
+
+    info = run_export(ExportConfig(gguf_types=["f32"], card=False, hf_quant=True), tmp_path / "c" / "svd",
+                      tmp_path / "e-svd")
+    assert any("re-multiplied" in n for n in info["notes"])
+    g = load_gguf(tmp_path / "e-svd" / "gguf" / "tinyfoundry-f32.gguf")
+    for name in qt:
+        assert torch.allclose(g.get_parameter(name), qt[name].dequantize(), atol=1e-6), name
+    info = run_export(ExportConfig(gguf_types=["f32"], card=False), tmp_path / "c" / "g2-lr", tmp_path / "e-lr")
+    assert any("merged" in n for n in info["notes"]) and any("hf-quant not written" in n for n in info["notes"])
+    assert "factors" not in info["files"][-1]["weights"]  # the GGUF comes from the full-precision input
+    # Pareto flags: every entry has one, the baseline is on the front, a dominated pass is not
+    assert all("pareto" in p for p in rep["passes"]) and rep["baseline"]["pareto"]
+    on_disk = json.loads((tmp_path / "c" / "report.json").read_text())
+    assert [p["pareto"] for p in on_disk["passes"]] == [p["pareto"] for p in rep["passes"]]
+
+
+def test_lowrank_recovery_trains_the_factors(model_dir, tmp_path):  # noqa: F811 (fixture)
+    mdir, ids, bpt = model_dir
+    seen = []
+
+    def recover(student, teacher):
+        seen.append(sum(isinstance(m, FactoredLinear) for m in student.modules()))
+        with torch.no_grad():
+            for m in student.modules():
+                if isinstance(m, FactoredLinear):
+                    m.up.weight.mul_(0.5)
+        return student
+
+    rep = run_compress(small_cfg([{"method": "lowrank", "size_ratio": 0.5, "recover": True}]), mdir, ids, bpt,
+                       tmp_path / "c", recover=recover)
+    assert seen and seen[0] == rep["passes"][0]["factored"] > 0 and rep["passes"][0]["recovered"]
+    model, _ = load_compressed(tmp_path / "c" / "lowrank")
+    _, _, qt, _ = read_compressed(tmp_path / "c" / "lowrank")
+    name, q = next(iter(qt.items()))
+    assert torch.allclose(model.get_parameter(name), q.dequantize(), atol=1e-6)
+
+
+def test_mark_pareto():
+    pts = [{"bytes": 100, "val_bpb": 1.0}, {"bytes": 50, "val_bpb": 1.1}, {"bytes": 60, "val_bpb": 1.2},
+           {"bytes": 20, "val_bpb": 2.0}, {"bytes": 50, "val_bpb": 1.1}, {"bytes": 30, "val_bpb": None}]
+    mark_pareto(pts)
+    assert [p["pareto"] for p in pts] == [True, True, False, True, True, False]
+
+
+def test_options_are_validated():
+    with pytest.raises(ValueError, match="bits"):
+        LowbitOptions(bits=1)
+    with pytest.raises(ValueError, match="lowrank_bits"):
+        LowbitOptions(lowrank_bits=2)
+    with pytest.raises(ValueError, match="lowrank_budget"):
+        LowbitOptions(lowrank_budget=-1)
+    with pytest.raises(ValueError, match="group_size"):
+        CompressConfig(passes=[{"method": "lowbit", "group_size": 48}])
+    with pytest.raises(ValueError, match="size_ratio"):
+        CompressConfig(passes=[{"method": "lowrank", "size_ratio": 0}])
