@@ -11,7 +11,7 @@ training (BitNet b1.58 trains ternary weights from scratch). The grids are the o
   store d = fp16(max |block|) and codes in {-1, 0, 1}; on ternary values max |block| is s (or 0 when the block
   is all zeros), so TQ1_0 / TQ2_0 hold them exactly. (Absmean is not idempotent: on {-s, 0, s} the mean is below
   s, so a second QAT phase on a baked ternary model starts from a rescaled grid; the export never re-applies it.) Rows that 256 does not divide use the largest of 128, 64,
-  32 that does (such tensors go to the file as Q4_0 with d = s / 4, which holds {-s, 0, s} exactly).
+  32 that does (such tensors go to the file as Q4_0 with d = s, codes {7, 8, 9}, which holds {-s, 0, s} exactly).
 
 Design and invariants (torchtitan's model converters)
 - Applied from outside the model: `convert(model, mode, ...)` swaps the class of every `nn.Linear` inside the

@@ -5,7 +5,7 @@ on the grid, so each is re-quantized onto the file's block type and the result i
 equal the weights bit for bit, or the export fails naming the tensor (no silent second rounding).
 - int4 -> Q4_0 by llama.cpp's reference quantizer (`ggml_quants.quantize_ref`), the rounding QAT trained with.
 - ternary -> TQ1_0 (1.69 bits/weight) or TQ2_0 (2.06) by gguf-py's quantizer (d = max |block| = the absmean
-  scale, codes {-1, 0, 1}), where 256 divides the row; other rows -> Q4_0 with d = s / 4 and codes {4, 8, 12},
+  scale, codes {-1, 0, 1}), where 256 divides the row; other rows -> Q4_0 with d = s and codes {7, 8, 9},
   which decodes to {-s, 0, s} exactly (4.5 bits/weight).
 - Weights QAT left in full precision (the token embedding and output head unless `train.qat_embeddings`) follow
   `other_type` (q8_0 by default, what llama.cpp's own quantizer keeps them at in low-bit files); norms F32.
@@ -28,13 +28,32 @@ QAT_GGUF_TYPES = {"int4": ("q4_0",), "ternary": ("tq1_0", "tq2_0", "q4_0")}
 """File types that hold each QAT grid exactly (q4_0 holds ternary values too, at 4.5 bits/weight)."""
 
 
+QAT_TYPES = ("q4_0", "tq1_0", "tq2_0")
+
+
+def read_qat(model_dir: Path) -> dict[str, tuple[str, int]]:
+    """The QAT weights a training run baked (its extra.json 'qat': name -> [mode, block]); {} for any other source."""
+    import json
+
+    extra = Path(model_dir) / "extra.json"
+    if not Path(model_dir).is_dir() or not extra.is_file():
+        return {}
+    try:
+        q = json.loads(extra.read_text()).get("qat") or {}
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{extra}: not valid JSON ({e})") from e
+    return {k: (str(v[0]), int(v[1])) for k, v in q.items()}
+
+
 def _ternary_q4_0(w_RI: torch.Tensor) -> np.ndarray:
-    """Ternary values {-s, 0, s} (s constant over each 32-block) as Q4_0 blocks with d = s / 4."""
+    """Ternary values {-s, 0, s} (s constant over each 32-block) as Q4_0 blocks with d = s, q - 8 in {-1, 0, 1}.
+    d = s itself, not a fraction of it: Muon's weight decay leaves some blocks with s near 1e-4, where s / 4 would be
+    an fp16 subnormal and lose bits (seen in bench_lowbit)."""
     g = ggml_quants.grid("q4_0")
     R, In = w_RI.shape
     w_RNB = w_RI.float().reshape(R, In // 32, 32)
     s_RN = w_RNB.abs().amax(-1)
-    d_RN = (s_RN / 4).half().float()
+    d_RN = s_RN.half().float()
     inv = torch.where(d_RN == 0, torch.zeros_like(d_RN), 1 / torch.where(d_RN == 0, torch.ones_like(d_RN), d_RN))
     q = torch.round(w_RNB * inv[..., None]) + 8
     return ggml_quants.pack(g, q, d_RN, None).numpy()
@@ -101,7 +120,7 @@ def export_qat_gguf(model: Transformer, qat: dict[str, tuple[str, int]], tokeniz
     modes = {m for m, _ in qat.values()}
     if not qat:
         raise ValueError("qat: the model has no quantization-aware-trained weights (extra.json has no 'qat')")
-    allowed = set.intersection(*(set(QAT_GGUF_TYPES[m]) for m in modes))
+    allowed = set(QAT_GGUF_TYPES["ternary" if "ternary" in modes else "int4"])  # int4 weights are Q4_0 in any
     if file_type not in allowed:
         raise ValueError(f"gguf type: a {'/'.join(sorted(modes))} QAT model exports exactly as "
                          f"{', '.join(sorted(allowed))}, got {file_type!r}")

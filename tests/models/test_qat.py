@@ -174,3 +174,48 @@ def test_qat_gguf_refuses_weights_off_the_grid(tmp_path, tokenizer_file):
     with pytest.raises(ValueError, match="exports exactly as"):
         export_qat_gguf(m, info, tokenizer_file, tmp_path / "bad.gguf", "q8_0")
     assert not (tmp_path / "bad.gguf").exists()
+
+
+def test_ternary_model_exports_to_hf_as_its_exact_dequantized_grid(tmp_path, tokenizer_file):
+    """compressed-tensors has no ternary format: the HF folder holds the on-grid values in fp32, exactly."""
+    transformers = pytest.importorskip("transformers")
+    from models.export.hf import export_hf
+
+    m, _, fq = _qat_model("ternary", 64, 96, share=2)
+    export_hf(m, tokenizer_file, tmp_path / "hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    w = hf.model.layers[3].self_attn.q_proj.weight.detach()  # repeat 2 of stored block 1
+    assert torch.equal(w, fq["layers.1.attn.wq.weight"])
+    x = torch.randint(0, VOCAB, (1, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, m(x).logits, rtol=0, atol=1e-4)
+
+
+def test_ternary_q4_0_fallback_exact_for_tiny_scales():
+    """Blocks whose scale is ~1e-4 (Muon's weight decay makes them) stay exact: d = s, not a subnormal fraction."""
+    from models.export.qat_gguf import encode
+
+    w = qat.ternary_fake(torch.randn(4, 96) * torch.tensor([1e-4, 3e-4, 0.02, 1.0])[:, None], 256).numpy()
+    kind, _ = encode(w, "ternary", "tq2_0")  # raises if any value is off
+    assert kind == "q4_0"
+
+
+def test_export_stage_writes_a_qat_model_on_its_grid(tmp_path, tokenizer_file):
+    from models import save_model_dir
+    from models.export import ExportConfig, run_export
+
+    m, info, fq = _qat_model("ternary", 256, 512)
+    save_model_dir(tmp_path / "final", m, tokenizer_file=tokenizer_file,
+                   extra={"qat": {k: list(v) for k, v in info.items()}})
+    rep = run_export(ExportConfig(hf=False, gguf_types=["tq2_0", "q4_0", "f16"], measure=False, card=False),
+                     tmp_path / "final", tmp_path / "export")
+    by = {f["type"]: f for f in rep["files"]}
+    assert by["tq2_0"]["weights"] == "exact (QAT grid)" and by["tq2_0"]["qat_types"] == {"tq2_0": 14}
+    assert by["q4_0"]["qat_types"] == {"q4_0": 14} and by["tq2_0"]["bytes"] < by["q4_0"]["bytes"] < by["f16"]["bytes"]
+    assert np.array_equal(_gguf_tensor(Path(by["tq2_0"]["path"]), "blk.1.ffn_up.weight"),
+                          fq["layers.1.mlp.w_up.weight"].numpy())
+    plain, _, _ = _qat_model("none", 64, 96)
+    save_model_dir(tmp_path / "plain", plain, tokenizer_file=tokenizer_file)
+    with pytest.raises(ValueError, match="tq1_0 holds only a ternary QAT model"):
+        run_export(ExportConfig(hf=False, gguf_types=["tq1_0"], measure=False, card=False), tmp_path / "plain",
+                   tmp_path / "export2")
