@@ -5,6 +5,10 @@ Design and invariants
   can never drift from the module: `total` counts tied weights once; `active` is what one token touches
   (shared weights + router + k of the E routed experts); `non_embedding` drops the token embedding and the
   output projection (Kaplan et al.'s N, independent of the vocabulary).
+- Block sharing (`share_blocks = k`): parameters are the stored ones (each counted once); FLOPs and activations
+  follow the effective depth num_layers * k, since every repeat multiplies again: the block matmul weights enter
+  N_matmul k times and the attention term uses the depth. `effective` is the parameter count of the unshared
+  network the model computes (what an export that repeats the weights holds).
 - FLOPs per token of training, convention (PaLM appendix B, nanoGPT's `estimate_mfu`):
       6 * N_matmul  +  12 * L * H * K * T
   N_matmul = active weights that take part in a matmul (attention and MLP/expert projections, router, output
@@ -43,21 +47,27 @@ def _meta_model(cfg: ModelConfig) -> Transformer:
 
 
 def count_params(cfg: ModelConfig) -> dict[str, int]:
-    """{'total', 'active', 'non_embedding', 'active_non_embedding', 'embedding', 'matmul_active'}."""
+    """{'total', 'active', 'non_embedding', 'active_non_embedding', 'embedding', 'matmul_active', 'effective'}."""
     model = _meta_model(cfg)
     total = sum(p.numel() for p in model.parameters())
     embedding = model.tok_emb.weight.numel()
     head = 0 if cfg.tie_embeddings else model.lm_head.weight.numel()
     inactive = 0
     norms = 0
+    block_matmul = block_all = 0
     for name, p in model.named_parameters():
+        if name.startswith("layers."):
+            block_all += p.numel()
         if name.endswith("norm.weight"):
             norms += p.numel()
+        elif name.startswith("layers."):
+            block_matmul += p.numel()
     for m in model.modules():
         if isinstance(m, MoE):
             routed = m.w_gate.numel() + m.w_up.numel() + m.w_down.numel()
             inactive += routed * (cfg.num_experts - cfg.num_experts_per_tok) // cfg.num_experts
     active = total - inactive
+    repeats = cfg.share_blocks - 1  # extra passes through every stored block
     return {
         "total": total,
         "active": active,
@@ -65,14 +75,16 @@ def count_params(cfg: ModelConfig) -> dict[str, int]:
         "active_non_embedding": active - embedding - head,
         "embedding": embedding,
         # every active weight that multiplies an activation, the output head included even when tied
-        "matmul_active": active - embedding - head - norms + cfg.vocab_size * cfg.dim,
+        "matmul_active": active - embedding - head - norms + cfg.vocab_size * cfg.dim
+        + repeats * (block_matmul - inactive),
+        "effective": total + repeats * block_all,
     }
 
 
 def attention_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> int:
     """Training FLOPs per token of QK^T and AV: 12 * L * H * K * T (full T x T, see module docstring)."""
     T = seq_len or cfg.max_seq_len
-    return 12 * cfg.num_layers * cfg.num_heads * cfg.head_dim * T
+    return 12 * cfg.depth * cfg.num_heads * cfg.head_dim * T
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> int:
@@ -98,7 +110,7 @@ def memory_estimate(
     grads = n * w_bytes
     optimizer = n * 8 + (n * 4 if precision == "bf16-true" else 0)  # exp_avg + exp_avg_sq (+ fp32 master)
     a = 4 if precision == "fp32" else 2  # bytes per saved activation element
-    B, D, L, V = batch_size, cfg.dim, cfg.num_layers, cfg.vocab_size
+    B, D, L, V = batch_size, cfg.dim, cfg.depth, cfg.vocab_size  # every repeat of a shared block saves its own
     # Elements saved per token per layer, fitted to autograd's saved tensors of this implementation
     # (saved_tensors_hooks): two RMSNorms keep input, normalised and output (6D); RoPE keeps q and k before and
     # after rotation, SDPA q/k/v (k, v not expanded for GQA) and output, the output projection its reshaped input

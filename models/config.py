@@ -36,7 +36,10 @@ class ModelConfig:
     dim: int = 256
     """Width of the residual stream (multiple of 32)."""
     num_layers: int = 4
-    """Number of transformer blocks."""
+    """Number of stored (distinct) transformer blocks; the model runs num_layers * share_blocks of them."""
+    share_blocks: int = 1
+    """Immediate block-wise weight sharing (MobileLLM): each stored block runs this many times in a row, so depth is
+    num_layers * share_blocks at num_layers blocks' parameters; 1 shares nothing. Exports repeat the weights."""
     num_heads: int = 4
     """Number of query heads; head_dim = dim / num_heads (even, for RoPE)."""
     num_kv_heads: int = 0
@@ -81,7 +84,7 @@ class ModelConfig:
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"{name}: must be a positive integer, got {v!r}")
 
-        for name in ("vocab_size", "dim", "num_layers", "num_heads", "max_seq_len"):
+        for name in ("vocab_size", "dim", "num_layers", "num_heads", "max_seq_len", "share_blocks"):
             positive(name)
         for name in ("num_kv_heads", "hidden_dim", "num_experts", "moe_hidden_dim", "num_shared_experts"):
             v = getattr(self, name)
@@ -112,6 +115,8 @@ class ModelConfig:
             raise ValueError(f"rope_theta: must be positive, got {self.rope_theta}")
         if not 0 < self.norm_eps < 1:
             raise ValueError(f"norm_eps: must be in (0, 1), got {self.norm_eps}")
+        if self.share_blocks > 64:
+            raise ValueError(f"share_blocks: each block runs this many times in a row (1-64), got {self.share_blocks}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout: must be in [0, 1), got {self.dropout}")
         if self.init_std <= 0:
@@ -139,6 +144,15 @@ class ModelConfig:
                 f"num_shared_experts: needs num_experts > 0 (a dense model has no experts), "
                 f"got {self.num_shared_experts}"
             )
+
+    @property
+    def depth(self) -> int:
+        """Blocks a token passes through (num_layers * share_blocks): the KV cache's layers, the FLOPs' depth."""
+        return self.num_layers * self.share_blocks
+
+    def unshared(self) -> ModelConfig:
+        """The same network with every repeat stored (what formats without weight sharing hold)."""
+        return dataclasses.replace(self, num_layers=self.depth, share_blocks=1)
 
     @property
     def is_moe(self) -> bool:

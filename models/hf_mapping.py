@@ -110,7 +110,9 @@ def hf_config(cfg: ModelConfig, bos_token_id: int = 1, eos_token_id: int = 2, pa
 
 
 def to_hf(model: Transformer, **special_tokens: int) -> tuple[dict, dict[str, torch.Tensor]]:
-    """-> (HF config.json dict, HF on-disk state dict of contiguous tensors, sharing no storage)."""
+    """-> (HF config.json dict, HF on-disk state dict of contiguous tensors, sharing no storage). A model with
+    shared blocks goes out unshared (HF Llama has no weight sharing: every repeat is stored)."""
+    model = model.unshared()
     cfg = model.cfg
     config = hf_config(cfg, **special_tokens)
     sd = model.state_dict()

@@ -77,7 +77,7 @@ class KVCache:
     def __init__(
         self, cfg: ModelConfig, batch_size: int, max_len: int, device: torch.device | str, dtype: torch.dtype
     ) -> None:
-        shape = (cfg.num_layers, batch_size, cfg.num_kv_heads, max_len, cfg.head_dim)
+        shape = (cfg.depth, batch_size, cfg.num_kv_heads, max_len, cfg.head_dim)  # one slot per repeat of a block
         self.k_LBGSK = torch.zeros(shape, device=device, dtype=dtype)
         self.v_LBGSK = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0
@@ -115,8 +115,8 @@ class StaticKVCache(KVCache):
         self, cfg: ModelConfig, batch_size: int, max_len: int, device: torch.device | str, dtype: torch.dtype
     ) -> None:
         shape = (batch_size, cfg.num_kv_heads, max_len, cfg.head_dim)
-        self.k_L = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
-        self.v_L = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
+        self.k_L = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.depth)]
+        self.v_L = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.depth)]
         self.length = 0
         self.max_len = max_len
         self.start = torch.zeros((), dtype=torch.long, device=device)

@@ -8,6 +8,9 @@ Design and invariants
   so a training loop just calls `out.loss.backward()`. Cross-entropy is computed in fp32, ignore_index=-100.
 - Init (GPT-2 / llama2.c): N(0, init_std) everywhere, N(0, init_std / sqrt(2 * num_layers)) on the projections
   that write into the residual stream (attention `wo`, MLP/expert `w_down`), norms at 1.
+- Block sharing (`cfg.share_blocks = k`, MobileLLM's immediate block-wise sharing): `layers` holds num_layers
+  blocks and each runs k times in a row; repeat r of block i is layer i * k + r everywhere a layer index matters
+  (its own KV-cache slot, `models.accounting`'s depth), so generation with a cache sees depth = num_layers * k.
 - Model code is single-device; precision, compile and parallelism are applied from outside (torchtitan).
 - The keyword-only `cache`, `pos_BT`, `mask_BTS`, `last_only` arguments exist for `models.generate`.
 
@@ -67,6 +70,16 @@ class Block(nn.Module):
         return x_BTD + self.drop(h_BTD), aux
 
 
+def unshared_name(name: str, share_blocks: int) -> list[str]:
+    """Names of a parameter in the unshared network: 'layers.i.x' -> ['layers.{i*k}.x', ..., 'layers.{i*k+k-1}.x'];
+    any other name is itself."""
+    parts = name.split(".", 2)
+    if share_blocks == 1 or len(parts) < 3 or parts[0] != "layers":
+        return [name]
+    i = int(parts[1])
+    return [f"layers.{i * share_blocks + r}.{parts[2]}" for r in range(share_blocks)]
+
+
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -88,7 +101,7 @@ class Transformer(nn.Module):
     def reset_parameters(self) -> None:
         if self.tok_emb.weight.is_meta:  # accounting / from_state_dict: nothing to initialise
             return
-        std, resid_std = self.cfg.init_std, self.cfg.init_std / math.sqrt(2 * self.cfg.num_layers)
+        std, resid_std = self.cfg.init_std, self.cfg.init_std / math.sqrt(2 * self.cfg.depth)
         for name, p in self.named_parameters():
             if name.endswith("norm.weight"):
                 nn.init.ones_(p)
@@ -143,7 +156,9 @@ class Transformer(nn.Module):
         aux_total = x_BTD.new_zeros((), dtype=torch.float32)
         num_moe = 0
         recompute = self.activation_checkpointing and cache is None and self.training and torch.is_grad_enabled()
-        for i, block in enumerate(self.layers):
+        k = self.cfg.share_blocks
+        for i in range(len(self.layers) * k):
+            block = self.layers[i // k]  # repeat i % k of stored block i // k
             if recompute:
                 x_BTD, aux = torch.utils.checkpoint.checkpoint(block, x_BTD, cos_BTK, sin_BTK, mask_BTS, None, i,
                                                                use_reentrant=False)
@@ -164,6 +179,16 @@ class Transformer(nn.Module):
             logits_BTV.float().reshape(-1, logits_BTV.shape[-1]), targets_BT.reshape(-1), ignore_index=-100
         )
         return ModelOutput(logits=logits_BTV, loss=ce_loss + aux_loss, ce_loss=ce_loss, aux_loss=aux_loss)
+
+    def unshared(self) -> Transformer:
+        """This model with every repeat of a shared block stored (`cfg.unshared()`), for formats without weight
+        sharing (HF, GGUF); self when nothing is shared. Weights are copies, so the result saves like any model."""
+        k = self.cfg.share_blocks
+        if k == 1:
+            return self
+        sd = {unshared_name(n, k)[r]: t.detach().clone() for n, t in self.state_dict().items()
+              for r in range(len(unshared_name(n, k)))}
+        return Transformer.from_state_dict(self.cfg.unshared(), sd)
 
     def moe_stats(self) -> dict[str, list[int]]:
         """Per-expert token-assignment counts of the last forward, keyed 'layer_<i>'; {} for a dense model."""

@@ -115,6 +115,16 @@ class TrainConfig:
     """Prompt for the sample generations."""
     num_sample_tokens: int = 48
     """New tokens per sample generation; 0 disables samples."""
+    qat: Literal["none", "int4", "ternary"] = "none"
+    """Quantization-aware training (models/qat.py): the block linears train through fake quantization with a
+    straight-through estimator, full-precision shadow weights in the optimizer. 'int4': llama.cpp's Q4_0 grid;
+    'ternary': BitNet b1.58 absmean {-s, 0, s}. The final model holds the on-grid weights (exported exactly as
+    Q4_0 / TQ1_0 / TQ2_0 by models/export/qat_gguf.py). With init_from it is a QAT phase after pretraining."""
+    qat_block: int = 256
+    """Ternary scale granularity along each row: 256 (one absmean per TQ1_0/TQ2_0 block; 128/64/32 where 256 does
+    not divide a row), 128, 64, 32, or 0 for one scale per tensor. int4 always uses Q4_0's blocks of 32."""
+    qat_embeddings: bool = False
+    """Also train the token embedding and output head on the int4 (Q4_0) grid; else the GGUF keeps them Q8_0."""
     teacher: str = ""
     """Distillation teacher (model dir or .ckpt); empty trains on cross-entropy alone."""
     distill_alpha: float = 0.5
@@ -166,6 +176,10 @@ class TrainConfig:
             raise ValueError(f"ckpt_every_minutes: must be >= 0, got {self.ckpt_every_minutes}")
         if self.distill_temperature <= 0:
             raise ValueError(f"distill_temperature: must be positive, got {self.distill_temperature}")
+        if self.qat_block not in (0, 32, 64, 128, 256):
+            raise ValueError(f"qat_block: must be 0 (per tensor), 32, 64, 128 or 256, got {self.qat_block!r}")
+        if self.qat_embeddings and self.qat == "none":
+            raise ValueError("qat_embeddings: needs qat 'int4' or 'ternary', got qat 'none'")
         if self.optimizer == "muon" and self.sharded:
             raise ValueError(f"optimizer: 'muon' needs whole matrices, but strategy {self.strategy!r} shards them; "
                              "use 'adamw' or 'auto' (AdamW under sharding)")

@@ -361,8 +361,12 @@ def _run_train(cfg: TrainConfig, model_cfg: ModelConfig | None, shards_dir: Path
 
             save_peft(system.model, LoRAConfig(**system.lora_config), run_dir / "adapter", base_model=cfg.init_from)
         final_model = system.plain_model()  # adapters merged in (in place): a plain model dir like any other
+        extra: dict[str, Any] = {"tokens": summary["tokens"], "val_bpb": summary["val_bpb"], "steps": summary["steps"]}
+        if cfg.qat != "none":  # the on-grid weights validation scored, and which grid each is on
+            from models.qat import bake
+
+            extra["qat"] = {n: list(v) for n, v in bake(final_model).items()}
         save_model_dir(ckpt_dir / "final", final_model.cpu() if accel == "cpu" else final_model,
-                       tokenizer_file=tokenizer_file,
-                       extra={"tokens": summary["tokens"], "val_bpb": summary["val_bpb"], "steps": summary["steps"]})
+                       tokenizer_file=tokenizer_file, extra=extra)
         _write_json_atomic(summary_path, summary)
     return summary

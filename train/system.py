@@ -86,6 +86,12 @@ class LMSystem(L.LightningModule):
             from models.lora import LoRAConfig, apply_lora
 
             apply_lora(self.model, LoRAConfig(**self.lora_config))
+        if self.cfg.qat != "none":  # fake quantization from outside the model (models/qat.py)
+            if self.lora_config:
+                raise ValueError(f"qat: {self.cfg.qat!r} cannot train LoRA adapters (their sum is not on the grid)")
+            from models.qat import convert
+
+            convert(self.model, self.cfg.qat, self.cfg.qat_block, self.cfg.qat_embeddings)
         if self.cfg.compile:
             self.model.compile()
         self._teacher: list[torch.nn.Module] = []  # a list so Lightning/DDP never see it as a submodule

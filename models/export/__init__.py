@@ -29,9 +29,10 @@ from models.compress.storage import is_compressed_dir, load_compressed, read_com
 from models.export.card import model_card
 from models.export.gguf import LLAMA_CPP_TYPES, OUR_TYPES, export_gguf, llama_quantize
 from models.export.hf import export_hf
+from models.export.qat_gguf import QAT_TYPES, export_qat_gguf, read_qat
 from models.export.source import full_precision_input, pass_info, resolve_source
 
-GGUF_TYPES = (*OUR_TYPES, *LLAMA_CPP_TYPES)
+GGUF_TYPES = (*OUR_TYPES, *LLAMA_CPP_TYPES, "tq1_0", "tq2_0")
 
 
 def _default_gguf_types() -> list[str]:
@@ -54,7 +55,9 @@ class ExportConfig:
     can hold it and the package is installed."""
     gguf_types: list[str] = field(default_factory=_default_gguf_types)
     """GGUF files under export/gguf/: f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1 (ours), q2_k, q3_k_s, q3_k_m, q4_k_s,
-    q4_k_m, q5_k_s, q5_k_m, q6_k, iq4_nl, llama_q4_0, llama_q8_0 (llama.cpp's quantizer) ([] for none)."""
+    q4_k_m, q5_k_s, q5_k_m, q6_k, iq4_nl, llama_q4_0, llama_q8_0 (llama.cpp's quantizer), tq1_0, tq2_0 (a ternary
+    QAT model only) ([] for none). A QAT model (train.qat) goes out on its trained grid exactly as q4_0 / tq1_0 /
+    tq2_0 (models/export/qat_gguf.py)."""
     name: str = "tinyfoundry"
     """Model name in the GGUF metadata, file names and the model card."""
     card: bool = True
@@ -141,6 +144,7 @@ def run_export(
     merged, own_weights = export_note(qtensors)
     if own_weights:  # a factorization: the re-multiplied product *is* the pass's model, at every precision
         fp_model, fp_from = model, f"{source_label or model_dir.name} (factors re-multiplied)"
+    qat = read_qat(model_dir)
     n_params = model.num_params()
     files: list[dict] = []
     info: dict = {"source": str(model_dir), "source_label": source_label or model_dir.name,
@@ -173,7 +177,13 @@ def run_export(
     try:
         for t in cfg.gguf_types:
             path = gdir / f"{cfg.name}-{t}.gguf"
-            if t in LLAMA_CPP_TYPES:
+            if qat and t in QAT_TYPES:
+                g = export_qat_gguf(model, qat, tokenizer_file, path, t, name=cfg.name)
+                add(path, "gguf", t, "exact (QAT grid)", "llama.cpp", g["bytes"], {"qat_types": g["types"]})
+            elif t in ("tq1_0", "tq2_0"):
+                raise ValueError(f"gguf_types: {t} holds only a ternary QAT model (train.qat: ternary); "
+                                 f"{model_dir} is not one")
+            elif t in LLAMA_CPP_TYPES:
                 if f16_tmp is None:
                     f16_tmp = Path(tempfile.mkdtemp(prefix="tinyfoundry-f16-")) / "model-f16.gguf"
                     export_gguf(fp_model, tokenizer_file, f16_tmp, "f16", cfg.name)

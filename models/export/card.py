@@ -91,6 +91,11 @@ def model_card(model: Transformer, info: dict, report: dict | None, name: str, m
             "source_method") else "") + ".",
         "",
     ]
+    if cfg.share_blocks > 1:
+        lines += [f"**Block sharing:** each of the {cfg.num_layers} stored blocks runs {cfg.share_blocks} times in a row "
+                  f"(MobileLLM's immediate block-wise sharing, {cfg.depth} layers deep). Neither HF Llama nor GGUF can "
+                  f"share weights, so both files store all {cfg.depth} layers, each repeat a copy of its block: "
+                  f"the files are {cfg.share_blocks}x the unique block parameters.", ""]
     if (info.get("hf") or {}).get("padded_heads"):
         lines += [f"The HF folder adds {info['hf']['padded_heads']} all-zero query heads (whole GQA groups): transformers "
                   "requires hidden_size to be a multiple of the head count even with `head_dim` set. They change no "

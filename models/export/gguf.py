@@ -46,7 +46,7 @@ from models.compress.quantize import QTensor
 from models.export.gguf_pretokenizer import gguf_pre_name
 from models.export.hf import foreign_tokens, special_token_ids
 from models.hf_mapping import to_hf
-from models.transformer import Transformer
+from models.transformer import Transformer, unshared_name
 
 GGUFType = Literal["f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"]
 OUR_TYPES = ("f32", "f16", *ggml_quants.GGML_TYPES)
@@ -200,24 +200,34 @@ def export_gguf(
     ftype: str = "q8_0",
     name: str = "tinyfoundry",
     qtensors: dict[str, QTensor] | None = None,
+    blocks: dict[str, tuple[str, np.ndarray]] | None = None,
+    other_type: str = "",
 ) -> dict:
     """Write one GGUF file atomically; returns {path, type, bytes, tensors, native}.
 
     With `qtensors` (a compressed pass), every tensor already on a llama.cpp grid is copied byte for byte
-    and `ftype` only names the file; the others follow `ftype` (norms F32)."""
+    and `ftype` only names the file; the others follow `ftype` (norms F32). `blocks` (GGUF name -> (type, block
+    bytes), e.g. models/export/qat_gguf.py's TQ1_0 / TQ2_0 of a QAT model) are copied the same way; with
+    `other_type` the remaining matrices take that type instead of F32 (norms and router stay F32)."""
     import gguf
 
+    if model.cfg.share_blocks > 1:  # GGUF's llama has no weight sharing: every repeat is stored
+        k = model.cfg.share_blocks
+        qtensors = {u: q for n, q in (qtensors or {}).items() for u in unshared_name(n, k)}
+        model = model.unshared()
     cfg = model.cfg
     if cfg.num_shared_experts:
         raise ValueError(f"num_shared_experts: the Mixtral GGUF layout has no shared expert, got {cfg.num_shared_experts}")
     if tokenizer_file is None or not Path(tokenizer_file).is_file():
         raise ValueError(f"tokenizer_file: GGUF export embeds the tokenizer, got {tokenizer_file}")
-    if ftype not in OUR_TYPES:
+    if ftype not in OUR_TYPES and not (blocks and ftype in ("tq1_0", "tq2_0")):
         raise ValueError(f"gguf_types: must be one of {', '.join(OUR_TYPES)}, got {ftype!r}")
+    if other_type and other_type not in OUR_TYPES:
+        raise ValueError(f"other_type: must be one of {', '.join(OUR_TYPES)}, got {other_type!r}")
     out_path = Path(out_path)
     tokens, types, merges = _vocab(Path(tokenizer_file), cfg.vocab_size)
     special = special_token_ids(tokenizer_file)
-    native = native_blocks(model, qtensors or {})
+    native = {**native_blocks(model, qtensors or {}), **(blocks or {})}
     file_type = getattr(gguf.LlamaFileType, {"f32": "ALL_F32", "f16": "MOSTLY_F16"}.get(ftype, "MOSTLY_" + ftype.upper()))
     n = 0
     with atomic_file(out_path) as tmp:
@@ -256,8 +266,8 @@ def export_gguf(
             if tname in native:
                 kind, data = native[tname]
             else:
-                kind = _tensor_type(tname, arr, ftype)
-                if native and kind not in ("f32",):
+                kind = _tensor_type(tname, arr, other_type or ftype)
+                if native and kind not in ("f32",) and not other_type:
                     kind = "f32"  # a pass's unquantized matrix (embeddings: fp32): kept exact
                 if kind in ggml_quants.GGML_TYPES:
                     data = ggml_quants.quantize_rtn(kind, torch.from_numpy(arr)).numpy()

@@ -123,6 +123,7 @@ def export_hf(model: Transformer, tokenizer_file: Path | None, out_dir: Path, ca
     """Write `out_dir` (e.g. export/hf/) atomically, with `card` as its README.md; returns {path, architecture,
     files, bytes}."""
     out_dir = Path(out_dir)
+    model = model.unshared()  # HF Llama stores every layer: shared blocks are repeated
     special = special_token_ids(tokenizer_file)
     config, sd = to_hf(model, **special)
     padded = pad_heads(config, sd, model.cfg)
