@@ -3,9 +3,9 @@ measures each and writes compressed/<pass>/ checkpoints, compressed/report.json 
 
 Design and invariants
 - Inputs arrive ready-made (models/ never reads shards): val tokens as a 1-D LongTensor, bytes per
-  token as a float, and recovery training as a callable `recover(student, teacher) -> student`
-  (train's distillation, wired by the lead). Without `recover`, pruning passes run without recovery and
-  the report says so.
+  token as a float, and recovery training as a callable `recover(student, teacher) -> student` (train's
+  recipe, train/recover.py, wired by the compress stage; teacher None means plain recovery). Without `recover`,
+  pruning passes run without recovery and the report says so.
 - Calibration and evaluation tokens are disjoint when the val split is long enough: the first
   `num_eval_tokens` are scored, calibration windows come from the tokens after them (else from the
   end of the split, and the report notes the overlap).
@@ -40,7 +40,7 @@ from models.compress.storage import (
 from models.hashing import file_sha256
 from models.transformer import Transformer
 
-Recover = Callable[[nn.Module, nn.Module], nn.Module]
+Recover = Callable[[nn.Module, nn.Module | None], nn.Module]
 
 
 def check_tokens(
