@@ -2,7 +2,7 @@
 
 One process, side by side: trains a byte-level BPE + a small Llama for a fixed wall-clock budget, then
 runs run_compress with int8, int4 RTN, int4 GPTQ, magnitude 50%, Wanda 50%, 2:4 and 30% structured
-pruning + distillation recovery (train.distill.recover), and exports GGUF F16/Q8_0 for llama.cpp.
+pruning + distillation recovery (train/recover.py, train's recipe), and exports GGUF F16/Q8_0 for llama.cpp.
 Prints the report table, the issue's targets with PASS/FAIL, llama.cpp F16 greedy agreement with our
 generation, and llama.cpp Q8_0 tokens/s against our PyTorch generation of the same model.
 

@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models import Transformer, get_preset  # noqa: E402
 from models.accounting import count_params, flops_per_token  # noqa: E402
 from train import TrainConfig, run_train  # noqa: E402
-from train.peak_flops import GPU_PEAKS, measure_matmul_peak  # noqa: E402
 from train.cpu_bf16 import cpu_has_native_bf16, use_tn_linears  # noqa: E402
 from train.data import TokenStream, TrainWindows  # noqa: E402
+from train.peak_flops import GPU_PEAKS, measure_matmul_peak  # noqa: E402
 from train.system import make_adamw  # noqa: E402
 
 

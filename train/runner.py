@@ -7,8 +7,8 @@ Order of work, every check before the first step:
    next multiple of 64) and a given tokenizer file must be the one that produced the shards (sha256).
 3. Refuse what the machine cannot run (FSDP / DeepSpeed / 16-mixed without CUDA, DeepSpeed not installed),
    and warn when models.accounting's memory estimate exceeds the device's memory.
-4. Build the Lightning Trainer (TensorBoard in run_dir/tb, our callbacks, atomic checkpoint IO) and fit,
-   resuming from run_dir/checkpoints/last.ckpt when it exists.
+4. Build the Lightning Trainer (train/recipe.py; the `train.logger` logger, tensorboard in run_dir/tb by default,
+   our callbacks, atomic checkpoint IO) and fit, resuming from run_dir/checkpoints/last.ckpt when it exists.
 5. Final validation, run_dir/checkpoints/final/ (models.save_model_dir) and run_dir/train/summary.json,
    written by rank 0 only and atomically.
 
