@@ -179,7 +179,9 @@ def train_in_memory(cfg: TrainConfig, dm: Any, max_tokens: int, *, model_cfg: Mo
         fit(trainer, system, dm)
         if ema is not None:
             ema.copy_to(system)
-        metrics = validate(trainer, system, dm)
+        val_stream = getattr(dm, "val_stream", None)
+        has_val = val_stream is None or val_stream.num_tokens > dm.seq_len
+        metrics = validate(trainer, system, dm) if has_val else {}
         model = system.plain_model().cpu() if accel == "cpu" else system.plain_model()
         return RecipeResult(model.eval(), int(trainer.global_step), int(trainer.global_step * tps),
                             metrics.get("val/loss"), metrics.get("val/bpb"))

@@ -229,7 +229,6 @@ def run_plan(cfg: PlanConfig, out_path: Path, shards_dir: Path | None = None,
         # checked here, not in PlanConfig: a run config whose stages skip `plan` need not name a budget
         raise ValueError("plan.flops: a budget is needed: set flops (e.g. 1e15) or hours (with device), got 0")
     steps: list[str] = []
-    warnings: list[str] = []
     budget, flops_per_s, source, bench = _budget(cfg, steps)
     vocab_shards, unique_shards = _read_shards(shards_dir)
     unique = float(cfg.unique_tokens or unique_shards)
@@ -261,20 +260,7 @@ def run_plan(cfg: PlanConfig, out_path: Path, shards_dir: Path | None = None,
     chosen = _choose(cfg, law, rows, cont, n_target, unique, limit, steps)
 
     # 6. warnings and plan.json
-    w = epoch_warning(chosen["num_tokens"], unique)
-    if w:
-        warnings.append(w)
-    warnings.extend(law.range_warnings(chosen["law_params"], chosen["num_tokens"]))
-    if chosen["flops"] > budget * 1.001:
-        warnings.append(
-            f"inference-aware plan trains for {chosen['flops']:.3g} FLOPs, {chosen['flops'] / budget:.2f}x the "
-            "budget, to reach the compute-optimal loss with a smaller model (inference_mode 'lifetime-budget' "
-            "keeps within the budget instead)"
-        )
-    if num_experts and cfg.moe_gain_exponent == 0:
-        steps.append("MoE: planned by active params; no quality gain credited (moe_gain_exponent = 0)")
-    elif num_experts:
-        steps.append(f"MoE: effective N = active N x (total/active)^{cfg.moe_gain_exponent:g} (an assumption)")
+    warnings = _warnings(cfg, law, chosen, unique, budget, num_experts, steps)
     batch_size, micro, accum = _fit_batch(cfg, chosen, batch_size, train_flops, cfg.device != "cpu", limit, steps)
     model = chosen["model"]
     plan = {
@@ -415,6 +401,27 @@ def _choose(cfg: PlanConfig, law: Law, rows: list[dict], cont: dict, n_target: f
         r["lifetime_flops"] = r.get("lifetime_flops", r["flops"] + r["inference_flops"])
     steps.append(f"chose {chosen['name']}: {rule}")
     return chosen
+
+
+def _warnings(cfg: PlanConfig, law: Law, chosen: dict, unique: float, budget: float, num_experts: int,
+              steps: list[str]) -> list[str]:
+    """The plan's warnings (repeats, extrapolation, over-budget inference-aware plans); MoE notes go to `steps`."""
+    warnings: list[str] = []
+    w = epoch_warning(chosen["num_tokens"], unique)
+    if w:
+        warnings.append(w)
+    warnings.extend(law.range_warnings(chosen["law_params"], chosen["num_tokens"]))
+    if chosen["flops"] > budget * 1.001:
+        warnings.append(
+            f"inference-aware plan trains for {chosen['flops']:.3g} FLOPs, {chosen['flops'] / budget:.2f}x the "
+            "budget, to reach the compute-optimal loss with a smaller model (inference_mode 'lifetime-budget' "
+            "keeps within the budget instead)"
+        )
+    if num_experts and cfg.moe_gain_exponent == 0:
+        steps.append("MoE: planned by active params; no quality gain credited (moe_gain_exponent = 0)")
+    elif num_experts:
+        steps.append(f"MoE: effective N = active N x (total/active)^{cfg.moe_gain_exponent:g} (an assumption)")
+    return warnings
 
 
 def _fit_batch(cfg: PlanConfig, chosen: dict, batch_size: int, train_flops: float, gpu: bool, limit: float,

@@ -249,28 +249,29 @@ def run_sweep(cfg: SweepConfig, shards_dir: Path, out_dir: Path) -> dict:
         "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
         "runs": records,
     }
-    # held-out run: the fitted law's best shape at an unseen (by default larger) budget
     hb = cfg.holdout_budget or 2 * max(cfg.budgets)
     if hb > 0:
-        grid = [cands.make_shape(x, cfg.param_convention, vocab, cfg.seq_len)
-                for x in np.geomspace(n.min() / 2, n.max() * 2, 12)]
-        uniq = {(s.dim, s.num_layers): s for s in grid}.values()
-
-        def pred(s: ModelConfig) -> float:
-            return law.loss(_law_n(s, cfg.param_convention), hb / cands.train_flops_per_token(s, cfg.seq_len))
-
-        shape = min(uniq, key=pred)
-        rec = run_one(hb, shape, "holdout")
-        p = law.loss(rec["law_params"], rec["num_tokens"])
-        result["holdout"] = {"budget": hb, "model": rec["model"], "law_params": rec["law_params"],
-                             "num_tokens": rec["num_tokens"], "predicted_loss": p,
-                             "final_val_loss": rec["final_val_loss"],
-                             "rel_error": (p - rec["final_val_loss"]) / rec["final_val_loss"]}
+        result["holdout"] = _holdout(cfg, law, hb, n, vocab, run_one)
     result["wall_s"] = time.perf_counter() - t0
     result["train_wall_s"] = float(sum(r["wall_s"] for r in done.values()))
     _write_json_atomic(out_dir / "fitted_law.json", result)
     plot_isoflops(result, law, out_dir / "isoflop.png", vocab, cfg)
     return result
+
+
+def _holdout(cfg: SweepConfig, law: Any, budget: float, n: np.ndarray, vocab: int, run_one: Any) -> dict:
+    """The held-out run: the fitted law's best shape at an unseen (by default larger) budget, and its error."""
+    grid = [cands.make_shape(x, cfg.param_convention, vocab, cfg.seq_len) for x in np.geomspace(n.min() / 2, n.max() * 2, 12)]
+    uniq = {(s.dim, s.num_layers): s for s in grid}.values()
+
+    def pred(s: ModelConfig) -> float:
+        return law.loss(_law_n(s, cfg.param_convention), budget / cands.train_flops_per_token(s, cfg.seq_len))
+
+    rec = run_one(budget, min(uniq, key=pred), "holdout")
+    p = law.loss(rec["law_params"], rec["num_tokens"])
+    return {"budget": budget, "model": rec["model"], "law_params": rec["law_params"], "num_tokens": rec["num_tokens"],
+            "predicted_loss": p, "final_val_loss": rec["final_val_loss"],
+            "rel_error": (p - rec["final_val_loss"]) / rec["final_val_loss"]}
 
 
 def plot_isoflops(result: dict, law: Any, path: Path, vocab: int, cfg: SweepConfig) -> None:
