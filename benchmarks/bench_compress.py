@@ -2,7 +2,7 @@
 
 One process, side by side: trains a byte-level BPE + a small Llama for a fixed wall-clock budget, then
 runs run_compress with int8, int4 RTN, int4 GPTQ, magnitude 50%, Wanda 50%, 2:4 and 30% structured
-pruning + distillation recovery (train.distill.recover), and exports GGUF F16/Q8_0 for llama.cpp.
+pruning + distillation recovery (train/recover.py, train's recipe), and exports GGUF F16/Q8_0 for llama.cpp.
 Prints the report table, the issue's targets with PASS/FAIL, llama.cpp F16 greedy agreement with our
 generation, and llama.cpp Q8_0 tokens/s against our PyTorch generation of the same model.
 
@@ -175,11 +175,12 @@ def main() -> None:
     model = train_model(cfg, train_tok, train_s, batch=16, seq=128)
     mdir = save_model_dir(args.out / "model", model, tokenizer_file=args.out / "tokenizer.json")
 
-    from train.distill import recover as kd_recover
+    from train.recover import recover as kd_recover
 
     def recover(student, teacher):
-        return kd_recover(student, teacher, train_tok, num_tokens=50_000 if quick else 100_000,
-                          batch_size=16, seq_len=128, lr=1e-3, alpha=0.5, temperature=2.0)
+        return kd_recover(student, teacher, train_tok, max_tokens=50_000 if quick else 100_000,
+                          batch_size=16, seq_len=128, lr=1e-3, muon_lr=1e-2, distill_alpha=0.5,
+                          distill_temperature=2.0)
 
     passes = [
         {"method": "int8"},

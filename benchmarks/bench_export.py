@@ -99,11 +99,12 @@ def bench_model(label: str, cfg: ModelConfig, train_tok, val_tok, bpt: float, ou
     model = train_model(cfg, train_tok, seconds, batch=16, seq=128)
     mdir = save_model_dir(out / "model", model, tokenizer_file=out.parent / "tokenizer.json")
 
-    from train.distill import recover as kd_recover
+    from train.recover import recover as kd_recover
 
     def recover(student, teacher):
-        return kd_recover(student, teacher, train_tok, num_tokens=30_000 if args.quick else 150_000,
-                          batch_size=16, seq_len=128, lr=1e-3, alpha=0.5, temperature=2.0)
+        return kd_recover(student, teacher, train_tok, max_tokens=30_000 if args.quick else 150_000,
+                          batch_size=16, seq_len=128, lr=1e-3, muon_lr=1e-2, distill_alpha=0.5,
+                          distill_temperature=2.0)
 
     passes = [{"method": "gptq", "name": "gptq-q4_0", "gguf_type": "q4_0"},
               {"method": "rtn", "name": "rtn-q4_0-ref", "gguf_type": "q4_0", "fit": "ref"},

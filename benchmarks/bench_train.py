@@ -27,9 +27,9 @@ import torch
 from models import Transformer, get_preset  # noqa: E402
 from models.accounting import count_params, flops_per_token  # noqa: E402
 from train import TrainConfig, run_train  # noqa: E402
-from train.callbacks import GPU_PEAKS, measure_matmul_peak  # noqa: E402
 from train.cpu_bf16 import cpu_has_native_bf16, use_tn_linears  # noqa: E402
 from train.data import TokenStream, TrainWindows  # noqa: E402
+from train.peak_flops import GPU_PEAKS, measure_matmul_peak  # noqa: E402
 from train.system import make_adamw  # noqa: E402
 
 
@@ -86,7 +86,7 @@ def ours(model_cfg, shards: Path, cfg: TrainConfig, steps: int, tmp: Path) -> li
     cfg = TrainConfig(**{**cfg.to_dict(), "max_tokens": tokens, "val_every_tokens": 10 * tokens,
                          "ckpt_every_tokens": 10 * tokens, "num_val_tokens": cfg.seq_len, "log_every_steps": 10**6,
                          "progress_bar": False, "num_sample_tokens": 0})
-    import train.callbacks as cb
+    import train.monitor as cb
 
     times: list[float] = []
     orig = cb.TrainMonitor.on_train_end
@@ -136,7 +136,7 @@ def main() -> None:
             dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float32
             if device == "cuda":
                 name = torch.cuda.get_device_name()
-                peak = next((v[0] if dtype == torch.bfloat16 else v[2] for k, v in GPU_PEAKS.items()
+                peak = next((v.half if dtype == torch.bfloat16 else v.fp32 for k, v in GPU_PEAKS.items()
                              if k.lower() in name.lower()), float("nan"))
                 batch, steps = 32, 20
             else:

@@ -9,18 +9,13 @@ from launch.config import ConfigError
 
 
 def find_tokenizer(model_path: Path, hint: Path | None = None) -> Path:
-    """The tokenizer.json beside a model: in its folder, or in the run directory that holds it."""
-    candidates = []
-    if hint is not None:
-        candidates.append(Path(hint))
-    base = model_path if model_path.is_dir() else model_path.parent
-    candidates += [base / "tokenizer.json"]
-    for parent in list(base.parents)[:3]:
-        candidates.append(parent / "tokenizer" / "tokenizer.json")
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise ConfigError(f"no tokenizer.json found for {model_path} (looked in {', '.join(str(c) for c in candidates)})")
+    """The tokenizer.json that travels with a model (models/tokenizer_lookup.py's order)."""
+    from models.tokenizer_lookup import require_tokenizer
+
+    try:
+        return require_tokenizer(model_path, hint)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def load_any(model_path: Path):

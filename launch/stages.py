@@ -251,13 +251,17 @@ def _probe_fn(cfg: RunConfig, rd: RunDir) -> Callable[..., Any]:
 
 
 def _recover_fn(cfg: RunConfig, rd: RunDir) -> Callable[..., Any]:
-    """Short KD recovery training after pruning, using train's distillation (models/ may not import train/)."""
-    from train.distill import recover
+    """Recovery after pruning with train's recipe (train/recover.py; models/ may not import train/): plain or
+    distillation from the pass's input (the teacher argument), at the compress section's tokens and lr."""
+    from train.recover import recover, recovery_config
 
-    def fn(student: Any, teacher: Any, **kw: Any) -> Any:
-        kw.setdefault("num_tokens", 200_000)  # a short recovery: minutes on a CPU, seconds on a GPU
-        kw.setdefault("seq_len", min(256, int(student.cfg.max_seq_len)))
-        return recover(student, teacher, rd.shards, seed=cfg.seed, **kw)
+    c = cfg.compress
+
+    def fn(student: Any, teacher: Any) -> Any:
+        tc = recovery_config(seed=cfg.seed, max_tokens=c.recovery_tokens, lr=c.recovery_lr, muon_lr=10 * c.recovery_lr,
+                             seq_len=min(256, int(student.cfg.max_seq_len)), distill_alpha=c.distill_alpha,
+                             distill_temperature=c.distill_temperature)
+        return recover(student, teacher, rd.shards, tc)
 
     return fn
 

@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from models.atomic import atomic_dir
 from models.config import ModelConfig
+from models.tokenizer_lookup import find_tokenizer
 from models.transformer import Transformer
 
 WEIGHTS, CONFIG, TOKENIZER, EXTRA = "model.safetensors", "model_config.json", "tokenizer.json", "extra.json"
@@ -141,14 +142,6 @@ def _load_ckpt(path: Path) -> Transformer:
     return _build(dict(cfg_dict), sd, path)
 
 
-def _find_tokenizer(path: Path) -> Path | None:
-    folder = path if path.is_dir() else path.parent
-    for cand in (folder / TOKENIZER, folder.parent / "tokenizer" / TOKENIZER):
-        if cand.is_file():
-            return cand
-    return None
-
-
 def load_model(
     path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> tuple[Transformer, Path | None]:
@@ -178,4 +171,4 @@ def load_model(
         raise ValueError(f"{path}: no such file or folder")
     model = model.to(device=device, dtype=dtype)
     model.eval()
-    return model, _find_tokenizer(path)
+    return model, find_tokenizer(path)

@@ -3,8 +3,9 @@
     from train import TrainConfig, run_train
     summary = run_train(TrainConfig(max_tokens=2_000_000), model_cfg, shards_dir, run_dir)
 
-The Chinchilla planner lives in train.planner; knowledge-distillation pieces (distill_loss, recover) in
-train.distill. Importing this package does not import Lightning (run_train imports it when called).
+The Chinchilla planner lives in train.planner; the distillation loss in train.distill, recovery after pruning in
+train.recover, the one training recipe they all use in train.recipe. Importing this package does not import
+Lightning (run_train imports it when called).
 """
 
 from train.config import TrainConfig

@@ -137,11 +137,14 @@ class TrainConfig:
     """DataLoader worker processes (windows are cut from memory-mapped shards, so 0 is usually enough)."""
     progress_bar: bool = True
     """Show a tqdm bar (tokens/s, loss, ETA) on stderr."""
+    logger: Literal["tensorboard", "csv", "wandb", "mlflow"] = "tensorboard"
+    """Where metrics go (Lightning's loggers): 'tensorboard' (run_dir/tb), 'csv' (run_dir/csv/metrics.csv),
+    'wandb' or 'mlflow' (run_dir/mlruns); the last two need their package installed."""
 
     # Fields that change how a run is shown or checkpointed, never what it trains: the run directory's stage hash
     # leaves them out, so toggling the progress bar does not retrain.
     HASH_EXCLUDE: ClassVar[frozenset[str]] = frozenset(
-        {"progress_bar", "log_every_steps", "ckpt_every_tokens", "ckpt_every_minutes", "num_keep_ckpts"})
+        {"progress_bar", "logger", "log_every_steps", "ckpt_every_tokens", "ckpt_every_minutes", "num_keep_ckpts"})
 
     def __post_init__(self) -> None:
         for name in ("max_tokens", "batch_size", "seq_len", "val_every_tokens", "ckpt_every_tokens",

@@ -136,31 +136,26 @@ class CheckpointedPosition:
         self.next_index = int(state["next_index"])
 
 
-class ShardDataModule(CheckpointedPosition, L.LightningDataModule):
-    """Reads `shards_dir` through data_pipelines' ShardIndex; the train position is checkpointed."""
+class StreamDataModule(CheckpointedPosition, L.LightningDataModule):
+    """Training windows from a token stream (and validation windows from another); the train position is checkpointed.
 
-    def __init__(self, shards_dir: Path, batch_size: int, seq_len: int, seed: int, order: str = "random",
-                 num_val_tokens: int = 65536, num_workers: int = 0) -> None:
+    The data of every LMSystem run: ShardDataModule reads its streams from a shards folder, in-memory runs (recovery
+    after pruning) pass token arrays."""
+
+    def __init__(self, train_stream: TokenStream, val_stream: TokenStream | None, batch_size: int, seq_len: int,
+                 seed: int, order: str = "random", num_val_tokens: int = 65536, num_workers: int = 0,
+                 where: str = "the training data") -> None:
         super().__init__()
-        from data_pipelines.tokenize.shards import ShardIndex
-
-        self.shards_dir = Path(shards_dir)
-        self.index = ShardIndex.load(self.shards_dir)
         self.batch_size, self.seq_len, self.seed, self.order = batch_size, seq_len, seed, order
         self.num_val_tokens, self.num_workers = num_val_tokens, num_workers
         self.next_index = 0
-        self.train_stream = TokenStream(self.index.open("train"))
-        val_arrays = self.index.open("val") if "val" in self.index.splits else []
-        self.val_stream = TokenStream(val_arrays)
+        self.train_stream = train_stream
+        self.val_stream = val_stream if val_stream is not None else TokenStream([])
         if self.train_stream.num_tokens < seq_len + 1:
             raise ValueError(
-                f"seq_len: {self.shards_dir} has {self.train_stream.num_tokens} training tokens, "
+                f"seq_len: {where} has {self.train_stream.num_tokens} training tokens, "
                 f"fewer than seq_len + 1 = {seq_len + 1}"
             )
-
-    def bytes_per_token(self) -> float:
-        split = "val" if "val" in self.index.splits else "train"
-        return float(self.index.bytes_per_token(split))
 
     def train_dataloader(self) -> DataLoader:
         rank, world = 0, 1
@@ -177,3 +172,20 @@ class ShardDataModule(CheckpointedPosition, L.LightningDataModule):
             return []
         return DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=0)
 
+
+class ShardDataModule(StreamDataModule):
+    """Reads `shards_dir` through data_pipelines' ShardIndex (train and val splits)."""
+
+    def __init__(self, shards_dir: Path, batch_size: int, seq_len: int, seed: int, order: str = "random",
+                 num_val_tokens: int = 65536, num_workers: int = 0) -> None:
+        from data_pipelines.tokenize.shards import ShardIndex
+
+        self.shards_dir = Path(shards_dir)
+        self.index = ShardIndex.load(self.shards_dir)
+        val_arrays = self.index.open("val") if "val" in self.index.splits else []
+        super().__init__(TokenStream(self.index.open("train")), TokenStream(val_arrays), batch_size, seq_len, seed,
+                         order, num_val_tokens, num_workers, where=str(self.shards_dir))
+
+    def bytes_per_token(self) -> float:
+        split = "val" if "val" in self.index.splits else "train"
+        return float(self.index.bytes_per_token(split))

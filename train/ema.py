@@ -27,7 +27,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from train.callbacks import _step_boundary
+from train.step_events import StepCallback
 
 EMA_KEY = "ema_state_dict"
 
@@ -73,7 +73,7 @@ class ParamEMA:
             p.copy_(self.avg[n])
 
 
-class WeightEMA(L.Callback):
+class WeightEMA(StepCallback):
     """A ParamEMA of `pl_module.model`, updated at step boundaries, swapped in for validation, checkpointed."""
 
     def __init__(self, decay: float) -> None:
@@ -87,9 +87,8 @@ class WeightEMA(L.Callback):
         self.ema = ParamEMA(pl_module.model, self.decay, self.num_updates, self._loaded or None)
         self._loaded = {}
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        if self.ema is not None and _step_boundary(trainer):
+    def on_step(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.ema is not None:
             self.ema.update(pl_module.model)
             self.num_updates = self.ema.num_updates
 

@@ -7,7 +7,7 @@ machine it was written on, so the choice is made here, per machine, at the start
 Design and invariants
 - CUDA: bf16-mixed when the GPU has bf16 tensor cores (compute capability >= 8.0, Ampere on); fp32 before.
 - CPU: bf16-mixed when the CPU advertises bf16 units (AVX512_BF16 or AMX on x86; BF16 on Arm) AND the measured
-  bf16 matmul peak beats the fp32 one by `CPU_BF16_MIN_GAIN`. The peaks are the MFU peaks of `train.callbacks`
+  bf16 matmul peak beats the fp32 one by `CPU_BF16_MIN_GAIN`. The peaks are the MFU peaks of `train.peak_flops`
   (measured once per CPU, thread count, dtype and torch version) and their ratio is cached beside them (even
   when the peaks themselves are not, on a busy machine: load slows both sides alike), so the decision costs
   nothing after the first run on a machine and never relies on a table of CPU names. A flag without the speed (an
@@ -52,7 +52,7 @@ def resolve_precision(precision: str, accelerator: str, cpuinfo: str | None = No
     flags = cpu_bf16_flags(cpuinfo)
     if not flags:
         return "fp32", "the CPU advertises no bf16 units (AVX512_BF16 / AMX / Arm BF16)"
-    from train.callbacks import cpu_cache_key, cpu_peak_flops, read_peak_cache, write_peak_cache
+    from train.peak_flops import cpu_cache_key, cpu_peak_flops, read_peak_cache, write_peak_cache
 
     key = cpu_cache_key("bf16_over_fp32")
     gain = read_peak_cache().get(key)

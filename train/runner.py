@@ -7,8 +7,8 @@ Order of work, every check before the first step:
    next multiple of 64) and a given tokenizer file must be the one that produced the shards (sha256).
 3. Refuse what the machine cannot run (FSDP / DeepSpeed / 16-mixed without CUDA, DeepSpeed not installed),
    and warn when models.accounting's memory estimate exceeds the device's memory.
-4. Build the Lightning Trainer (TensorBoard in run_dir/tb, our callbacks, atomic checkpoint IO) and fit,
-   resuming from run_dir/checkpoints/last.ckpt when it exists.
+4. Build the Lightning Trainer (train/recipe.py; the `train.logger` logger, tensorboard in run_dir/tb by default,
+   our callbacks, atomic checkpoint IO) and fit, resuming from run_dir/checkpoints/last.ckpt when it exists.
 5. Final validation, run_dir/checkpoints/final/ (models.save_model_dir) and run_dir/train/summary.json,
    written by rank 0 only and atomically.
 
@@ -23,7 +23,6 @@ import json
 import math
 import os
 import statistics
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -34,17 +33,22 @@ import torch
 
 from models import ModelConfig, load_model, save_model_dir
 from models.accounting import count_params, flops_per_token, memory_estimate
-from train.callbacks import AtomicCheckpointIO, Checkpointer, SampleText, TrainMonitor
+from models.atomic import atomic_write_json
+from models.hashing import file_sha256
+from models.tokenizer_lookup import find_tokenizer
+from train import recipe
+from train.checkpointing import AtomicCheckpointIO, Checkpointer
 from train.config import TrainConfig
 from train.data import ShardDataModule
-from train.distill import check_same_tokenizer, file_sha256
+from train.distill import check_same_tokenizer
 from train.ema import WeightEMA
-from train.precision import resolve_precision
+from train.loggers import check_logger, make_logger
+from train.monitor import TrainMonitor
+from train.recipe import check_machine
+from train.samples import SampleText
 from train.system import LMSystem, NonFiniteLossError
 
-__all__ = ["run_train", "resolve", "NonFiniteLossError"]
-
-PRECISION = {"fp32": "32-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed"}
+__all__ = ["run_train", "resolve", "check_machine", "NonFiniteLossError"]
 
 
 def _padded(v: int) -> int:
@@ -89,30 +93,6 @@ def check_data_matches(model_cfg: ModelConfig, shards_dir: Path, tokenizer_file:
     return idx
 
 
-def check_machine(cfg: TrainConfig) -> str:
-    """Refuse strategies/precisions this machine cannot run; returns the accelerator to use."""
-    has_cuda = torch.cuda.is_available()
-    accel = cfg.accelerator if cfg.accelerator != "auto" else ("gpu" if has_cuda else "cpu")
-    if accel == "gpu" and not has_cuda:
-        raise ValueError("accelerator: 'gpu' was asked for but torch sees no CUDA device")
-    if cfg.strategy == "fsdp" or cfg.strategy.startswith("deepspeed"):
-        if accel != "gpu":
-            raise ValueError(
-                f"strategy: {cfg.strategy!r} shards the model over CUDA GPUs and does not run on CPU "
-                "(use 'ddp' or 'auto' on CPU)"
-            )
-        if cfg.strategy.startswith("deepspeed"):
-            try:
-                import deepspeed  # noqa: F401
-            except ImportError as e:
-                raise ValueError(
-                    f"strategy: {cfg.strategy!r} needs DeepSpeed (pip install --no-build-isolation deepspeed)"
-                ) from e
-    if cfg.precision == "16-mixed" and accel != "gpu":
-        raise ValueError("precision: '16-mixed' (fp16 with loss scaling) needs a GPU; use 'bf16-mixed' on CPU")
-    return accel
-
-
 def warn_memory(model_cfg: ModelConfig, cfg: TrainConfig, batch_size: int, seq_len: int, accel: str) -> dict:
     prec = "fp32" if cfg.precision == "fp32" else "bf16-mixed"
     est = memory_estimate(model_cfg, batch_size, seq_len, precision=prec,  # type: ignore[arg-type]
@@ -135,21 +115,6 @@ def warn_memory(model_cfg: ModelConfig, cfg: TrainConfig, batch_size: int, seq_l
             stacklevel=2,
         )
     return est
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def _find_tokenizer(shards_dir: Path, idx: Any) -> Path | None:
-    """The run directory's tokenizer/tokenizer.json beside shards/, if it is the one that wrote the shards."""
-    for cand in (shards_dir.parent / "tokenizer" / "tokenizer.json", shards_dir / "tokenizer.json"):
-        if cand.is_file() and (not idx.tokenizer_sha256 or file_sha256(cand) == idx.tokenizer_sha256):
-            return cand
-    return None
 
 
 def run_train(
@@ -192,181 +157,203 @@ def init_weights(cfg: TrainConfig, resume: Path | None) -> tuple[Any, ModelConfi
     return model.train(), model.cfg
 
 
-def _run_train(cfg: TrainConfig, model_cfg: ModelConfig | None, shards_dir: Path | None, run_dir: Path,
-               plan: dict | None, tokenizer_file: Path | None, make_dm: Callable[[int, int], Any] | None,
-               lora_config: dict | None) -> dict:
-    import lightning as L
-    from lightning.pytorch.loggers import TensorBoardLogger
 
-    t_start = time.time()
-    run_dir = Path(run_dir)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    init_model, init_cfg = init_weights(cfg, last if last.is_file() else None)
-    if init_cfg is not None:
-        model_cfg = init_cfg
-    model_cfg, max_tokens, batch_size, seq_len = resolve(cfg, model_cfg, plan)
-    if make_dm is None:
-        shards_dir = Path(shards_dir)  # type: ignore[arg-type]
-        idx = check_data_matches(model_cfg, shards_dir, tokenizer_file)
-        if tokenizer_file is None:
-            tokenizer_file = _find_tokenizer(shards_dir, idx)
-    else:
+@dataclasses.dataclass
+class _Plan:
+    """A run's resolved settings: what _prepare decided, what _fit and _finish use."""
+
+    cfg: TrainConfig
+    model_cfg: ModelConfig
+    accel: str
+    idx: Any
+    tokenizer_file: Path | None
+    batch_size: int
+    seq_len: int
+    tokens_per_step: int
+    total_steps: int
+    val_steps: int
+    ckpt_tokens: int
+    memory_estimate: dict
+    flops_per_token: float
+    resume: Path | None
+
+
+def _data_index(model_cfg: ModelConfig, shards_dir: Path | None, tokenizer_file: Path | None,
+                 make_dm: Callable[[int, int], Any] | None, batch_size: int, seq_len: int) -> tuple[Any, Path | None]:
+    """(the shard index, or fine-tuning's data module; the tokenizer file) after the data checks."""
+    if make_dm is not None:
         idx = make_dm(batch_size, seq_len)
         if idx.vocab_size > model_cfg.vocab_size:
             raise ValueError(f"vocab_size: the model has vocab_size={model_cfg.vocab_size} but the fine-tuning data "
                              f"uses a tokenizer with {idx.vocab_size} ids")
-    accel = check_machine(cfg)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    precision, why = resolve_precision(cfg.precision, accel)
-    if cfg.precision == "auto":
-        print(f"[train] precision auto -> {precision} ({why})", file=sys.stderr)
-    cfg = dataclasses.replace(cfg, precision=precision)  # type: ignore[arg-type]
+        return idx, tokenizer_file
+    shards_dir = Path(shards_dir)  # type: ignore[arg-type]
+    idx = check_data_matches(model_cfg, shards_dir, tokenizer_file)
+    if tokenizer_file is None:
+        tokenizer_file = find_tokenizer(shards_dir, sha256=idx.tokenizer_sha256 or None)
+    return idx, tokenizer_file
 
-    teacher = None
-    if cfg.teacher:
-        teacher, teacher_tok = load_model(cfg.teacher)
-        check_same_tokenizer(model_cfg.vocab_size, teacher.cfg.vocab_size, student_tokenizer=tokenizer_file,
-                             teacher_tokenizer=teacher_tok, student_sha256=idx.tokenizer_sha256 or None)
-        if teacher.cfg.vocab_size < idx.vocab_size:
-            raise ValueError(f"teacher: vocab_size {teacher.cfg.vocab_size} < the data's {idx.vocab_size}")
 
-    world = cfg.devices * cfg.num_nodes
-    tokens_per_step = batch_size * seq_len * cfg.num_accum_steps * world
-    total_steps = max(1, math.ceil(max_tokens / tokens_per_step))
-    val_steps = max(1, math.ceil((cfg.val_every_tokens or max_tokens / 10) / tokens_per_step))
-    ckpt_tokens = cfg.ckpt_every_tokens or max(tokens_per_step, max_tokens // 10)
-    est = warn_memory(model_cfg, cfg, batch_size, seq_len, accel)
-    fpt = float(flops_per_token(model_cfg, seq_len))
+def _load_teacher(cfg: TrainConfig, model_cfg: ModelConfig, idx: Any, tokenizer_file: Path | None) -> Any:
+    if not cfg.teacher:
+        return None
+    teacher, teacher_tok = load_model(cfg.teacher)
+    check_same_tokenizer(model_cfg.vocab_size, teacher.cfg.vocab_size, student_tokenizer=tokenizer_file,
+                         teacher_tokenizer=teacher_tok, student_sha256=idx.tokenizer_sha256 or None)
+    if teacher.cfg.vocab_size < idx.vocab_size:
+        raise ValueError(f"teacher: vocab_size {teacher.cfg.vocab_size} < the data's {idx.vocab_size}")
+    return teacher
 
-    ckpt_dir = run_dir / "checkpoints"
-    last = ckpt_dir / "last.ckpt"
+
+def _prepare(cfg: TrainConfig, model_cfg: ModelConfig | None, shards_dir: Path | None, run_dir: Path,
+             plan: dict | None, tokenizer_file: Path | None, make_dm: Callable[[int, int], Any] | None
+             ) -> tuple[_Plan, Any, Any]:
+    """Every check before the first step; returns (the plan, the model to start from or None, the teacher or None)."""
+    last = run_dir / "checkpoints" / "last.ckpt"
     resume = last if last.is_file() else None
+    init_model, init_cfg = init_weights(cfg, resume)
+    if init_cfg is not None:
+        model_cfg = init_cfg
+    model_cfg, max_tokens, batch_size, seq_len = resolve(cfg, model_cfg, plan)
+    idx, tokenizer_file = _data_index(model_cfg, shards_dir, tokenizer_file, make_dm, batch_size, seq_len)
+    check_logger(cfg.logger)
+    cfg, accel = recipe.prepare(cfg)
+    teacher = _load_teacher(cfg, model_cfg, idx, tokenizer_file)
+    tps = recipe.tokens_per_step(cfg, batch_size, seq_len)
+    return _Plan(
+        cfg=cfg, model_cfg=model_cfg, accel=accel, idx=idx, tokenizer_file=tokenizer_file, batch_size=batch_size,
+        seq_len=seq_len, tokens_per_step=tps, total_steps=max(1, math.ceil(max_tokens / tps)),
+        val_steps=max(1, math.ceil((cfg.val_every_tokens or max_tokens / 10) / tps)),
+        ckpt_tokens=cfg.ckpt_every_tokens or max(tps, max_tokens // 10),
+        memory_estimate=warn_memory(model_cfg, cfg, batch_size, seq_len, accel),
+        flops_per_token=float(flops_per_token(model_cfg, seq_len)), resume=resume,
+    ), init_model, teacher
 
+
+@dataclasses.dataclass
+class _Callbacks:
+    monitor: TrainMonitor
+    ckpt: Checkpointer
+    samples: SampleText
+    ema: WeightEMA | None
+
+    def as_list(self) -> list[Any]:
+        return [self.monitor, self.samples, *([self.ema] if self.ema else []), self.ckpt]  # EMA before checkpoints
+
+
+def _callbacks(p: _Plan, ckpt_dir: Path) -> _Callbacks:
+    cfg = p.cfg
+    return _Callbacks(
+        monitor=TrainMonitor(p.tokens_per_step, p.total_steps, p.flops_per_token, cfg.log_every_steps, cfg.precision,
+                             cfg.progress_bar),
+        ckpt=Checkpointer(ckpt_dir, p.tokens_per_step, p.ckpt_tokens, cfg.ckpt_every_minutes, cfg.num_keep_ckpts),
+        samples=SampleText(p.tokenizer_file, cfg.sample_prompt, min(cfg.num_sample_tokens, p.model_cfg.max_seq_len - 8),
+                           cfg.sample_every_steps, p.idx.eos_id, cfg.seed),
+        ema=recipe.make_ema(cfg),
+    )
+
+
+def _run_train(cfg: TrainConfig, model_cfg: ModelConfig | None, shards_dir: Path | None, run_dir: Path,
+               plan: dict | None, tokenizer_file: Path | None, make_dm: Callable[[int, int], Any] | None,
+               lora_config: dict | None) -> dict:
+    import lightning as L
+
+    t_start = time.time()
+    run_dir = Path(run_dir)
+    p, init_model, teacher = _prepare(cfg, model_cfg, shards_dir, run_dir, plan, tokenizer_file, make_dm)
+    cfg = p.cfg
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    bytes_per_token = float(idx.bytes_per_token("val") or idx.bytes_per_token("train"))
-    dm = idx if make_dm is not None else ShardDataModule(shards_dir, batch_size, seq_len, cfg.seed, cfg.data_order,
-                                                         cfg.num_val_tokens, cfg.num_workers)
-    system = LMSystem(model_cfg.to_dict(), cfg.to_dict(), total_steps, bytes_per_token, lora_config=lora_config,
+    bytes_per_token = float(p.idx.bytes_per_token("val") or p.idx.bytes_per_token("train"))
+    dm = p.idx if make_dm is not None else ShardDataModule(shards_dir, p.batch_size, p.seq_len, cfg.seed,  # type: ignore[arg-type]
+                                                           cfg.data_order, cfg.num_val_tokens, cfg.num_workers)
+    system = LMSystem(p.model_cfg.to_dict(), cfg.to_dict(), p.total_steps, bytes_per_token, lora_config=lora_config,
                       init_model=init_model)
     if teacher is not None:
         system.set_teacher(teacher)
-
-    monitor = TrainMonitor(tokens_per_step, total_steps, fpt, cfg.log_every_steps, cfg.precision,
-                           cfg.progress_bar)
-    ckpt = Checkpointer(ckpt_dir, tokens_per_step, ckpt_tokens, cfg.ckpt_every_minutes, cfg.num_keep_ckpts)
-    samples = SampleText(tokenizer_file, cfg.sample_prompt, min(cfg.num_sample_tokens, model_cfg.max_seq_len - 8),
-                         cfg.sample_every_steps, idx.eos_id, cfg.seed)
-    ema = WeightEMA(cfg.ema_decay) if cfg.ema_decay > 0 and not cfg.sharded else None
-    if cfg.ema_decay > 0 and ema is None:
-        print(f"[train] ema_decay {cfg.ema_decay:g} ignored: strategy {cfg.strategy!r} shards the weights",
-              file=sys.stderr)
-    callbacks: list[L.Callback] = [monitor, samples, *([ema] if ema else []), ckpt]  # EMA before checkpoints
-
-    strategy: Any = cfg.strategy
-    plugins: list[Any] = []
-    if cfg.strategy == "ddp":
-        from lightning.pytorch.strategies import DDPStrategy
-
-        strategy = DDPStrategy(process_group_backend="nccl" if accel == "gpu" else "gloo")
-    if not cfg.strategy.startswith("deepspeed"):
-        plugins.append(AtomicCheckpointIO())
-    sharded = cfg.strategy == "fsdp" or cfg.strategy.startswith("deepspeed")
-    trainer = L.Trainer(
-        accelerator=accel,
-        devices=cfg.devices,
-        num_nodes=cfg.num_nodes,
-        strategy=strategy,
-        precision=PRECISION[cfg.precision],  # type: ignore[arg-type]
-        max_steps=total_steps,
-        max_epochs=-1,
-        accumulate_grad_batches=cfg.num_accum_steps,
-        gradient_clip_val=(cfg.grad_clip or None) if sharded else None,
-        val_check_interval=val_steps * cfg.num_accum_steps,
-        check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
-        logger=TensorBoardLogger(str(run_dir), name="tb", version="", default_hp_metric=False),
-        callbacks=callbacks,
-        plugins=plugins or None,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(run_dir),
-        log_every_n_steps=cfg.log_every_steps,
-        use_distributed_sampler=True,
-    )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__`.*")
-        warnings.filterwarnings("ignore", message=".*Your `IterableDataset` has `__len__` defined.*")
-        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-        trainer.fit(system, datamodule=dm, ckpt_path=str(resume) if resume else None)
-
-    status = "interrupted" if ckpt.stopped_by_signal else "completed"
+    cbs = _callbacks(p, run_dir / "checkpoints")
+    plugins = [] if cfg.strategy.startswith("deepspeed") else [AtomicCheckpointIO()]
+    trainer = recipe.make_trainer(cfg, p.accel, p.total_steps, p.val_steps, cbs.as_list(),
+                                  logger=make_logger(cfg.logger, run_dir), plugins=plugins, root_dir=run_dir)
+    recipe.fit(trainer, system, dm, ckpt_path=str(p.resume) if p.resume else None)
     summary: dict[str, Any] = {
-        "status": status,
+        "status": "interrupted" if cbs.ckpt.stopped_by_signal else "completed",
         "steps": int(trainer.global_step),
-        "tokens": int(trainer.global_step * tokens_per_step),
-        "total_steps": total_steps,
-        "tokens_per_step": tokens_per_step,
-        "resumed_from": str(resume) if resume else None,
-        "last_checkpoint": str(last),
+        "tokens": int(trainer.global_step * p.tokens_per_step),
+        "total_steps": p.total_steps,
+        "tokens_per_step": p.tokens_per_step,
+        "resumed_from": str(p.resume) if p.resume else None,
+        "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
     }
-    if status == "interrupted":
+    if summary["status"] == "interrupted":
         return summary
+    if cbs.ema is not None:
+        cbs.ema.copy_to(system)  # the final model is the averaged one
+    metrics = recipe.validate(trainer, system, dm)
+    summary.update(_final_summary(p, cbs, trainer, system, metrics, run_dir, time.time() - t_start))
+    if trainer.is_global_zero:
+        _save_final(p, system, summary, run_dir)
+    return summary
 
-    if ema is not None:
-        ema.copy_to(system)  # the final model is the averaged one
-    val = trainer.validate(system, datamodule=dm, verbose=False)
-    metrics = val[0] if val else {}
-    summary_path = run_dir / "train" / "summary.json"
-    old: dict[str, Any] = {}
-    if summary_path.is_file():
+
+def _old_summary(path: Path) -> dict[str, Any]:
+    if path.is_file():
         try:
-            old = json.loads(summary_path.read_text())
+            return json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
-            old = {}
+            return {}
+    return {}
+
+
+def _final_summary(p: _Plan, cbs: _Callbacks, trainer: Any, system: LMSystem, metrics: dict[str, float],
+                   run_dir: Path, wall_s: float) -> dict[str, Any]:
+    """The summary's measurements; a resumed run keeps the earlier process's timings where this one has none."""
+    old = _old_summary(run_dir / "train" / "summary.json")
+    monitor, timed = cbs.monitor, cbs.monitor.steps_timed > 0
     tps = monitor.mean_tokens_per_s
     peak = monitor.peak or 0.0
-    params = count_params(model_cfg)
-    summary.update({
-        "final_train_loss": monitor.last_train_loss if monitor.steps_timed else old.get("final_train_loss"),
-        "final_val_loss": float(metrics["val/loss"]) if "val/loss" in metrics else None,
-        "val_bpb": float(metrics["val/bpb"]) if "val/bpb" in metrics else None,
-        "tokens_per_s": tps if monitor.steps_timed else old.get("tokens_per_s", 0.0),
-        "mfu": (fpt * tps / (peak * world) if peak else 0.0) if monitor.steps_timed else old.get("mfu", 0.0),
+    world = p.cfg.devices * p.cfg.num_nodes
+    params = count_params(p.model_cfg)
+    return {
+        "final_train_loss": monitor.last_train_loss if timed else old.get("final_train_loss"),
+        "final_val_loss": metrics.get("val/loss"),
+        "val_bpb": metrics.get("val/bpb"),
+        "tokens_per_s": tps if timed else old.get("tokens_per_s", 0.0),
+        "mfu": (p.flops_per_token * tps / (peak * world) if peak else 0.0) if timed else old.get("mfu", 0.0),
         "peak_flops": peak,
         "peak_source": monitor.peak_source,
-        "flops_per_token": fpt,
+        "flops_per_token": p.flops_per_token,
         "num_params": int(params["total"]),
         "num_active_params": int(params.get("active", params["total"])),
-        "wall_s": time.time() - t_start + (old.get("wall_s", 0.0) if resume else 0.0),
+        "wall_s": wall_s + (old.get("wall_s", 0.0) if p.resume else 0.0),
         "train_time_s": monitor.train_time,
         "step_time_median_s": statistics.median(monitor.step_times) if monitor.step_times else None,
-        "memory_estimate_bytes": int(est["total"]),
-        "best_val_loss": ckpt.best if math.isfinite(ckpt.best) else None,
-        "batch_size": batch_size,
-        "seq_len": seq_len,
+        "memory_estimate_bytes": int(p.memory_estimate["total"]),
+        "best_val_loss": cbs.ckpt.best if math.isfinite(cbs.ckpt.best) else None,
+        "batch_size": p.batch_size,
+        "seq_len": p.seq_len,
         "world_size": trainer.world_size,
-        "precision": cfg.precision,
-        "strategy": cfg.strategy,
-        "ema_decay": cfg.ema_decay if ema is not None else 0.0,
-        "model_config": model_cfg.to_dict(),
-        "trainable_params": sum(p.numel() for p in system.model.parameters() if p.requires_grad),
-        "sample": samples.last_text,
-    })
-    if trainer.is_global_zero:
-        if system.lora_config:  # the adapters alone, in PEFT's format, beside the merged model
-            from models.lora import LoRAConfig, save_peft
+        "precision": p.cfg.precision,
+        "strategy": p.cfg.strategy,
+        "ema_decay": p.cfg.ema_decay if cbs.ema is not None else 0.0,
+        "model_config": p.model_cfg.to_dict(),
+        "trainable_params": sum(q.numel() for q in system.model.parameters() if q.requires_grad),
+        "sample": cbs.samples.last_text,
+        "logger": p.cfg.logger,
+    }
 
-            save_peft(system.model, LoRAConfig(**system.lora_config), run_dir / "adapter", base_model=cfg.init_from)
-        final_model = system.plain_model()  # adapters merged in (in place): a plain model dir like any other
-        extra: dict[str, Any] = {"tokens": summary["tokens"], "val_bpb": summary["val_bpb"], "steps": summary["steps"]}
-        if cfg.qat != "none":  # the on-grid weights validation scored, and which grid each is on
-            from models.qat import bake
 
-            extra["qat"] = {n: list(v) for n, v in bake(final_model).items()}
-        save_model_dir(ckpt_dir / "final", final_model.cpu() if accel == "cpu" else final_model,
-                       tokenizer_file=tokenizer_file, extra=extra)
-        _write_json_atomic(summary_path, summary)
-    return summary
+def _save_final(p: _Plan, system: LMSystem, summary: dict[str, Any], run_dir: Path) -> None:
+    """run_dir/checkpoints/final/ (a plain model dir; LoRA adapters also in PEFT's format) and train/summary.json."""
+    if system.lora_config:
+        from models.lora import LoRAConfig, save_peft
+
+        save_peft(system.model, LoRAConfig(**system.lora_config), run_dir / "adapter", base_model=p.cfg.init_from)
+    final_model = system.plain_model()  # adapters merged in (in place): a plain model dir like any other
+    extra: dict[str, Any] = {"tokens": summary["tokens"], "val_bpb": summary["val_bpb"], "steps": summary["steps"]}
+    if p.cfg.qat != "none":  # the on-grid weights validation scored, and which grid each is on
+        from models.qat import bake
+
+        extra["qat"] = {n: list(v) for n, v in bake(final_model).items()}
+    save_model_dir(run_dir / "checkpoints" / "final", final_model.cpu() if p.accel == "cpu" else final_model,
+                   tokenizer_file=p.tokenizer_file, extra=extra)
+    atomic_write_json(run_dir / "train" / "summary.json", summary, sort_keys=True)

@@ -30,6 +30,7 @@ from train.config import TrainConfig
 from train.distill import distill_loss
 from train.optim import MuonAdamW, muon_param_groups
 from train.schedules import build_scheduler
+from train.step_events import RunState
 
 
 class NonFiniteLossError(RuntimeError):
@@ -95,11 +96,7 @@ class LMSystem(L.LightningModule):
         if self.cfg.compile:
             self.model.compile()
         self._teacher: list[torch.nn.Module] = []  # a list so Lightning/DDP never see it as a submodule
-        # running values read by callbacks (tensors stay on device; read them only when logging)
-        self.last_loss: torch.Tensor | None = None
-        self.last_aux: torch.Tensor | None = None
-        self.last_grad_norm: torch.Tensor | None = None
-        self.last_good_ckpt: str = ""
+        self.run_state = RunState()  # what the callbacks read (train/step_events.py)
         self._val_sum: torch.Tensor | None = None
         self._val_count: torch.Tensor | None = None
 
@@ -150,7 +147,8 @@ class LMSystem(L.LightningModule):
             loss = out.loss
         if not bool(torch.isfinite(loss.detach())):
             step = self.trainer.global_step if self._trainer is not None else -1
-            where = f"; the last good checkpoint is {self.last_good_ckpt}" if self.last_good_ckpt else \
+            last_good = self.run_state.last_good_ckpt
+            where = f"; the last good checkpoint is {last_good}" if last_good else \
                 "; no checkpoint was written yet"
             raise NonFiniteLossError(
                 f"non-finite training loss ({float(loss.detach())}) at optimizer step {step} "
@@ -159,8 +157,8 @@ class LMSystem(L.LightningModule):
         dm = self.trainer.datamodule if self._trainer is not None else None
         if dm is not None and hasattr(dm, "next_index"):
             dm.next_index = int(index) + 1
-        self.last_loss = loss.detach()
-        self.last_aux = out.aux_loss.detach() if out.aux_loss is not None else None
+        self.run_state.loss = loss.detach()
+        self.run_state.aux_loss = out.aux_loss.detach() if out.aux_loss is not None else None
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -198,7 +196,7 @@ class LMSystem(L.LightningModule):
                                     gradient_clip_algorithm: Any = None) -> None:
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        self.last_grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True).detach()
+        self.run_state.grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True).detach()
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

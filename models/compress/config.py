@@ -128,6 +128,14 @@ class CompressConfig:
     """Prompts per probe (word-usage prompts, occupations' samples) when probes run: small, they run once per pass."""
     seed: int = 0
     """Seed for anything random (none of the current passes draws random numbers)."""
+    recovery_tokens: int = 200_000
+    """Training tokens of each prune pass's recovery (plain or distill alike, so the two compare at equal tokens)."""
+    recovery_lr: float = 3e-4
+    """Peak AdamW learning rate of recovery (Muon's is 10x, as in training from scratch); train's recipe otherwise."""
+    distill_alpha: float = 0.5
+    """Distillation recovery: loss = alpha * CE + (1 - alpha) * T^2 * KL(teacher || student)."""
+    distill_temperature: float = 2.0
+    """Distillation recovery: softmax temperature T."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.passes, list):
@@ -155,5 +163,14 @@ class CompressConfig:
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"{f}: must be a positive integer, got {v!r}")
+        if not isinstance(self.recovery_tokens, int) or isinstance(self.recovery_tokens, bool) \
+                or self.recovery_tokens <= 0:
+            raise ValueError(f"recovery_tokens: must be a positive integer, got {self.recovery_tokens!r}")
+        if not self.recovery_lr > 0:
+            raise ValueError(f"recovery_lr: must be positive, got {self.recovery_lr}")
+        if not 0.0 <= self.distill_alpha <= 1.0:
+            raise ValueError(f"distill_alpha: must be in [0, 1], got {self.distill_alpha}")
+        if not self.distill_temperature > 0:
+            raise ValueError(f"distill_temperature: must be positive, got {self.distill_temperature}")
         if self.eval_seq_len < 0:
             raise ValueError(f"eval_seq_len: must be >= 0, got {self.eval_seq_len}")

@@ -53,7 +53,8 @@ class PassContext:
     calib_NT: torch.Tensor
     batch_size: int
     teacher: nn.Module
-    recover: Callable[[nn.Module, nn.Module], nn.Module] | None = None
+    recover: Callable[[nn.Module, nn.Module | None], nn.Module] | None = None
+    """Recovery training `recover(student, teacher) -> student` (teacher None: plain CE); None: prune passes skip it."""
     eval_bpb: Callable[[nn.Module], float] | None = None
 
 
@@ -307,19 +308,25 @@ class RtnPass(CompressionPass):
 # Pruning
 
 
-def _recover(model: nn.Module, ctx: PassContext, masks: dict[str, torch.Tensor], enabled: bool) -> tuple[nn.Module, dict]:
-    """Recovery (distillation from the pass's input) when enabled and the caller wired it; masks keep zeros zero."""
+RECOVERY_MODES = ("distill", "plain")
+
+
+def _recover(model: nn.Module, ctx: PassContext, masks: dict[str, torch.Tensor], enabled: bool,
+             mode: str = "distill") -> tuple[nn.Module, dict]:
+    """Recovery training when enabled and the caller wired it: `ctx.recover(student, teacher)` with the pass's input
+    as the teacher ('distill') or None ('plain'); masks keep pruned weights exactly zero throughout."""
     info: dict[str, Any] = {"recovered": False}
     if enabled and ctx.recover is not None:
         if ctx.eval_bpb is not None:
             info["val_bpb_before_recovery"] = ctx.eval_bpb(model)
-        ctx.teacher.eval()
+        teacher = ctx.teacher.eval() if mode == "distill" else None
         with masked_training(model, masks):
-            model = ctx.recover(model, ctx.teacher)
+            model = ctx.recover(model, teacher)
         with torch.no_grad():
             for name, keep in masks.items():
                 model.get_parameter(name).mul_(keep)
         info["recovered"] = True
+        info["recovery"] = mode
     model.eval()
     return model, info
 
@@ -331,10 +338,14 @@ class MagnitudeOptions:
     per_row: bool = False
     """Compare weights within each output row instead of within the whole layer."""
     recover: bool = True
-    """Run the recovery (distillation) callable when the caller provides one."""
+    """Run recovery training after pruning when the caller provides it (the compress stage does: train's recipe)."""
+    recovery: Literal["distill", "plain"] = "distill"
+    """How to recover: 'distill' (logit distillation from this pass's input: alpha * CE + (1 - alpha) * T^2 * KL at
+    temperature T) or 'plain' (next-token cross-entropy only)."""
 
     def __post_init__(self) -> None:
         _check_fraction("sparsity", self.sparsity)
+        _check_choice("recovery", self.recovery, RECOVERY_MODES)
 
 
 @register
@@ -347,7 +358,7 @@ class MagnitudePass(CompressionPass):
     def apply(self, model: nn.Module, ctx: PassContext) -> PassOutput:
         o = self.options
         masks = prune(model, "magnitude", o.sparsity, "magnitude", o.per_row, ctx.calib_NT, ctx.batch_size)
-        model, info = _recover(model, ctx, masks, o.recover)
+        model, info = _recover(model, ctx, masks, o.recover, o.recovery)
         return PassOutput(model, info=info)
 
 
@@ -356,10 +367,14 @@ class WandaOptions:
     sparsity: float = 0.5
     """Fraction of block weights set to zero."""
     recover: bool = True
-    """Run the recovery (distillation) callable when the caller provides one."""
+    """Run recovery training after pruning when the caller provides it (the compress stage does: train's recipe)."""
+    recovery: Literal["distill", "plain"] = "distill"
+    """How to recover: 'distill' (logit distillation from this pass's input: alpha * CE + (1 - alpha) * T^2 * KL at
+    temperature T) or 'plain' (next-token cross-entropy only)."""
 
     def __post_init__(self) -> None:
         _check_fraction("sparsity", self.sparsity)
+        _check_choice("recovery", self.recovery, RECOVERY_MODES)
 
 
 @register
@@ -371,7 +386,7 @@ class WandaPass(CompressionPass):
 
     def apply(self, model: nn.Module, ctx: PassContext) -> PassOutput:
         masks = prune(model, "wanda", self.options.sparsity, "wanda", True, ctx.calib_NT, ctx.batch_size)
-        model, info = _recover(model, ctx, masks, self.options.recover)
+        model, info = _recover(model, ctx, masks, self.options.recover, self.options.recovery)
         return PassOutput(model, info=info)
 
 
@@ -380,10 +395,14 @@ class Sparse24Options:
     metric: Literal["magnitude", "wanda"] = "wanda"
     """Score deciding which 2 of every 4 weights stay."""
     recover: bool = True
-    """Run the recovery (distillation) callable when the caller provides one."""
+    """Run recovery training after pruning when the caller provides it (the compress stage does: train's recipe)."""
+    recovery: Literal["distill", "plain"] = "distill"
+    """How to recover: 'distill' (logit distillation from this pass's input: alpha * CE + (1 - alpha) * T^2 * KL at
+    temperature T) or 'plain' (next-token cross-entropy only)."""
 
     def __post_init__(self) -> None:
         _check_choice("metric", self.metric, ("magnitude", "wanda"))
+        _check_choice("recovery", self.recovery, RECOVERY_MODES)
 
 
 @register
@@ -395,7 +414,7 @@ class Sparse24Pass(CompressionPass):
 
     def apply(self, model: nn.Module, ctx: PassContext) -> PassOutput:
         masks = prune(model, "sparse24", 0.5, self.options.metric, True, ctx.calib_NT, ctx.batch_size)
-        model, info = _recover(model, ctx, masks, self.options.recover)
+        model, info = _recover(model, ctx, masks, self.options.recover, self.options.recovery)
         return PassOutput(model, info=info)
 
 
@@ -408,11 +427,15 @@ class StructuredOptions:
     experts_fraction: float = 0.0
     """Fraction of MoE experts removed per layer, least routed first."""
     recover: bool = True
-    """Run the recovery (distillation) callable when the caller provides one."""
+    """Run recovery training after pruning when the caller provides it (the compress stage does: train's recipe)."""
+    recovery: Literal["distill", "plain"] = "distill"
+    """How to recover: 'distill' (logit distillation from this pass's input: alpha * CE + (1 - alpha) * T^2 * KL at
+    temperature T) or 'plain' (next-token cross-entropy only)."""
 
     def __post_init__(self) -> None:
         for f in ("heads_fraction", "mlp_fraction", "experts_fraction"):
             _check_fraction(f, getattr(self, f))
+        _check_choice("recovery", self.recovery, RECOVERY_MODES)
 
 
 @register
@@ -426,7 +449,7 @@ class StructuredPass(CompressionPass):
         o = self.options
         model, summary = structured_prune(model, ctx.calib_NT, o.heads_fraction, o.mlp_fraction,
                                           o.experts_fraction, ctx.batch_size)
-        model, info = _recover(model, ctx, {}, o.recover)
+        model, info = _recover(model, ctx, {}, o.recover, o.recovery)
         return PassOutput(model, info={"structured": summary, **info})
 
 

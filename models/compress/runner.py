@@ -3,9 +3,9 @@ measures each and writes compressed/<pass>/ checkpoints, compressed/report.json 
 
 Design and invariants
 - Inputs arrive ready-made (models/ never reads shards): val tokens as a 1-D LongTensor, bytes per
-  token as a float, and recovery training as a callable `recover(student, teacher) -> student`
-  (train's distillation, wired in launch/stages.py). Without `recover`, pruning passes run without recovery and
-  the report says so.
+  token as a float, and recovery training as a callable `recover(student, teacher) -> student` (train's
+  recipe, train/recover.py, wired by the compress stage; teacher None means plain recovery). Without `recover`,
+  pruning passes run without recovery and the report says so.
 - Calibration and evaluation tokens are disjoint when the val split is long enough: the first
   `num_eval_tokens` are scored, calibration windows come from the tokens after them (else from the
   end of the split, and the report notes the overlap).
@@ -18,7 +18,6 @@ Design and invariants
 from __future__ import annotations
 
 import copy
-import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,17 +37,10 @@ from models.compress.storage import (
     load_compressed,
     save_compressed,
 )
+from models.hashing import file_sha256
 from models.transformer import Transformer
 
-Recover = Callable[[nn.Module, nn.Module], nn.Module]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+Recover = Callable[[nn.Module, nn.Module | None], nn.Module]
 
 
 def check_tokens(
@@ -64,7 +56,7 @@ def check_tokens(
             f"got ids in [{int(val_tokens.min())}, {int(val_tokens.max())}]"
         )
     if tokenizer_sha256 and tokenizer_file is not None and Path(tokenizer_file).is_file():
-        have = sha256_file(Path(tokenizer_file))
+        have = file_sha256(Path(tokenizer_file))
         if have != tokenizer_sha256:
             raise ValueError(
                 f"val_tokens: made with a different tokenizer (shards' tokenizer sha256 {tokenizer_sha256[:12]}…, "

@@ -59,7 +59,7 @@ def test_run_compress_report_and_checkpoints(model_dir, tmp_path):
         {"method": "int8"},
         {"method": "gptq", "group_size": 32},
         {"method": "wanda", "sparsity": 0.5},
-        {"method": "structured", "mlp_fraction": 0.5, "heads_fraction": 0.0},
+        {"method": "structured", "mlp_fraction": 0.5, "heads_fraction": 0.0, "recovery": "plain"},
         {"method": "int8", "name": "structured-int8", "input": "structured"},
     ])
     report = run_compress(cfg, mdir, ids, bpt, tmp_path / "compressed", recover=recover)
@@ -80,6 +80,8 @@ def test_run_compress_report_and_checkpoints(model_dir, tmp_path):
     assert by["structured"]["params"] < base["params"] and by["structured"]["structured"]["hidden_dim"] == [192, 96]
     assert by["structured-int8"]["bytes"] < by["int8"]["bytes"]
     assert len(calls) == 2  # wanda and structured were recovered; quant passes were not
+    assert calls == [("Transformer", "Transformer"), ("Transformer", "NoneType")]  # distill (default) vs plain
+    assert by["wanda"]["recovery"] == "distill" and by["structured"]["recovery"] == "plain"
 
     # every pass dir loads back, quantized ones with weights equal to what was measured
     for name in names:

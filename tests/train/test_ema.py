@@ -20,9 +20,8 @@ CFG = dict(max_tokens=4 * 32 * 12, batch_size=4, seq_len=32, lr=3e-3, num_val_to
 
 
 def _trainer() -> SimpleNamespace:
-    """What WeightEMA reads of a Trainer: the step-boundary test and the running stage."""
-    return SimpleNamespace(fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(_should_accumulate=lambda: False)),
-                           state=SimpleNamespace(fn="fit"))
+    """What WeightEMA reads of a Trainer: the optimizer step count and the running stage."""
+    return SimpleNamespace(global_step=0, state=SimpleNamespace(fn="fit"))
 
 
 def test_update_rule_is_warm_started_ema() -> None:
@@ -35,6 +34,8 @@ def test_update_rule_is_warm_started_ema() -> None:
     for t in range(30):
         with torch.no_grad():
             w.add_(torch.randn_like(w))
+        ema.on_train_batch_start(trainer, module, None, t)
+        trainer.global_step += 1  # the optimizer step of this micro-batch
         ema.on_train_batch_end(trainer, module, None, None, t)
         d = min(0.9, (1 + t) / (10 + t))
         expect = d * expect + (1 - d) * w.detach()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from models import ModelConfig
-from train import TrainConfig, callbacks, run_train
+from train import TrainConfig, peak_flops, run_train
 from train.precision import CPU_BF16_MIN_GAIN, cpu_bf16_flags, resolve_precision
 
 SAPPHIRE = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
@@ -34,7 +34,7 @@ def _peaks(monkeypatch: pytest.MonkeyPatch, bf16: float, fp32: float) -> list[to
         asked.append(dtype)
         return bf16 if dtype == torch.bfloat16 else fp32
 
-    monkeypatch.setattr(callbacks, "cpu_peak_flops", fake)
+    monkeypatch.setattr(peak_flops, "cpu_peak_flops", fake)
     return asked
 
 

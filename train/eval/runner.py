@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from models.tokenizer_lookup import require_tokenizer
 from train.eval.config import EvalConfig
 from train.eval.loss import evaluate_loss, read_documents
 from train.eval.probes import _max_seq_len, run_probes
@@ -37,15 +38,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def find_tokenizer(model_path: Path, hint: Path | str | None = None) -> Path:
-    """tokenizer.json in/next to the model: the loader's hint, the dir, its parents, or a run dir's tokenizer/."""
-    if hint and Path(hint).is_file():
-        return Path(hint)
-    start = model_path if model_path.is_dir() else model_path.parent
-    for d in [start, *list(start.parents)[:3]]:
-        for cand in (d / "tokenizer.json", d / "tokenizer" / "tokenizer.json", d / "hf" / "tokenizer.json"):
-            if cand.is_file():
-                return cand
-    raise ValueError(f"model: no tokenizer.json in or next to {model_path}")
+    """tokenizer.json in/next to the model (models/tokenizer_lookup.py's order); ValueError naming where it looked."""
+    return require_tokenizer(model_path, hint)
 
 
 def _is_compressed(path: Path) -> bool:

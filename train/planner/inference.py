@@ -18,6 +18,7 @@ import math
 from collections.abc import Callable
 
 from train.planner.laws import Law
+from train.planner.log_bisect import bisect_log
 
 
 def lifetime_flops(n: float, d_train: float, d_inf: float) -> float:
@@ -41,16 +42,7 @@ def sardana_optimum(
             return law.tokens_for_loss(n, target_loss)
         if loss_fn(n, 1e30) >= target_loss:
             return math.inf
-        lo, hi = 1.0, 1e30
-        for _ in range(200):
-            mid = math.sqrt(lo * hi)
-            if loss_fn(n, mid) > target_loss:
-                lo = mid
-            else:
-                hi = mid
-            if hi / lo < 1 + 1e-10:
-                break
-        return hi
+        return bisect_log(lambda d: loss_fn(n, d) > target_loss, 1.0, 1e30, 1e-10)[1]
 
     def cost(logn: float) -> float:
         n = math.exp(logn)

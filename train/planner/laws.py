@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from train.planner.log_bisect import bisect_log
+
 ParamConvention = Literal["total", "non-embedding"]
 
 PF_DAY = 1e15 * 24 * 3600  # FLOPs in one petaflop/s-day (Kaplan's compute unit)
@@ -59,16 +61,8 @@ RANGE_SLACK = 3.0  # "far outside" = beyond a factor of 3 of the fitted range
 
 def _bisect_log(f, lo: float, hi: float, iters: int = 200) -> float:
     """Root of a monotone f on [lo, hi], searched in log space (f(lo), f(hi) of opposite sign)."""
-    flo = f(lo)
-    for _ in range(iters):
-        mid = math.sqrt(lo * hi)
-        fm = f(mid)
-        if (fm > 0) == (flo > 0):
-            lo, flo = mid, fm
-        else:
-            hi = mid
-        if hi / lo < 1 + 1e-12:
-            break
+    positive_at_lo = f(lo) > 0
+    lo, hi = bisect_log(lambda x: (f(x) > 0) == positive_at_lo, lo, hi, 1e-12, iters)
     return math.sqrt(lo * hi)
 
 

@@ -37,6 +37,7 @@ from train.planner.config import PlanConfig
 from train.planner.data_constrained import constrained_loss, epoch_warning, epochs
 from train.planner.inference import sardana_optimum
 from train.planner.laws import Law, ParametricLaw, get_law
+from train.planner.log_bisect import bisect_log
 from train.planner.throughput import GPU_MEMORY_GB, measure_cpu_flops_per_s, table_flops_per_s
 
 LOSS_NATIVE = ("epoch", "fitted", "chinchilla-approach3")
@@ -228,29 +229,7 @@ def run_plan(cfg: PlanConfig, out_path: Path, shards_dir: Path | None = None,
         # checked here, not in PlanConfig: a run config whose stages skip `plan` need not name a budget
         raise ValueError("plan.flops: a budget is needed: set flops (e.g. 1e15) or hours (with device), got 0")
     steps: list[str] = []
-    warnings: list[str] = []
-    # 1. budget
-    gpu = cfg.device != "cpu"
-    bench = None
-    if cfg.flops_per_s > 0:
-        per_device = cfg.flops_per_s
-        source = "measured (flops_per_s)"
-    elif gpu:
-        per_device = table_flops_per_s(cfg.device, cfg.mfu)
-        source = f"GPU table: {cfg.device} peak x mfu {cfg.mfu}"
-    elif cfg.hours > 0:
-        bench = measure_cpu_flops_per_s(cfg.benchmark_seconds)
-        per_device = bench["flops_per_s"]
-        source = f"benchmark here ({bench['tokens_per_s']:.0f} tok/s on a {bench['shape']['dim']}-wide model)"
-    else:
-        per_device, source = 0.0, "not measured (flops budget; wall time unknown)"
-    flops_per_s = per_device * cfg.num_devices
-    budget = cfg.flops if cfg.flops > 0 else cfg.hours * 3600.0 * flops_per_s
-    steps.append(f"budget: {budget:.4g} FLOPs" + (f" = {cfg.hours:g} h x {flops_per_s:.3g} FLOP/s ({source})"
-                                                   if cfg.hours > 0 else ""))
-    if budget < 1e6:
-        raise ValueError(f"flops: the budget came to {budget:.3g} FLOPs, too small to train anything")
-
+    budget, flops_per_s, source, bench = _budget(cfg, steps)
     vocab_shards, unique_shards = _read_shards(shards_dir)
     unique = float(cfg.unique_tokens or unique_shards)
     vocab = cfg.vocab_size or vocab_shards or (model_cfg.vocab_size if model_cfg else 4096)
@@ -272,103 +251,17 @@ def run_plan(cfg: PlanConfig, out_path: Path, shards_dir: Path | None = None,
         raise ValueError("inference_tokens: inference alone exceeds the lifetime budget; raise flops or lower it")
 
     # 4. candidates, each with the largest micro-batch per device that fits the memory limit
-    d_guess = train_flops / (6 * n_target)
-    batch_size = cfg.batch_size or _batch_size(train_flops, d_guess, cfg.seq_len)
+    batch_size = cfg.batch_size or _batch_size(train_flops, train_flops / (6 * n_target), cfg.seq_len)
     limit = memory_limit_gib(cfg)
-    rows: list[dict] = []
-    k = cfg.num_candidates
-    seen: set[str] = set()
-    for i in range(k):
-        target = n_target * cfg.candidate_step ** (i - (k - 1) / 2)
-        shape = cands.make_shape(target, law.param_convention, vocab, cfg.seq_len, num_experts, top_k)
-        key = json.dumps(shape.to_dict(), sort_keys=True)
-        if key in seen:
-            continue
-        seen.add(key)
-        rows.append(_row(f"gen-{i}", "generated", shape, law, cfg, train_flops, unique, flops_per_s, gpu,
-                         batch_size, cfg.inference_tokens, limit))
-    extra: list[tuple[str, str, ModelConfig]] = []
-    if cfg.include_presets:
-        extra += [(n, "preset", c) for n, c in cands.preset_shapes(vocab, cfg.seq_len)]
-    if model_cfg is not None:
-        import dataclasses
-
-        given = dataclasses.replace(model_cfg, vocab_size=vocab, max_seq_len=max(model_cfg.max_seq_len, cfg.seq_len))
-        extra.append(("given", "given", given))
-    for name, kind, shape in extra:
-        rows.append(_row(name, kind, shape, law, cfg, train_flops, unique, flops_per_s, gpu, batch_size,
-                         cfg.inference_tokens, limit))
-    rows.sort(key=lambda r: r["law_params"])
+    rows = _candidates(cfg, law, model_cfg, n_target, vocab, num_experts, top_k, train_flops, unique, flops_per_s,
+                       batch_size, limit)
 
     # 5. choice
-    eligible = [r for r in rows if r["fits"]]
-    if not eligible:
-        small = min(rows, key=lambda r: r["memory_gib"])
-        m = small["model"]
-        raise ValueError(
-            f"max_memory_gb: no candidate fits in {limit:.3g} GiB per device, not even one sequence of "
-            f"{cfg.seq_len} tokens with activation checkpointing: the smallest, {small['name']} (dim {m['dim']} x "
-            f"{m['num_layers']} layers, {small['num_params']:,} params), needs {small['memory_gib']:.3g} GiB; "
-            "lower plan.seq_len, add devices with a sharded strategy, or raise max_memory_gb"
-        )
-    if law.name in LOSS_NATIVE:
-        if cfg.inference_tokens > 0 and cfg.inference_mode == "match-loss":
-            target_loss = cont["target_loss_model"]
-            for r in rows:
-                d_need = _tokens_for(law, r["law_params"], target_loss, unique)
-                r["match_loss_tokens"] = d_need
-                r["lifetime_flops"] = r["flops_per_token"] * d_need + r["flops_per_token"] / 3 * cfg.inference_tokens
-            chosen = min(eligible, key=lambda r: r["lifetime_flops"])
-            chosen["num_tokens"] = int(chosen["match_loss_tokens"])
-            chosen["flops"] = chosen["flops_per_token"] * chosen["num_tokens"]
-            chosen["predicted_loss"] = constrained_loss(law, chosen["law_params"], chosen["num_tokens"], unique)
-            chosen["epochs"] = epochs(chosen["num_tokens"], unique)
-            rule = "lowest training + inference FLOPs at the compute-optimal loss (Sardana et al.)"
-        else:
-            chosen = min(eligible, key=lambda r: r["choice_loss"])
-            rule = "lowest predicted loss at the budget" + ("" if cfg.shrink_for_repeats or not unique else
-                                                            " (repeats not discounted in the choice)")
-    else:
-        chosen = min(eligible, key=lambda r: abs(math.log(r["law_params"] / n_target)))
-        rule = f"nearest the target N = {n_target:.4g} ({law.param_convention} params)"
-    for r in rows:
-        r["chosen"] = r is chosen
-        r["lifetime_flops"] = r.get("lifetime_flops", r["flops"] + r["inference_flops"])
-    steps.append(f"chose {chosen['name']}: {rule}")
+    chosen = _choose(cfg, law, rows, cont, n_target, unique, limit, steps)
 
     # 6. warnings and plan.json
-    w = epoch_warning(chosen["num_tokens"], unique)
-    if w:
-        warnings.append(w)
-    warnings.extend(law.range_warnings(chosen["law_params"], chosen["num_tokens"]))
-    if chosen["flops"] > budget * 1.001:
-        warnings.append(
-            f"inference-aware plan trains for {chosen['flops']:.3g} FLOPs, {chosen['flops'] / budget:.2f}x the "
-            "budget, to reach the compute-optimal loss with a smaller model (inference_mode 'lifetime-budget' "
-            "keeps within the budget instead)"
-        )
-    if num_experts and cfg.moe_gain_exponent == 0:
-        steps.append("MoE: planned by active params; no quality gain credited (moe_gain_exponent = 0)")
-    elif num_experts:
-        steps.append(f"MoE: effective N = active N x (total/active)^{cfg.moe_gain_exponent:g} (an assumption)")
-    if not cfg.batch_size:  # the steps rule again on the chosen shape's own tokens (6N guessed them above)
-        batch_size = min(batch_size, _batch_size(train_flops, chosen["num_tokens"], cfg.seq_len))
-    if chosen["num_tokens"] < batch_size * cfg.seq_len:
-        batch_size = max(1, chosen["num_tokens"] // cfg.seq_len)
-    micro, accum = chosen["micro_batch_size"], chosen["num_accum_steps"]
-    per_device = _per_device(batch_size, cfg.num_devices)
-    if micro * accum != per_device:  # a smaller batch: the largest micro-batch that fitted, or a divisor below it
-        micro = max(d for d in range(1, min(micro, per_device) + 1) if per_device % d == 0)
-        accum = per_device // micro
-        chosen["memory_gib"] = cands.memory_gib(ModelConfig.from_dict(chosen["model"]), micro, cfg.seq_len, gpu,
-                                                chosen["activation_checkpointing"])
-        chosen.update(micro_batch_size=micro, num_accum_steps=accum)
-    if accum > 1 or chosen["activation_checkpointing"]:
-        steps.append(
-            f"memory: {chosen['memory_gib']:.3g} GiB per device of {limit:.3g} GiB with micro-batches of {micro} x "
-            f"{accum} accumulation steps" + (" and activation checkpointing (+1/3 FLOPs per token)"
-                                             if chosen["activation_checkpointing"] else "")
-        )
+    warnings = _warnings(cfg, law, chosen, unique, budget, num_experts, steps)
+    batch_size, micro, accum = _fit_batch(cfg, chosen, batch_size, train_flops, cfg.device != "cpu", limit, steps)
     model = chosen["model"]
     plan = {
         "num_params": chosen["num_params"],
@@ -413,21 +306,154 @@ def run_plan(cfg: PlanConfig, out_path: Path, shards_dir: Path | None = None,
     return plan
 
 
+def _budget(cfg: PlanConfig, steps: list[str]) -> tuple[float, float, str, dict | None]:
+    """(budget FLOPs, FLOP/s of all devices, where the FLOP/s came from, the CPU benchmark or None)."""
+    gpu = cfg.device != "cpu"
+    bench = None
+    if cfg.flops_per_s > 0:
+        per_device = cfg.flops_per_s
+        source = "measured (flops_per_s)"
+    elif gpu:
+        per_device = table_flops_per_s(cfg.device, cfg.mfu)
+        source = f"GPU table: {cfg.device} peak x mfu {cfg.mfu}"
+    elif cfg.hours > 0:
+        bench = measure_cpu_flops_per_s(cfg.benchmark_seconds)
+        per_device = bench["flops_per_s"]
+        source = f"benchmark here ({bench['tokens_per_s']:.0f} tok/s on a {bench['shape']['dim']}-wide model)"
+    else:
+        per_device, source = 0.0, "not measured (flops budget; wall time unknown)"
+    flops_per_s = per_device * cfg.num_devices
+    budget = cfg.flops if cfg.flops > 0 else cfg.hours * 3600.0 * flops_per_s
+    steps.append(f"budget: {budget:.4g} FLOPs" + (f" = {cfg.hours:g} h x {flops_per_s:.3g} FLOP/s ({source})"
+                                                   if cfg.hours > 0 else ""))
+    if budget < 1e6:
+        raise ValueError(f"flops: the budget came to {budget:.3g} FLOPs, too small to train anything")
+    return budget, flops_per_s, source, bench
+
+
+def _candidates(cfg: PlanConfig, law: Law, model_cfg: ModelConfig | None, n_target: float, vocab: int,
+                num_experts: int, top_k: int, train_flops: float, unique: float, flops_per_s: float,
+                batch_size: int, limit: float) -> list[dict]:
+    """Generated shapes around the target N, presets and the given model, each a row sorted by law params."""
+    gpu = cfg.device != "cpu"
+    rows: list[dict] = []
+    k = cfg.num_candidates
+    seen: set[str] = set()
+    for i in range(k):
+        target = n_target * cfg.candidate_step ** (i - (k - 1) / 2)
+        shape = cands.make_shape(target, law.param_convention, vocab, cfg.seq_len, num_experts, top_k)
+        key = json.dumps(shape.to_dict(), sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        rows.append(_row(f"gen-{i}", "generated", shape, law, cfg, train_flops, unique, flops_per_s, gpu,
+                         batch_size, cfg.inference_tokens, limit))
+    extra: list[tuple[str, str, ModelConfig]] = []
+    if cfg.include_presets:
+        extra += [(n, "preset", c) for n, c in cands.preset_shapes(vocab, cfg.seq_len)]
+    if model_cfg is not None:
+        import dataclasses
+
+        given = dataclasses.replace(model_cfg, vocab_size=vocab, max_seq_len=max(model_cfg.max_seq_len, cfg.seq_len))
+        extra.append(("given", "given", given))
+    for name, kind, shape in extra:
+        rows.append(_row(name, kind, shape, law, cfg, train_flops, unique, flops_per_s, gpu, batch_size,
+                         cfg.inference_tokens, limit))
+    rows.sort(key=lambda r: r["law_params"])
+    return rows
+
+
+def _choose(cfg: PlanConfig, law: Law, rows: list[dict], cont: dict, n_target: float, unique: float, limit: float,
+            steps: list[str]) -> dict:
+    """The chosen row among those that fit in memory (the rule depends on the law and the inference mode)."""
+    eligible = [r for r in rows if r["fits"]]
+    if not eligible:
+        small = min(rows, key=lambda r: r["memory_gib"])
+        m = small["model"]
+        raise ValueError(
+            f"max_memory_gb: no candidate fits in {limit:.3g} GiB per device, not even one sequence of "
+            f"{cfg.seq_len} tokens with activation checkpointing: the smallest, {small['name']} (dim {m['dim']} x "
+            f"{m['num_layers']} layers, {small['num_params']:,} params), needs {small['memory_gib']:.3g} GiB; "
+            "lower plan.seq_len, add devices with a sharded strategy, or raise max_memory_gb"
+        )
+    if law.name in LOSS_NATIVE:
+        if cfg.inference_tokens > 0 and cfg.inference_mode == "match-loss":
+            target_loss = cont["target_loss_model"]
+            for r in rows:
+                d_need = _tokens_for(law, r["law_params"], target_loss, unique)
+                r["match_loss_tokens"] = d_need
+                r["lifetime_flops"] = r["flops_per_token"] * d_need + r["flops_per_token"] / 3 * cfg.inference_tokens
+            chosen = min(eligible, key=lambda r: r["lifetime_flops"])
+            chosen["num_tokens"] = int(chosen["match_loss_tokens"])
+            chosen["flops"] = chosen["flops_per_token"] * chosen["num_tokens"]
+            chosen["predicted_loss"] = constrained_loss(law, chosen["law_params"], chosen["num_tokens"], unique)
+            chosen["epochs"] = epochs(chosen["num_tokens"], unique)
+            rule = "lowest training + inference FLOPs at the compute-optimal loss (Sardana et al.)"
+        else:
+            chosen = min(eligible, key=lambda r: r["choice_loss"])
+            rule = "lowest predicted loss at the budget" + ("" if cfg.shrink_for_repeats or not unique else
+                                                            " (repeats not discounted in the choice)")
+    else:
+        chosen = min(eligible, key=lambda r: abs(math.log(r["law_params"] / n_target)))
+        rule = f"nearest the target N = {n_target:.4g} ({law.param_convention} params)"
+    for r in rows:
+        r["chosen"] = r is chosen
+        r["lifetime_flops"] = r.get("lifetime_flops", r["flops"] + r["inference_flops"])
+    steps.append(f"chose {chosen['name']}: {rule}")
+    return chosen
+
+
+def _warnings(cfg: PlanConfig, law: Law, chosen: dict, unique: float, budget: float, num_experts: int,
+              steps: list[str]) -> list[str]:
+    """The plan's warnings (repeats, extrapolation, over-budget inference-aware plans); MoE notes go to `steps`."""
+    warnings: list[str] = []
+    w = epoch_warning(chosen["num_tokens"], unique)
+    if w:
+        warnings.append(w)
+    warnings.extend(law.range_warnings(chosen["law_params"], chosen["num_tokens"]))
+    if chosen["flops"] > budget * 1.001:
+        warnings.append(
+            f"inference-aware plan trains for {chosen['flops']:.3g} FLOPs, {chosen['flops'] / budget:.2f}x the "
+            "budget, to reach the compute-optimal loss with a smaller model (inference_mode 'lifetime-budget' "
+            "keeps within the budget instead)"
+        )
+    if num_experts and cfg.moe_gain_exponent == 0:
+        steps.append("MoE: planned by active params; no quality gain credited (moe_gain_exponent = 0)")
+    elif num_experts:
+        steps.append(f"MoE: effective N = active N x (total/active)^{cfg.moe_gain_exponent:g} (an assumption)")
+    return warnings
+
+
+def _fit_batch(cfg: PlanConfig, chosen: dict, batch_size: int, train_flops: float, gpu: bool, limit: float,
+               steps: list[str]) -> tuple[int, int, int]:
+    """(batch size, micro-batch size, accumulation steps) for the chosen shape, within the memory limit."""
+    if not cfg.batch_size:  # the steps rule again on the chosen shape's own tokens (6N guessed them above)
+        batch_size = min(batch_size, _batch_size(train_flops, chosen["num_tokens"], cfg.seq_len))
+    if chosen["num_tokens"] < batch_size * cfg.seq_len:
+        batch_size = max(1, chosen["num_tokens"] // cfg.seq_len)
+    micro, accum = chosen["micro_batch_size"], chosen["num_accum_steps"]
+    per_device = _per_device(batch_size, cfg.num_devices)
+    if micro * accum != per_device:  # a smaller batch: the largest micro-batch that fitted, or a divisor below it
+        micro = max(d for d in range(1, min(micro, per_device) + 1) if per_device % d == 0)
+        accum = per_device // micro
+        chosen["memory_gib"] = cands.memory_gib(ModelConfig.from_dict(chosen["model"]), micro, cfg.seq_len, gpu,
+                                                chosen["activation_checkpointing"])
+        chosen.update(micro_batch_size=micro, num_accum_steps=accum)
+    if accum > 1 or chosen["activation_checkpointing"]:
+        steps.append(
+            f"memory: {chosen['memory_gib']:.3g} GiB per device of {limit:.3g} GiB with micro-batches of {micro} x "
+            f"{accum} accumulation steps" + (" and activation checkpointing (+1/3 FLOPs per token)"
+                                             if chosen["activation_checkpointing"] else "")
+        )
+    return batch_size, micro, accum
+
+
 def _tokens_for(law: Law, n: float, target: float, unique: float) -> float:
     if unique <= 0 and isinstance(law, ParametricLaw):
         return law.tokens_for_loss(n, target)
     if constrained_loss(law, n, 1e30, unique) >= target:
         return math.inf
-    lo, hi = 1.0, 1e30
-    for _ in range(200):
-        mid = math.sqrt(lo * hi)
-        if constrained_loss(law, n, mid, unique) > target:
-            lo = mid
-        else:
-            hi = mid
-        if hi / lo < 1 + 1e-10:
-            break
-    return hi
+    return bisect_log(lambda d: constrained_loss(law, n, d, unique) > target, 1.0, 1e30, 1e-10)[1]
 
 
 def _fmt(x: float | None) -> str:

@@ -13,10 +13,10 @@ Design and invariants
   frontier).
 - Held-out check: one extra run at `holdout_budget` (default 2x the largest budget: an extrapolation) at the
   fitted law's best shape; its prediction error is reported, never used in the fit.
-- Training backends: 'minimal' (default) is a plain loop in this file (AdamW, warmup + cosine, random windows
-  from the memory-mapped train split, fixed val windows): no checkpoints or loggers, which matters when
-  each run is seconds long; 'runner' uses train.run_train (checkpoints, TensorBoard, a run dir per run).
-  Both use the same optimizer settings (train's defaults).
+- Every point trains with train's recipe (train/recipe.py: Muon + AdamW, weight decay, warmup + cosine, EMA,
+  precision; `sweep_train_config`), so the fitted law describes the runs `train` makes. Backends: 'minimal'
+  (default) runs it in memory (no checkpoints or loggers, which matters when each run is seconds long);
+  'runner' uses train.run_train (a run dir per point). Both give the same loss for the same point.
 - Every finished run is appended to out_dir/runs.jsonl, so an interrupted sweep resumes where it stopped.
 """
 
@@ -29,12 +29,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from models import ModelConfig
 from train.planner import candidates as cands
+
+if TYPE_CHECKING:
+    from train.config import TrainConfig
 
 
 @dataclass
@@ -56,7 +59,7 @@ class SweepConfig:
     batch_size: int = 8
     """Sequences per step."""
     lr: float = 3e-3
-    """Peak AdamW learning rate (warmup 2%, cosine to 10%)."""
+    """Peak learning rate of the AdamW part of train's recipe (train.lr; Muon keeps train's muon_lr)."""
     min_steps: int = 30
     """Skip shapes whose run would be shorter than this many steps (too short to mean anything)."""
     num_val_tokens: int = 16384
@@ -68,7 +71,7 @@ class SweepConfig:
     num_starts: int = 32
     """Grid starting points polished by L-BFGS-B in the fit."""
     backend: Literal["minimal", "runner"] = "minimal"
-    """Training loop: 'minimal' (this file) or 'runner' (train.run_train, checkpoints and logs per run)."""
+    """'minimal': train's recipe in memory; 'runner': train.run_train (checkpoints and logs per run)."""
     num_threads: int = 1
     """torch threads for the runs (1: tiny models on a shared CPU ran 35x faster than with 2); 0 = torch default."""
     seed: int = 0
@@ -94,62 +97,39 @@ class SweepConfig:
 # ---------------------------------------------------------------------------------------------- training
 
 
-def _val_windows(val: np.ndarray, seq_len: int, num_tokens: int) -> np.ndarray:
-    n = max(1, min(num_tokens // seq_len, (len(val) - 1) // seq_len))
-    return np.stack([val[i * seq_len: i * seq_len + seq_len + 1] for i in range(n)]).astype(np.int64)
+def sweep_train_config(cfg: SweepConfig, num_tokens: int, seed: int) -> TrainConfig:
+    """The TrainConfig of one sweep point: train's recipe (optimizer, schedule, EMA, precision defaults) at the
+    sweep's shape, lr and length; validation and checkpoints only at the end."""
+    from train import TrainConfig
+
+    return TrainConfig(seed=seed, max_tokens=num_tokens, batch_size=cfg.batch_size, seq_len=cfg.seq_len, lr=cfg.lr,
+                       val_every_tokens=num_tokens * 10, ckpt_every_tokens=num_tokens * 10,
+                       num_val_tokens=cfg.num_val_tokens, num_sample_tokens=0, progress_bar=False,
+                       num_threads=cfg.num_threads)
 
 
 def train_minimal(model_cfg: ModelConfig, num_tokens: int, train_tokens: np.ndarray, val_tokens: np.ndarray,
                   cfg: SweepConfig, seed: int) -> dict:
-    """Train `model_cfg` for num_tokens tokens; returns final val loss, tokens and wall time."""
-    import torch
+    """Train `model_cfg` for num_tokens tokens with train's recipe, in memory; returns final val loss, tokens, wall time.
 
-    from models import Transformer
+    The same run as `train` with sweep_train_config on shards holding these tokens: same loss (tests/train)."""
+    from train.data import StreamDataModule, TokenStream
+    from train.recipe import train_in_memory
 
     t0 = time.perf_counter()
-    torch.manual_seed(seed)
-    model = Transformer(model_cfg)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
-    T, B = cfg.seq_len, cfg.batch_size
-    steps = max(1, math.ceil(num_tokens / (B * T)))
-    warmup = max(1, int(0.02 * steps))
-    rng = np.random.default_rng(seed)
-    train_t = torch.from_numpy(np.asarray(train_tokens, dtype=np.int64))
-    model.train()
-    for step in range(steps):
-        lr = cfg.lr * (step + 1) / warmup if step < warmup else cfg.lr * (
-            0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup))))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        starts = torch.from_numpy(rng.integers(0, len(train_t) - T - 1, B))
-        win = train_t[starts[:, None] + torch.arange(T + 1)[None, :]]  # B x (T+1)
-        out = model(win[:, :-1], targets_BT=win[:, 1:])
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    model.eval()
-    vw = torch.from_numpy(_val_windows(val_tokens, T, cfg.num_val_tokens))
-    losses = []
-    with torch.no_grad():
-        for i in range(0, len(vw), 32):
-            chunk = vw[i:i + 32]
-            losses.append(model(chunk[:, :-1], targets_BT=chunk[:, 1:]).ce_loss.item() * len(chunk))
-    return {"final_val_loss": sum(losses) / len(vw), "tokens": steps * B * T, "wall_s": time.perf_counter() - t0}
+    tc = sweep_train_config(cfg, num_tokens, seed)
+    dm = StreamDataModule(TokenStream.from_tokens(train_tokens), TokenStream.from_tokens(val_tokens), cfg.batch_size,
+                          cfg.seq_len, seed, tc.data_order, tc.num_val_tokens)
+    res = train_in_memory(tc, dm, num_tokens, model_cfg=model_cfg)
+    return {"final_val_loss": res.final_val_loss, "tokens": res.tokens, "wall_s": time.perf_counter() - t0}
 
 
 def train_runner(model_cfg: ModelConfig, num_tokens: int, shards_dir: Path, run_dir: Path, cfg: SweepConfig,
                  seed: int) -> dict:
-    from train import TrainConfig, run_train
+    """One sweep point through train.run_train (a run directory with checkpoints and logs)."""
+    from train import run_train
 
-    tc = TrainConfig(seed=seed, max_tokens=num_tokens, batch_size=cfg.batch_size, seq_len=cfg.seq_len, lr=cfg.lr,
-                     val_every_tokens=num_tokens * 10, ckpt_every_tokens=num_tokens * 10,
-                     num_val_tokens=cfg.num_val_tokens, num_sample_tokens=0, progress_bar=False,
-                     num_threads=cfg.num_threads)
-    s = run_train(tc, model_cfg, shards_dir, run_dir)
+    s = run_train(sweep_train_config(cfg, num_tokens, seed), model_cfg, shards_dir, run_dir)
     return {"final_val_loss": s["final_val_loss"], "tokens": s["tokens"], "wall_s": s["wall_s"]}
 
 
@@ -269,28 +249,29 @@ def run_sweep(cfg: SweepConfig, shards_dir: Path, out_dir: Path) -> dict:
         "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
         "runs": records,
     }
-    # held-out run: the fitted law's best shape at an unseen (by default larger) budget
     hb = cfg.holdout_budget or 2 * max(cfg.budgets)
     if hb > 0:
-        grid = [cands.make_shape(x, cfg.param_convention, vocab, cfg.seq_len)
-                for x in np.geomspace(n.min() / 2, n.max() * 2, 12)]
-        uniq = {(s.dim, s.num_layers): s for s in grid}.values()
-
-        def pred(s: ModelConfig) -> float:
-            return law.loss(_law_n(s, cfg.param_convention), hb / cands.train_flops_per_token(s, cfg.seq_len))
-
-        shape = min(uniq, key=pred)
-        rec = run_one(hb, shape, "holdout")
-        p = law.loss(rec["law_params"], rec["num_tokens"])
-        result["holdout"] = {"budget": hb, "model": rec["model"], "law_params": rec["law_params"],
-                             "num_tokens": rec["num_tokens"], "predicted_loss": p,
-                             "final_val_loss": rec["final_val_loss"],
-                             "rel_error": (p - rec["final_val_loss"]) / rec["final_val_loss"]}
+        result["holdout"] = _holdout(cfg, law, hb, n, vocab, run_one)
     result["wall_s"] = time.perf_counter() - t0
     result["train_wall_s"] = float(sum(r["wall_s"] for r in done.values()))
     _write_json_atomic(out_dir / "fitted_law.json", result)
     plot_isoflops(result, law, out_dir / "isoflop.png", vocab, cfg)
     return result
+
+
+def _holdout(cfg: SweepConfig, law: Any, budget: float, n: np.ndarray, vocab: int, run_one: Any) -> dict:
+    """The held-out run: the fitted law's best shape at an unseen (by default larger) budget, and its error."""
+    grid = [cands.make_shape(x, cfg.param_convention, vocab, cfg.seq_len) for x in np.geomspace(n.min() / 2, n.max() * 2, 12)]
+    uniq = {(s.dim, s.num_layers): s for s in grid}.values()
+
+    def pred(s: ModelConfig) -> float:
+        return law.loss(_law_n(s, cfg.param_convention), budget / cands.train_flops_per_token(s, cfg.seq_len))
+
+    rec = run_one(budget, min(uniq, key=pred), "holdout")
+    p = law.loss(rec["law_params"], rec["num_tokens"])
+    return {"budget": budget, "model": rec["model"], "law_params": rec["law_params"], "num_tokens": rec["num_tokens"],
+            "predicted_loss": p, "final_val_loss": rec["final_val_loss"],
+            "rel_error": (p - rec["final_val_loss"]) / rec["final_val_loss"]}
 
 
 def plot_isoflops(result: dict, law: Any, path: Path, vocab: int, cfg: SweepConfig) -> None:

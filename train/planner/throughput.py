@@ -3,7 +3,7 @@
 Design and invariants
 - A budget in hours becomes FLOPs as hours x 3600 x sustained FLOP/s x devices. Sustained FLOP/s is, in order
   of preference: the user's measured number, a few seconds of real training steps here (device 'cpu'), or a
-  GPU's peak dense bf16 (fp16 for cards without bf16) times an assumed MFU (0.4 is typical for well-tuned
+  GPU's peak dense bf16 (fp16 for cards without bf16; train/peak_flops.py's table) times an assumed MFU (0.4 is typical for well-tuned
   dense training; small models reach less).
 - The benchmark trains a real `models.Transformer` (forward, backward, AdamW) and counts FLOPs with
   `models.accounting.flops_per_token`, the same counter the planner uses, so its FLOP/s converts back into
@@ -15,22 +15,12 @@ from __future__ import annotations
 
 import time
 
-# Peak dense tensor-core TFLOP/s (bf16 unless noted), from the vendors' data sheets.
-GPU_TABLE: dict[str, float] = {
-    "a100": 312.0,  # A100 SXM/PCIe, bf16 dense
-    "h100": 989.0,  # H100 SXM, bf16 dense
-    "h200": 989.0,  # H200 SXM (H100 compute, more memory)
-    "b200": 2250.0,  # B200, bf16 dense
-    "l4": 121.0,  # L4, bf16 dense
-    "l40s": 362.0,  # L40S, bf16 dense
-    "v100": 125.0,  # V100 SXM, fp16 (no bf16)
-    "t4": 65.0,  # T4, fp16 (no bf16)
-    "mi300x": 1307.0,  # AMD MI300X, bf16 dense
-}
-GPU_MEMORY_GB: dict[str, float] = {
-    "a100": 80.0, "h100": 80.0, "h200": 141.0, "b200": 180.0, "l4": 24.0, "l40s": 48.0,
-    "v100": 32.0, "t4": 16.0, "mi300x": 192.0,
-}
+from train.peak_flops import GPU_PEAKS
+
+# The planner's devices are the rows of train/peak_flops.py's GPU table (one table for MFU and for planning), by
+# lower-case key: peak dense bf16 TFLOP/s (fp16 on cards without bf16) and memory in GB.
+GPU_TABLE: dict[str, float] = {k.lower(): row.half / 1e12 for k, row in GPU_PEAKS.items()}
+GPU_MEMORY_GB: dict[str, float] = {k.lower(): row.memory_gb for k, row in GPU_PEAKS.items()}
 
 
 def table_flops_per_s(device: str, mfu: float) -> float:
