@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from models import ModelConfig, Transformer, save_model_dir  # noqa: E402
 from models.compress import CompressConfig, load_compressed, run_compress  # noqa: E402

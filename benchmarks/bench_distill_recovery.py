@@ -57,35 +57,34 @@ def train_base(shards: Path, tokens: int, seed: int) -> torch.nn.Module:
     return train_in_memory(cfg, dm, tokens, model_cfg=ModelConfig(**MODEL)).model
 
 
-def bench_distill_recovery(method: str = "structured", train_tokens: int = 400_000,
-                           recovery_tokens: int = 50_000, alpha: float = 0.5, temperature: float = 2.0,
-                           out: Path | None = None, seed: int = 0) -> dict:
-    """Held-out bpb of the base model, the pruned model, plain and distill recovery; prints them and the ratio."""
+def compare(base: torch.nn.Module, shards: Path, method: str = "structured", recovery_tokens: int = 50_000,
+            alpha: float = 0.5, temperature: float = 2.0, seed: int = 0, seq: int = 128,
+            num_scored: int | None = None) -> dict:
+    """Prune `base` 30% with `method`, then no recovery / plain / distill recovery at equal tokens; held-out bpb of
+    each (the val split's first 64 windows calibrate, the rest is scored)."""
     from data_pipelines.tokenize.shards import ShardIndex
     from models.compress.calibration import windows
     from models.compress.passes import PASSES, PassContext
     from models.compress.report import eval_bpb
     from train.recover import recover, recovery_config
 
-    out = Path(out or tempfile.mkdtemp(prefix="bench_distill_recovery_"))
-    shards = build_shards(out)
     idx = ShardIndex.load(shards)
     val = torch.from_numpy(np.concatenate(idx.open("val")).astype(np.int64))
     bpt = float(idx.bytes_per_token("val"))
-    calib, scored = val[: 64 * 128], val[64 * 128:]
+    seq = min(seq, int(base.cfg.max_seq_len))
+    calib, scored = val[: 64 * seq], val[64 * seq:]
+    if num_scored:
+        scored = scored[:num_scored]
 
     def bpb(m: torch.nn.Module) -> float:
-        return eval_bpb(m, scored, bpt, 128, 16)
+        return eval_bpb(m, scored, bpt, seq, 16)
 
-    t0 = time.perf_counter()
-    base = train_base(shards, train_tokens, seed).eval()
-    t_train = time.perf_counter() - t0
     opts = ({"heads_fraction": 0.3, "mlp_fraction": 0.3} if method == "structured" else {"sparsity": 0.3})
-    tc = recovery_config(seed=seed, max_tokens=recovery_tokens, batch_size=16, seq_len=128,
+    tc = recovery_config(seed=seed, max_tokens=recovery_tokens, batch_size=16, seq_len=seq,
                          distill_alpha=alpha, distill_temperature=temperature)
-    calib_NT = windows(calib, 128, calib.numel())
-    res: dict = {"method": method, "train_tokens": train_tokens, "recovery_tokens": recovery_tokens,
-                 "alpha": alpha, "temperature": temperature, "train_s": round(t_train, 1), "base_bpb": bpb(base)}
+    calib_NT = windows(calib, seq, calib.numel())
+    res: dict = {"method": method, "recovery_tokens": recovery_tokens, "alpha": alpha, "temperature": temperature,
+                 "base_bpb": bpb(base)}
     for mode in ("none", "plain", "distill"):
         p = PASSES[method](PASSES[method].Options(**opts, recover=mode != "none",
                                                    recovery="plain" if mode == "none" else mode))
@@ -94,7 +93,38 @@ def bench_distill_recovery(method: str = "structured", train_tokens: int = 400_0
         model = p.apply(copy.deepcopy(base), ctx).model
         res[f"{mode}_bpb"] = bpb(model)
         res[f"{mode}_s"] = round(time.perf_counter() - t1, 1)
+        res[f"{mode}_params"] = sum(q.numel() for q in model.parameters())
     res["distill_over_plain"] = res["distill_bpb"] / res["plain_bpb"]
+    return res
+
+
+def recovery_rows(model_dir: Path, shards: Path, out_dir: Path, threads: int = 1,
+                  recovery_tokens: int = 50_000) -> list[dict]:
+    """bench_lowbit's rows: prune-30 (structured) of a trained model dir, no / plain / distill recovery."""
+    from models import load_model
+
+    torch.set_num_threads(max(1, threads))
+    base = load_model(Path(model_dir))[0].eval()
+    r = compare(base, Path(shards), "structured", recovery_tokens)
+    rows = []
+    for mode, label in (("none", "no recovery"), ("plain", "plain recovery"), ("distill", "distill recovery")):
+        rows.append({"name": f"prune-30 structured, {label}", "bpb": r[f"{mode}_bpb"], "params": r[f"{mode}_params"],
+                     "bytes": 4 * r[f"{mode}_params"], "delta_bpb": r[f"{mode}_bpb"] - r["base_bpb"],
+                     "recovery_tokens": recovery_tokens if mode != "none" else 0})
+    return rows
+
+
+def bench_distill_recovery(method: str = "structured", train_tokens: int = 400_000,
+                           recovery_tokens: int = 50_000, alpha: float = 0.5, temperature: float = 2.0,
+                           out: Path | None = None, seed: int = 0) -> dict:
+    """Held-out bpb of the base model, the pruned model, plain and distill recovery; prints them and the ratio."""
+    out = Path(out or tempfile.mkdtemp(prefix="bench_distill_recovery_"))
+    shards = build_shards(out)
+    t0 = time.perf_counter()
+    base = train_base(shards, train_tokens, seed).eval()
+    t_train = time.perf_counter() - t0
+    res = {"train_tokens": train_tokens, "train_s": round(t_train, 1),
+           **compare(base, shards, method, recovery_tokens, alpha, temperature, seed)}
     print(f"prune-30 ({method}), base trained on {train_tokens:,} tokens in {t_train:.0f} s; recovery "
           f"{recovery_tokens:,} tokens each (alpha {alpha}, T {temperature})")
     print(f"held-out bpb: base {res['base_bpb']:.4f} | pruned, no recovery {res['none_bpb']:.4f} | "

@@ -29,14 +29,12 @@ import argparse
 import dataclasses
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from models import ModelConfig, load_model  # noqa: E402
 from models.accounting import count_params, flops_per_token  # noqa: E402
@@ -180,29 +178,14 @@ def gptq_q4_0_file(fp_dir: Path, out: Path, val: torch.Tensor, bpt: float, tok: 
     return {"path": path, "bytes": path.stat().st_size, "types": _file_types(path)}
 
 
-def guarded_rows(fp_dir: Path, out: Path, threads: int) -> tuple[list[dict], list[str]]:
-    """Rows of the sibling benchmarks when their modules exist here, else a note saying what is missing."""
-    rows: list[dict] = []
-    notes: list[str] = []
-    sys.path.insert(0, str(ROOT))
-    try:
-        from benchmarks.lowbit_ptq import ptq_rows
-    except ImportError as e:
-        notes.append(f"PTQ rows (GPTQ 2/3-bit, low-rank, SVD) skipped: benchmarks/lowbit_ptq.py not importable ({e})")
-    else:
-        rows += ptq_rows(fp_dir, out / "data", out / "ptq", threads)
-    try:
-        from benchmarks import bench_distill_recovery as bdr
-    except ImportError as e:
-        notes.append(f"prune-30 recovery rows skipped: benchmarks/bench_distill_recovery.py not importable ({e})")
-    else:
-        fn = getattr(bdr, "recovery_rows", None)
-        if fn is None:
-            notes.append("prune-30 recovery rows skipped: bench_distill_recovery has no recovery_rows(model_dir, "
-                         "data_dir, out_dir, threads)")
-        else:
-            rows += fn(fp_dir, out / "data", out / "recovery", threads)
-    return rows, notes
+def extra_rows(fp_dir: Path, out: Path, threads: int) -> list[dict]:
+    """The PTQ rows (benchmarks/lowbit_ptq.py) and the prune-30 recovery rows (bench_distill_recovery.py) of (a)."""
+    import bench_distill_recovery
+    from lowbit_ptq import ptq_rows
+
+    shards = out / "data" / "shards"
+    return ptq_rows(fp_dir, shards, out / "ptq", threads) + bench_distill_recovery.recovery_rows(
+        fp_dir, shards, out / "recovery", threads)
 
 
 def score_all(arms: dict[str, dict], out: Path, tok: Path, val: torch.Tensor, bpt: float, seq: int, threads: int
@@ -268,6 +251,25 @@ def print_table(rows: list[dict], extra: list[dict]) -> None:
               f"{r.get('bpb', float('nan')) / fp['bpb']:.4f} | {r.get('bits_per_weight', '')} bpw |")
 
 
+def extra_targets(extra: list[dict]) -> list[tuple[str, bool, str]]:
+    """2-bit GPTQ + low-rank correction vs GPTQ alone; distill vs plain recovery after prune-30."""
+    by = {r["name"]: r for r in extra}
+    out = []
+    alone = by.get("gptq-2bit-g64")
+    corrected = [r for n, r in by.items() if n.startswith("gptq-2bit-g64-lr") and r.get("lowrank_bits_per_weight", 0)
+                 <= 0.25 + 1e-9]
+    if alone and corrected:
+        best = min(corrected, key=lambda r: r["delta_bpb"])
+        cut = 1 - best["delta_bpb"] / alone["delta_bpb"]
+        out.append(("2-bit GPTQ + low-rank (<= +0.25 bpw): >= 30% less bpb increase", cut >= 0.30,
+                    f"{best['delta_bpb']:+.4f} vs {alone['delta_bpb']:+.4f} ({cut:.0%} less, {best['name']})"))
+    plain, distill = by.get("prune-30 structured, plain recovery"), by.get("prune-30 structured, distill recovery")
+    if plain and distill:
+        out.append(("prune-30 + distill recovery beats plain at equal tokens", distill["bpb"] < plain["bpb"],
+                    f"{distill['bpb']:.4f} vs {plain['bpb']:.4f}"))
+    return out
+
+
 def targets(rows: list[dict]) -> list[tuple[str, bool, str]]:
     by = {r["name"]: r for r in rows}
     fp, f16 = by["(a) full precision"]["bpb"], by["(a) F16 GGUF"]["bytes"]
@@ -320,12 +322,12 @@ def main() -> None:
     val, bpt = val_tokens(shards, args.eval_tokens)
     seq = int(plan["seq_len"])
     rows = score_all(arms, out, tok, val, bpt, seq, args.threads)
-    extra, notes = ([], ["extra rows skipped (--skip-extra)"]) if args.skip_extra else guarded_rows(
-        out / "runs" / "fp" / "checkpoints" / "final", out, args.threads)
+    extra, notes = ([], ["extra rows skipped (--skip-extra)"]) if args.skip_extra else (extra_rows(
+        out / "runs" / "fp" / "checkpoints" / "final", out, args.threads), [])
     print_table(rows, extra)
     for n in notes:
         print(f"note: {n}")
-    res = targets(rows)
+    res = targets(rows) + extra_targets(extra)
     print()
     for label, ok, detail in res:
         print(f"{'PASS' if ok else 'FAIL'}  {label}: {detail}")

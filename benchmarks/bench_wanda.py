@@ -27,15 +27,12 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_vs_llama2c import heldout_bpb as bpb  # noqa: E402
 from bench_vs_llama2c import split_stories, token_stream  # noqa: E402

@@ -23,13 +23,11 @@ than 2-bit GPTQ alone. Measured: LOG.md, session 6.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from models.compress import CompressConfig, run_compress  # noqa: E402
 from models.compress.report import mark_pareto  # noqa: E402
