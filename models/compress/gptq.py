@@ -25,6 +25,8 @@ Shape legend: O output rows, I input columns, B columns in a lazy block, N group
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from models.compress import ggml_quants
@@ -64,34 +66,52 @@ def gptq_quantize(
 
     Hinv_U = _damped_hinv_upper(H, damp)
 
-    Q = torch.zeros_like(W)
+    def quantize(col: int, w_O: torch.Tensor, ahead: Ahead) -> tuple[torch.Tensor, torch.Tensor]:
+        grp = (int(perm[col]) if perm is not None else col) // g
+        if perm is None and col % g == 0:  # fit the group on its current (error-updated) weights
+            s, z = int4_params(ahead(g)[:, None, :], sym)
+            scale_ON[:, grp], zero_ON[:, grp] = s[:, 0], z[:, 0]
+        s_O, z_O = scale_ON[:, grp], zero_ON[:, grp]
+        q_O = quantize_with(w_O, s_O, z_O)
+        return q_O, (q_O - z_O) * s_O
+
+    Q = gptq_columns(W, Hinv_U, block_size, quantize)
+    if invperm is not None:
+        Q = Q[:, invperm]
+    return int4_from_codes(Q, scale_ON, None if sym else zero_ON, g)
+
+
+Ahead = Callable[[int], torch.Tensor]
+"""`ahead(k)`: the current (error-updated) weights of the column being quantized and the k-1 after it, (O, k)."""
+
+
+def gptq_columns(W: torch.Tensor, Hinv_U: torch.Tensor, block_size: int,
+                 quantize: Callable[[int, torch.Tensor, Ahead], tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """The GPTQ column loop with lazy batch updates, shared by every grid (int4 groups, llama.cpp blocks, 2-3-bit).
+
+    `quantize(col, w_O, ahead) -> (codes_O, dequantized_O)` rounds one column onto its grid (fitting a group's
+    scale when `col` opens one, from `ahead(g)`); the loop feeds the rounding error forward through the upper
+    Cholesky factor of H^-1. W is updated in place; -> the codes, (O, I)."""
+    O, I = W.shape  # noqa: E741 (shape legend names)
+    Q = torch.zeros(O, I)
     for i1 in range(0, I, block_size):
         i2 = min(i1 + block_size, I)
         W_OB = W[:, i1:i2].clone()
         Err_OB = torch.zeros_like(W_OB)
         Hinv_BB = Hinv_U[i1:i2, i1:i2]
         for i in range(i2 - i1):
-            col = i1 + i
-            orig_col = int(perm[col]) if perm is not None else col
-            grp = orig_col // g
-            if perm is None and col % g == 0:
-                # fit the group on current weights: this block's updated columns, then later ones
-                cur = torch.cat((W_OB[:, i:], W[:, i2:]), dim=1)[:, :g]
-                s, z = int4_params(cur[:, None, :], sym)
-                scale_ON[:, grp], zero_ON[:, grp] = s[:, 0], z[:, 0]
+
+            def ahead(k: int, i: int = i, i2: int = i2, W_OB: torch.Tensor = W_OB) -> torch.Tensor:
+                return torch.cat((W_OB[:, i:], W[:, i2:]), dim=1)[:, :k]
+
             w_O = W_OB[:, i]
-            s_O, z_O = scale_ON[:, grp], zero_ON[:, grp]
-            q_O = quantize_with(w_O, s_O, z_O)
-            Q[:, col] = q_O
-            deq_O = (q_O - z_O) * s_O
+            q_O, deq_O = quantize(i1 + i, w_O, ahead)
+            Q[:, i1 + i] = q_O
             err_O = (w_O - deq_O) / Hinv_BB[i, i]
             W_OB[:, i:] -= err_O[:, None] * Hinv_BB[i, i:][None, :]
             Err_OB[:, i] = err_O
         W[:, i2:] -= Err_OB @ Hinv_U[i1:i2, i2:]
-
-    if invperm is not None:
-        Q = Q[:, invperm]
-    return int4_from_codes(Q, scale_ON, None if sym else zero_ON, g)
+    return Q
 
 
 def _drop_dead_columns(W: torch.Tensor, gram_II: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,28 +156,18 @@ def gptq_ggml(
     block_size = max(B, block_size // B * B)  # lazy blocks hold whole 32-column groups
     d_ON = torch.zeros(O, I // B)
     m_ON = torch.zeros(O, I // B) if grid.has_min else None
-    Q = torch.zeros(O, I)
-    for i1 in range(0, I, block_size):
-        i2 = min(i1 + block_size, I)
-        W_OB = W[:, i1:i2].clone()
-        Err_OB = torch.zeros_like(W_OB)
-        Hinv_BB = Hinv_U[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            col = i1 + i
-            n = col // B
-            if col % B == 0:  # fit the block's scale on the weights as updated by all earlier errors
-                d, m = ggml_quants.fit(grid, W_OB[:, i : i + B], diag_I[col : col + B], fit_mode)
-                d_ON[:, n] = d
-                if m_ON is not None:
-                    m_ON[:, n] = m
-            d_O = d_ON[:, n]
-            m_O = m_ON[:, n] if m_ON is not None else None
-            w_O = W_OB[:, i]
-            q_O = ggml_quants.nearest(grid, w_O, d_O, m_O)
-            Q[:, col] = q_O
-            err_O = (w_O - ggml_quants.dequant_codes(grid, q_O, d_O, m_O)) / Hinv_BB[i, i]
-            W_OB[:, i:] -= err_O[:, None] * Hinv_BB[i, i:][None, :]
-            Err_OB[:, i] = err_O
-        W[:, i2:] -= Err_OB @ Hinv_U[i1:i2, i2:]
+
+    def quantize(col: int, w_O: torch.Tensor, ahead: Ahead) -> tuple[torch.Tensor, torch.Tensor]:
+        n = col // B
+        if col % B == 0:  # fit the block's scale on the weights as updated by all earlier errors
+            d, m = ggml_quants.fit(grid, ahead(B), diag_I[col : col + B], fit_mode)
+            d_ON[:, n] = d
+            if m_ON is not None:
+                m_ON[:, n] = m
+        d_O, m_O = d_ON[:, n], (m_ON[:, n] if m_ON is not None else None)
+        q_O = ggml_quants.nearest(grid, w_O, d_O, m_O)
+        return q_O, ggml_quants.dequant_codes(grid, q_O, d_O, m_O)
+
+    Q = gptq_columns(W, Hinv_U, block_size, quantize)
     blocks = ggml_quants.pack(grid, Q.reshape(O, I // B, B), d_ON, m_ON)
     return QTensor(gguf_type, (O, I), blocks, torch.empty(0, dtype=torch.float16), None, B)

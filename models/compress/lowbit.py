@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from models.compress.calibration import calibration_stages, run_sequential
-from models.compress.gptq import _hinv_upper
+from models.compress.gptq import Ahead, _hinv_upper, gptq_columns
 from models.compress.lowrank import LowRank, fit_lowrank, rank_for_budget
 from models.compress.passes import (
     CompressionPass,
@@ -131,25 +131,17 @@ def gptq_lowbit(w_OI: torch.Tensor, gram_II: torch.Tensor, bits: int, group_size
     block_size = max(g, block_size // g * g)  # lazy blocks hold whole groups
     qmax = (1 << bits) - 1
     scale_ON, zero_ON = torch.zeros(O, I // g), torch.zeros(O, I // g)
-    Q = torch.zeros(O, I)
-    for i1 in range(0, I, block_size):
-        i2 = min(i1 + block_size, I)
-        W_OB = W[:, i1:i2].clone()
-        Err_OB = torch.zeros_like(W_OB)
-        Hinv_BB = Hinv_U[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            col = i1 + i
-            n = col // g
-            if col % g == 0:
-                s, z = fit_groups(W_OB[:, i : i + g][:, None, :], bits, diag_I[col : col + g], search)
-                scale_ON[:, n], zero_ON[:, n] = s[:, 0], z[:, 0]
-            w_O, s_O, z_O = W_OB[:, i], scale_ON[:, n], zero_ON[:, n]
-            q_O = torch.clamp(torch.round(w_O / s_O) + z_O, 0, qmax)
-            Q[:, col] = q_O
-            err_O = (w_O - (q_O - z_O) * s_O) / Hinv_BB[i, i]
-            W_OB[:, i:] -= err_O[:, None] * Hinv_BB[i, i:][None, :]
-            Err_OB[:, i] = err_O
-        W[:, i2:] -= Err_OB @ Hinv_U[i1:i2, i2:]
+
+    def quantize(col: int, w_O: torch.Tensor, ahead: Ahead) -> tuple[torch.Tensor, torch.Tensor]:
+        n = col // g
+        if col % g == 0:
+            s, z = fit_groups(ahead(g)[:, None, :], bits, diag_I[col : col + g], search)
+            scale_ON[:, n], zero_ON[:, n] = s[:, 0], z[:, 0]
+        s_O, z_O = scale_ON[:, n], zero_ON[:, n]
+        q_O = torch.clamp(torch.round(w_O / s_O) + z_O, 0, qmax)
+        return q_O, (q_O - z_O) * s_O
+
+    Q = gptq_columns(W, Hinv_U, block_size, quantize)
     return codes_to_qtensor(Q, scale_ON, zero_ON, bits, g)
 
 
