@@ -85,6 +85,53 @@ def sample_next(
     return torch.multinomial(probs_BV, 1, generator=generator).squeeze(-1)
 
 
+def _check_args(prompts: list[list[int]], max_new_tokens: int, temperature: float, top_k: int,
+                top_p: float) -> None:
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens: must be >= 0, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature: must be >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p: must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        raise ValueError(f"top_k: must be >= 0, got {top_k}")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("prompts: every prompt needs at least one token (e.g. BOS)")
+
+
+def _left_padded(
+    prompts: list[list[int]], S: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Prompts right-aligned in one (B, P) batch so every row's next token lands in the same column:
+    (ids_BP, positions_BP counted from each row's first real token, key_valid_BS over the S-slot cache,
+    prefill mask_BPP: causal over real keys; a pad query sees itself so its softmax stays finite)."""
+    B, P = len(prompts), max(len(p) for p in prompts)
+    idx_BP = torch.zeros(B, P, dtype=torch.long, device=device)
+    key_valid_BS = torch.zeros(B, S, dtype=torch.bool, device=device)
+    for b, p in enumerate(prompts):
+        idx_BP[b, P - len(p) :] = torch.tensor(p, dtype=torch.long, device=device)
+        key_valid_BS[b, P - len(p) : P] = True
+    pos_BP = (key_valid_BS[:, :P].long().cumsum(dim=-1) - 1).clamp(min=0)
+    causal_PP = torch.ones(P, P, dtype=torch.bool, device=device).tril()
+    eye_PP = torch.eye(P, dtype=torch.bool, device=device)
+    mask_BPP = (causal_PP[None] & key_valid_BS[:, None, :P]) | eye_PP[None]
+    return idx_BP, pos_BP, key_valid_BS, mask_BPP
+
+
+def _static_cache(
+    model: Transformer, key_valid_BS: torch.Tensor, mask_BPP: torch.Tensor, dtype: torch.dtype
+) -> tuple[KVCache, Callable[..., Any], torch.Tensor, torch.Tensor]:
+    """The compiled path's fixed-shape cache, with the key mask and prefill mask widened to span all of it."""
+    cfg = model.cfg
+    (B, S), P = key_valid_BS.shape, mask_BPP.shape[1]
+    # cache length in buckets of 128 (capped at the context): calls with similar lengths share a graph
+    S_pad = min(cfg.max_seq_len, -(-S // 128) * 128)
+    key_valid_BS = torch.cat([key_valid_BS, key_valid_BS.new_zeros(B, S_pad - S)], dim=-1)
+    cache: KVCache = StaticKVCache(cfg, B, S_pad, key_valid_BS.device, dtype)
+    mask_BPP = torch.cat([mask_BPP, mask_BPP.new_zeros(B, P, S_pad - P)], dim=-1)
+    return cache, compiled_forward(model), key_valid_BS, mask_BPP
+
+
 @torch.inference_mode()  # no autograd bookkeeping at all: less per-op overhead than no_grad
 def generate(
     model: Transformer,
@@ -102,16 +149,7 @@ def generate(
     compile=True decodes through `compiled_forward` with a static-shape cache: the first call per model and
     batch shape pays the compilation (tens of seconds on CPU), later calls run 1.25-2.7x faster (LOG.md). Tokens
     equal the eager path's up to float rounding (greedy equality is tested)."""
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens: must be >= 0, got {max_new_tokens}")
-    if temperature < 0:
-        raise ValueError(f"temperature: must be >= 0, got {temperature}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p: must be in (0, 1], got {top_p}")
-    if top_k < 0:
-        raise ValueError(f"top_k: must be >= 0, got {top_k}")
-    if any(len(p) == 0 for p in prompts):
-        raise ValueError("prompts: every prompt needs at least one token (e.g. BOS)")
+    _check_args(prompts, max_new_tokens, temperature, top_k, top_p)
     if not prompts or max_new_tokens == 0:
         return [[] for _ in prompts]
     cfg = model.cfg
@@ -126,26 +164,11 @@ def generate(
     model.eval()
     try:
         B, P = len(prompts), max(len(p) for p in prompts)
-        S = P + max_new_tokens
-        idx_BP = torch.zeros(B, P, dtype=torch.long, device=device)
-        key_valid_BS = torch.zeros(B, S, dtype=torch.bool, device=device)
-        for b, p in enumerate(prompts):
-            idx_BP[b, P - len(p) :] = torch.tensor(p, dtype=torch.long, device=device)
-            key_valid_BS[b, P - len(p) : P] = True
-        pos_BP = (key_valid_BS[:, :P].long().cumsum(dim=-1) - 1).clamp(min=0)
-        causal_PP = torch.ones(P, P, dtype=torch.bool, device=device).tril()
-        eye_PP = torch.eye(P, dtype=torch.bool, device=device)
-        mask_BPP = (causal_PP[None] & key_valid_BS[:, None, :P]) | eye_PP[None]
-
+        idx_BP, pos_BP, key_valid_BS, mask_BPP = _left_padded(prompts, P + max_new_tokens, device)
         if compile:  # every mask spans the whole cache; slots not yet written are masked off
-            # cache length in buckets of 128 (capped at the context): calls with similar lengths share a graph
-            S = min(cfg.max_seq_len, -(-S // 128) * 128)
-            key_valid_BS = torch.cat([key_valid_BS, key_valid_BS.new_zeros(B, S - key_valid_BS.shape[1])], dim=-1)
-            cache: KVCache = StaticKVCache(cfg, B, S, device, dtype)
-            mask_BPP = torch.cat([mask_BPP, mask_BPP.new_zeros(B, P, S - P)], dim=-1)
-            step_fn = compiled_forward(model)
+            cache, step_fn, key_valid_BS, mask_BPP = _static_cache(model, key_valid_BS, mask_BPP, dtype)
         else:
-            cache, step_fn = KVCache(cfg, B, S, device, dtype), model
+            cache, step_fn = KVCache(cfg, B, P + max_new_tokens, device, dtype), model
         logits_BV = model(idx_BP, cache=cache, pos_BT=pos_BP, mask_BTS=mask_BPP, last_only=True).logits[:, -1]
         next_pos_B = key_valid_BS[:, :P].sum(dim=-1)
         generator = None

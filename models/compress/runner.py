@@ -18,6 +18,7 @@ Design and invariants
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -76,6 +77,99 @@ def _count(model: nn.Module) -> tuple[int, int]:
     return sum(t.numel() for t in params), sum(int((t != 0).sum()) for t in params)
 
 
+@dataclasses.dataclass
+class _Measure:
+    """What every model (baseline and each pass) is measured on: the same scored tokens, prompt and probes."""
+
+    cfg: CompressConfig
+    eval_tokens: torch.Tensor
+    eval_seq: int
+    prompt: list[int]
+    bytes_per_token: float
+    tokenizer_file: Path | None
+    probe: Callable[[nn.Module], dict] | None
+
+    def bpb(self, model: nn.Module) -> float:
+        return eval_bpb(model, self.eval_tokens, self.bytes_per_token, self.eval_seq, self.cfg.batch_size)
+
+    def __call__(self, model: nn.Module, speed_model: nn.Module | None = None) -> dict:
+        cfg = self.cfg
+        params, nonzero = _count(model)
+        probes = {"probes": self.probe(speed_model or model)} if self.probe is not None and cfg.probes else {}
+        return {
+            **probes,
+            "params": params,
+            "nonzero_params": nonzero,
+            "val_bpb": self.bpb(model),
+            "tokens_per_s": tokens_per_s(speed_model or model, self.prompt, cfg.num_gen_tokens,
+                                         cfg.gen_batch_size),
+            "sample": sample(model, self.prompt, cfg.num_sample_tokens, self.tokenizer_file),
+        }
+
+
+def _split_tokens(
+    cfg: CompressConfig, val_tokens: torch.Tensor, max_seq_len: int
+) -> tuple[torch.Tensor, int, torch.Tensor, list[int], list[str]]:
+    """Scored tokens first, calibration windows from the tokens after them (else the split's end, noted)."""
+    eval_seq = min(cfg.eval_seq_len or max_seq_len, max_seq_len)
+    calib_seq = min(cfg.calib_seq_len, max_seq_len)
+    eval_tokens = val_tokens[: cfg.num_eval_tokens]
+    notes: list[str] = []
+    rest = val_tokens[eval_tokens.numel():]
+    if rest.numel() >= min(cfg.num_calib_tokens, 8 * calib_seq):
+        calib_src = rest
+    else:
+        calib_src = val_tokens[-cfg.num_calib_tokens:]
+        notes.append("calibration tokens overlap the scored tokens (val split too short)")
+    calib_NT = windows(calib_src, calib_seq, cfg.num_calib_tokens)
+    prompt = val_tokens[: cfg.num_prompt_tokens].tolist()
+    return eval_tokens, eval_seq, calib_NT, prompt, notes
+
+
+def _measure_baseline(model_dir: Path, base_model: Transformer, measure: _Measure) -> dict:
+    t0 = time.perf_counter()
+    baseline = {"name": "baseline", "method": "fp32", "model_dir": str(model_dir),
+                "bytes": dir_weight_bytes(model_dir), "sparsity": sparsity_of(base_model), **measure(base_model)}
+    if baseline["bytes"] == 0:  # e.g. a Lightning .ckpt: the fp32 safetensors size it would have
+        baseline["bytes"] = sum(t.numel() * 4 for t in base_model.state_dict().values())
+    baseline["wall_s"] = round(time.perf_counter() - t0, 2)
+    return baseline
+
+
+def _run_pass(
+    p: PassConfig,
+    teacher: nn.Module,
+    calib_NT: torch.Tensor,
+    recover: Recover | None,
+    pass_dir: Path,
+    tokenizer_file: Path | None,
+    measure: _Measure,
+) -> tuple[nn.Module, dict]:
+    """Apply one pass to a copy of its input, write pass_dir and measure it; returns (model, report entry)."""
+    method = p.build()
+    pass_info = {"name": p.name, "method": p.method, "input": p.input, "gguf_type": method.gguf_type(),
+                 **p.as_options()}
+    entry: dict = {"name": p.name, "method": p.method, "input": p.input, "options": p.as_options(),
+                   "gguf_type": method.gguf_type(), "exports": list(method.exports)}
+    ctx = PassContext(calib_NT, measure.cfg.batch_size, teacher, recover, measure.bpb)
+    out = method.apply(copy.deepcopy(teacher), ctx)
+    model = out.model.eval()
+    entry.update(out.info)
+    if out.qtensors:
+        save_compressed(pass_dir, model, out.qtensors, tokenizer_file, pass_info)
+        runtime = getattr(p.options, "runtime", "dequant")
+        speed_model, _ = load_compressed(pass_dir, runtime=runtime)
+        entry["runtime"] = getattr(speed_model, "compress_runtime", "dequant")
+        entry["quantized_tensors"] = len(out.qtensors)
+    else:
+        _save_plain(pass_dir, model, tokenizer_file, pass_info)
+        speed_model = model
+    entry.update(
+        bytes=dir_weight_bytes(pass_dir), sparsity=sparsity_of(model), **measure(model, speed_model),
+    )
+    return model, entry
+
+
 def run_compress(
     cfg: CompressConfig,
     model_dir: Path,
@@ -99,38 +193,10 @@ def run_compress(
     mcfg = base_model.cfg
     check_tokens(val_tokens, mcfg.vocab_size, tokenizer_file, tokenizer_sha256)
     val_tokens = val_tokens.long().cpu()
+    eval_tokens, eval_seq, calib_NT, prompt, notes = _split_tokens(cfg, val_tokens, mcfg.max_seq_len)
+    measure = _Measure(cfg, eval_tokens, eval_seq, prompt, bytes_per_token, tokenizer_file, probe)
 
-    eval_seq = min(cfg.eval_seq_len or mcfg.max_seq_len, mcfg.max_seq_len)
-    calib_seq = min(cfg.calib_seq_len, mcfg.max_seq_len)
-    eval_tokens = val_tokens[: cfg.num_eval_tokens]
-    notes: list[str] = []
-    rest = val_tokens[eval_tokens.numel():]
-    if rest.numel() >= min(cfg.num_calib_tokens, 8 * calib_seq):
-        calib_src = rest
-    else:
-        calib_src = val_tokens[-cfg.num_calib_tokens:]
-        notes.append("calibration tokens overlap the scored tokens (val split too short)")
-    calib_NT = windows(calib_src, calib_seq, cfg.num_calib_tokens)
-    prompt = val_tokens[: cfg.num_prompt_tokens].tolist()
-
-    def measure(model: nn.Module, speed_model: nn.Module | None = None) -> dict:
-        params, nonzero = _count(model)
-        probes = {"probes": probe(speed_model or model)} if probe is not None and cfg.probes else {}
-        return {
-            **probes,
-            "params": params,
-            "nonzero_params": nonzero,
-            "val_bpb": eval_bpb(model, eval_tokens, bytes_per_token, eval_seq, cfg.batch_size),
-            "tokens_per_s": tokens_per_s(speed_model or model, prompt, cfg.num_gen_tokens, cfg.gen_batch_size),
-            "sample": sample(model, prompt, cfg.num_sample_tokens, tokenizer_file),
-        }
-
-    t0 = time.perf_counter()
-    baseline = {"name": "baseline", "method": "fp32", "model_dir": str(model_dir),
-                "bytes": dir_weight_bytes(model_dir), "sparsity": sparsity_of(base_model), **measure(base_model)}
-    if baseline["bytes"] == 0:  # e.g. a Lightning .ckpt: the fp32 safetensors size it would have
-        baseline["bytes"] = sum(t.numel() * 4 for t in base_model.state_dict().values())
-    baseline["wall_s"] = round(time.perf_counter() - t0, 2)
+    baseline = _measure_baseline(model_dir, base_model, measure)
     report: dict = {
         "baseline": baseline,
         "passes": [],
@@ -145,31 +211,9 @@ def run_compress(
     bpbs: dict[str, float] = {"baseline": baseline["val_bpb"]}
     for p in cfg.passes:
         t0 = time.perf_counter()
-        teacher = models[p.input]
-        method = p.build()
-        pass_dir = out_dir / p.name
-        pass_info = {"name": p.name, "method": p.method, "input": p.input, "gguf_type": method.gguf_type(),
-                     **p.as_options()}
-        entry: dict = {"name": p.name, "method": p.method, "input": p.input, "options": p.as_options(),
-                       "gguf_type": method.gguf_type(), "exports": list(method.exports)}
-        ctx = PassContext(calib_NT, cfg.batch_size, teacher, recover,
-                          lambda m: eval_bpb(m, eval_tokens, bytes_per_token, eval_seq, cfg.batch_size))
-        out = method.apply(copy.deepcopy(teacher), ctx)
-        model = out.model.eval()
-        entry.update(out.info)
-        if out.qtensors:
-            save_compressed(pass_dir, model, out.qtensors, tokenizer_file, pass_info)
-            runtime = getattr(p.options, "runtime", "dequant")
-            speed_model, _ = load_compressed(pass_dir, runtime=runtime)
-            entry["runtime"] = getattr(speed_model, "compress_runtime", "dequant")
-            entry["quantized_tensors"] = len(out.qtensors)
-        else:
-            _save_plain(pass_dir, model, tokenizer_file, pass_info)
-            speed_model = model
+        model, entry = _run_pass(p, models[p.input], calib_NT, recover, out_dir / p.name, tokenizer_file,
+                                 measure)
         models[p.name] = model
-        entry.update(
-            bytes=dir_weight_bytes(pass_dir), sparsity=sparsity_of(model), **measure(model, speed_model),
-        )
         bpbs[p.name] = entry["val_bpb"]
         entry["val_bpb_before"] = bpbs[p.input]
         entry["bpb_increase_pct"] = 100.0 * (entry["val_bpb"] / baseline["val_bpb"] - 1.0)

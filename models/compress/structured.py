@@ -41,17 +41,9 @@ def _supports_head_pruning() -> bool:
     return "head_dim" in {f.name for f in dataclasses.fields(ModelConfig)}
 
 
-@torch.no_grad()
-def structured_prune(
-    model: Transformer,
-    calib_NT: torch.Tensor,
-    heads_fraction: float = 0.3,
-    mlp_fraction: float = 0.3,
-    experts_fraction: float = 0.0,
-    batch_size: int = 8,
-) -> tuple[Transformer, dict]:
-    """Return a new, physically smaller Transformer (and a summary) with the given fractions removed."""
-    cfg = model.cfg
+def _check_fractions(cfg: ModelConfig, heads_fraction: float, mlp_fraction: float,
+                     experts_fraction: float) -> tuple[float, float, list[str]]:
+    """Validate the fractions; zero those this model/config cannot honour, with a note saying why."""
     for name, f in (("heads_fraction", heads_fraction), ("mlp_fraction", mlp_fraction),
                     ("experts_fraction", experts_fraction)):
         if not 0.0 <= f < 1.0:
@@ -63,8 +55,13 @@ def structured_prune(
     if cfg.is_moe and mlp_fraction > 0:
         notes.append("MoE model: expert widths kept; use experts_fraction")
         mlp_fraction = 0.0
+    return heads_fraction, mlp_fraction, notes
 
-    # --- one calibration forward: inputs of wo and of the dense w_down, routing counts -----------------
+
+def _calibrate(model: Transformer, calib_NT: torch.Tensor,
+               batch_size: int) -> tuple[dict[str, InputStats], torch.Tensor]:
+    """One calibration forward: input stats of wo and of the dense w_down, and MoE routing counts (L, E)."""
+    cfg = model.cfg
     stats: dict[str, InputStats] = {}
     hooks = []
     expert_counts_LE = torch.zeros(cfg.num_layers, max(cfg.num_experts, 1))
@@ -87,8 +84,12 @@ def structured_prune(
         for h in hooks:
             h.remove()
         model.train(was_training)
+    return stats, expert_counts_LE
 
-    # --- choose what to keep ---------------------------------------------------------------------------
+
+def _pruned_config(cfg: ModelConfig, heads_fraction: float, mlp_fraction: float,
+                   experts_fraction: float) -> ModelConfig:
+    """The smaller config: kept widths rounded so rows stay multiples of 32 (GGUF blocks)."""
     H, G, K = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     rep = H // G
     keep_G = G
@@ -109,9 +110,16 @@ def structured_prune(
         new_fields["hidden_dim"] = keep_F
     else:
         new_fields["num_experts"] = keep_E
-    new_cfg = dataclasses.replace(cfg, **new_fields)
-    new_model = Transformer(new_cfg).to(next(model.parameters()).device, next(model.parameters()).dtype)
+    return dataclasses.replace(cfg, **new_fields)
 
+
+def _sliced_state_dict(model: Transformer, new_cfg: ModelConfig, stats: dict[str, InputStats],
+                       expert_counts_LE: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, list]]:
+    """Copy of the state dict without the least important groups / neurons / experts, and what was kept."""
+    cfg = model.cfg
+    G, K = cfg.num_kv_heads, cfg.head_dim
+    rep = cfg.num_heads // G
+    keep_G, keep_F, keep_E = new_cfg.num_kv_heads, new_cfg.hidden_dim, new_cfg.num_experts
     sd = model.state_dict()
     new_sd = {k: v.clone() for k, v in sd.items()}
     kept: dict[str, list] = {"groups": [], "neurons": [], "experts": []}
@@ -143,11 +151,31 @@ def structured_prune(
                 new_sd[p + f"mlp.{w}"] = sd[p + f"mlp.{w}"][experts].clone()
             new_sd[p + "mlp.router.weight"] = sd[p + "mlp.router.weight"][experts].clone()
             kept["experts"].append(experts.tolist())
+    return new_sd, kept
+
+
+@torch.no_grad()
+def structured_prune(
+    model: Transformer,
+    calib_NT: torch.Tensor,
+    heads_fraction: float = 0.3,
+    mlp_fraction: float = 0.3,
+    experts_fraction: float = 0.0,
+    batch_size: int = 8,
+) -> tuple[Transformer, dict]:
+    """Return a new, physically smaller Transformer (and a summary) with the given fractions removed."""
+    cfg = model.cfg
+    heads_fraction, mlp_fraction, notes = _check_fractions(cfg, heads_fraction, mlp_fraction,
+                                                           experts_fraction)
+    stats, expert_counts_LE = _calibrate(model, calib_NT, batch_size)
+    new_cfg = _pruned_config(cfg, heads_fraction, mlp_fraction, experts_fraction)
+    new_model = Transformer(new_cfg).to(next(model.parameters()).device, next(model.parameters()).dtype)
+    new_sd, kept = _sliced_state_dict(model, new_cfg, stats, expert_counts_LE)
     new_model.load_state_dict(new_sd)
     share = expert_counts_LE / expert_counts_LE.sum(-1, keepdim=True).clamp_min(1)
     summary = {
-        "num_heads": [H, new_cfg.num_heads],
-        "num_kv_heads": [G, new_cfg.num_kv_heads],
+        "num_heads": [cfg.num_heads, new_cfg.num_heads],
+        "num_kv_heads": [cfg.num_kv_heads, new_cfg.num_kv_heads],
         "hidden_dim": [cfg.hidden_dim, new_cfg.hidden_dim],
         "num_experts": [cfg.num_experts, new_cfg.num_experts],
         "kept_groups": kept["groups"],

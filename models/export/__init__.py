@@ -116,6 +116,101 @@ def _sparsity(model: torch.nn.Module) -> float:
     return float(sparsity_of(model))
 
 
+@dataclass
+class _Files:
+    """The report's file rows, each with its path relative to out_dir and bits per weight of the model."""
+
+    out_dir: Path
+    n_params: int
+    rows: list[dict] = field(default_factory=list)
+
+    def add(self, path: Path, fmt: str, typ: str, weights: str, runtime: str, nbytes: int,
+            extra: dict | None = None) -> None:
+        self.rows.append({"file": str(path.relative_to(self.out_dir)), "path": str(path), "format": fmt,
+                          "type": typ, "weights": weights, "runtime": runtime, "bytes": nbytes,
+                          "bits_per_weight": nbytes * 8 / max(self.n_params, 1), **(extra or {})})
+
+
+def _full_precision_model(cfg: ExportConfig, model: torch.nn.Module, model_dir: Path, qtensors: dict,
+                          native: str | None, source_label: str | None) -> tuple[torch.nn.Module, str, str]:
+    """(model the non-native GGUF types are made from, what the report calls it, export note of the codes).
+
+    A quantized pass's other types start from the full-precision model the pass started from, when found."""
+    fp_model = model
+    fp_from = source_label or model_dir.name
+    if qtensors and any(t != native for t in cfg.gguf_types):
+        fp_dir = full_precision_input(model_dir)
+        if fp_dir is not None and fp_dir.exists():
+            fp_model, _ = load_compressed(fp_dir)
+            fp_from = fp_dir.name if fp_dir.name != "final" else "final"
+        else:
+            fp_from = f"{fp_from} (dequantized: its full-precision input was not found)"
+    merged, own_weights = export_note(qtensors)
+    if own_weights:  # a factorization: the re-multiplied product *is* the pass's model, at every precision
+        fp_model, fp_from = model, f"{source_label or model_dir.name} (factors re-multiplied)"
+    return fp_model, fp_from, merged
+
+
+def _write_hf(cfg: ExportConfig, model: torch.nn.Module, qtensors: dict, tokenizer_file: Path | None,
+              files: _Files, info: dict) -> None:
+    """export/hf/ (fp32) and, when the pass's codes fit compressed-tensors, export/hf-quant/."""
+    out_dir = files.out_dir
+    if cfg.hf:
+        hf = export_hf(model, tokenizer_file, out_dir / "hf")
+        info["hf"] = hf
+        files.add(out_dir / "hf", "hf", "f32", "exact", "transformers", hf["bytes"],
+                  {"architecture": hf["architecture"]})
+    if cfg.hf and cfg.hf_quant and qtensors:
+        from models.export.hf import hf_head_padding
+        from models.export.hf_quant import export_hf_quant, hf_quant_supported
+
+        why = hf_quant_supported(qtensors)
+        if why is None and hf_head_padding(model.cfg) != (model.cfg.num_heads, model.cfg.num_kv_heads):
+            why = "a pruned head count that transformers only loads padded"
+        if why is None:
+            hq = export_hf_quant(model, qtensors, tokenizer_file, out_dir / "hf-quant")
+            files.add(out_dir / "hf-quant", "hf", hq["type"], "exact", "transformers", hq["bytes"])
+        else:
+            info["notes"].append(f"hf-quant not written: {why}")
+
+
+def _write_ggufs(cfg: ExportConfig, model: torch.nn.Module, fp_model: torch.nn.Module, fp_from: str,
+                 qtensors: dict, native: str | None, qat: dict[str, tuple[str, int]],
+                 tokenizer_file: Path | None, model_dir: Path, files: _Files) -> None:
+    """One GGUF per configured type: the QAT grid, the pass's own codes, ours from fp_model, or llama.cpp's
+    quantizer from one temporary F16 file of fp_model (removed afterwards)."""
+    gdir = files.out_dir / "gguf"
+    f16_tmp: Path | None = None
+    try:
+        for t in cfg.gguf_types:
+            path = gdir / f"{cfg.name}-{t}.gguf"
+            if qat and t in QAT_TYPES:
+                g = export_qat_gguf(model, qat, tokenizer_file, path, t, name=cfg.name)
+                files.add(path, "gguf", t, "exact (QAT grid)", "llama.cpp", g["bytes"],
+                          {"qat_types": g["types"]})
+            elif t in ("tq1_0", "tq2_0"):
+                raise ValueError(f"gguf_types: {t} holds only a ternary QAT model (train.qat: ternary); "
+                                 f"{model_dir} is not one")
+            elif t in LLAMA_CPP_TYPES:
+                if f16_tmp is None:
+                    f16_tmp = Path(tempfile.mkdtemp(prefix="tinyfoundry-f16-")) / "model-f16.gguf"
+                    export_gguf(fp_model, tokenizer_file, f16_tmp, "f16", cfg.name)
+                g = llama_quantize(f16_tmp, path, t, cfg.threads)
+                files.add(path, "gguf", t, f"{fp_from} via llama.cpp's quantizer", "llama.cpp", g["bytes"])
+            elif t == native:
+                g = export_gguf(model, tokenizer_file, path, t, cfg.name, qtensors)
+                files.add(path, "gguf", t, "exact", "llama.cpp", g["bytes"], {"native": g["native"]})
+            else:
+                g = export_gguf(fp_model, tokenizer_file, path, t, cfg.name)
+                weights = "exact" if t == "f32" and not qtensors else fp_from + (" (f16 cast)" if t == "f16" else "")
+                files.add(path, "gguf", t, weights, "llama.cpp", g["bytes"])
+    finally:
+        if f16_tmp is not None:
+            import shutil
+
+            shutil.rmtree(f16_tmp.parent, ignore_errors=True)
+
+
 def run_export(
     cfg: ExportConfig,
     model_dir: Path,
@@ -132,76 +227,16 @@ def run_export(
     model, tokenizer_file, qtensors = load_for_export(model_dir)
     info_pass = pass_info(model_dir)
     native = info_pass.get("gguf_type") if qtensors else None
-    fp_model = model
-    fp_from = source_label or model_dir.name
-    if qtensors and any(t != native for t in cfg.gguf_types):
-        fp_dir = full_precision_input(model_dir)
-        if fp_dir is not None and fp_dir.exists():
-            fp_model, _ = load_compressed(fp_dir)
-            fp_from = fp_dir.name if fp_dir.name != "final" else "final"
-        else:
-            fp_from = f"{fp_from} (dequantized: its full-precision input was not found)"
-    merged, own_weights = export_note(qtensors)
-    if own_weights:  # a factorization: the re-multiplied product *is* the pass's model, at every precision
-        fp_model, fp_from = model, f"{source_label or model_dir.name} (factors re-multiplied)"
+    fp_model, fp_from, merged = _full_precision_model(cfg, model, model_dir, qtensors, native, source_label)
     qat = read_qat(model_dir)
     n_params = model.num_params()
-    files: list[dict] = []
+    files = _Files(out_dir, n_params)
     info: dict = {"source": str(model_dir), "source_label": source_label or model_dir.name,
                   "source_method": info_pass.get("method", ""), "gguf_type": native, "params": n_params,
-                  "sparsity": _sparsity(model), "files": files, "notes": [merged] if merged else []}
-
-    def add(path: Path, fmt: str, typ: str, weights: str, runtime: str, nbytes: int, extra: dict | None = None) -> None:
-        files.append({"file": str(path.relative_to(out_dir)), "path": str(path), "format": fmt, "type": typ,
-                      "weights": weights, "runtime": runtime, "bytes": nbytes,
-                      "bits_per_weight": nbytes * 8 / max(n_params, 1), **(extra or {})})
-
-    if cfg.hf:
-        hf = export_hf(model, tokenizer_file, out_dir / "hf")
-        info["hf"] = hf
-        add(out_dir / "hf", "hf", "f32", "exact", "transformers", hf["bytes"], {"architecture": hf["architecture"]})
-    if cfg.hf and cfg.hf_quant and qtensors:
-        from models.export.hf import hf_head_padding
-        from models.export.hf_quant import export_hf_quant, hf_quant_supported
-
-        why = hf_quant_supported(qtensors)
-        if why is None and hf_head_padding(model.cfg) != (model.cfg.num_heads, model.cfg.num_kv_heads):
-            why = "a pruned head count that transformers only loads padded"
-        if why is None:
-            hq = export_hf_quant(model, qtensors, tokenizer_file, out_dir / "hf-quant")
-            add(out_dir / "hf-quant", "hf", hq["type"], "exact", "transformers", hq["bytes"])
-        else:
-            info["notes"].append(f"hf-quant not written: {why}")
-    gdir = out_dir / "gguf"
-    f16_tmp: Path | None = None
-    try:
-        for t in cfg.gguf_types:
-            path = gdir / f"{cfg.name}-{t}.gguf"
-            if qat and t in QAT_TYPES:
-                g = export_qat_gguf(model, qat, tokenizer_file, path, t, name=cfg.name)
-                add(path, "gguf", t, "exact (QAT grid)", "llama.cpp", g["bytes"], {"qat_types": g["types"]})
-            elif t in ("tq1_0", "tq2_0"):
-                raise ValueError(f"gguf_types: {t} holds only a ternary QAT model (train.qat: ternary); "
-                                 f"{model_dir} is not one")
-            elif t in LLAMA_CPP_TYPES:
-                if f16_tmp is None:
-                    f16_tmp = Path(tempfile.mkdtemp(prefix="tinyfoundry-f16-")) / "model-f16.gguf"
-                    export_gguf(fp_model, tokenizer_file, f16_tmp, "f16", cfg.name)
-                g = llama_quantize(f16_tmp, path, t, cfg.threads)
-                add(path, "gguf", t, f"{fp_from} via llama.cpp's quantizer", "llama.cpp", g["bytes"])
-            elif t == native:
-                g = export_gguf(model, tokenizer_file, path, t, cfg.name, qtensors)
-                add(path, "gguf", t, "exact", "llama.cpp", g["bytes"], {"native": g["native"]})
-            else:
-                g = export_gguf(fp_model, tokenizer_file, path, t, cfg.name)
-                weights = "exact" if t == "f32" and not qtensors else fp_from + (" (f16 cast)" if t == "f16" else "")
-                add(path, "gguf", t, weights, "llama.cpp", g["bytes"])
-    finally:
-        if f16_tmp is not None:
-            import shutil
-
-            shutil.rmtree(f16_tmp.parent, ignore_errors=True)
-    info["gguf"] = [f for f in files if f["format"] == "gguf"]
+                  "sparsity": _sparsity(model), "files": files.rows, "notes": [merged] if merged else []}
+    _write_hf(cfg, model, qtensors, tokenizer_file, files, info)
+    _write_ggufs(cfg, model, fp_model, fp_from, qtensors, native, qat, tokenizer_file, model_dir, files)
+    info["gguf"] = [f for f in files.rows if f["format"] == "gguf"]
     if report:
         info["reference_bpb"] = report["baseline"]["val_bpb"]
         info["reference"] = "compress baseline (tinyfoundry forward, full precision)"
@@ -209,8 +244,8 @@ def run_export(
         num_eval, seq = cfg.num_eval_tokens, cfg.eval_seq_len
         if report and report.get("num_eval_tokens") and report.get("eval_seq_len"):
             num_eval, seq = int(report["num_eval_tokens"]), int(report["eval_seq_len"])  # the baseline's tokens
-        _measure(cfg, model, files, val_tokens, bytes_per_token, num_eval, seq)
-        mark_pareto(files)  # the frontier of what was exported: file bytes vs the bpb its runtime measured
+        _measure(cfg, model, files.rows, val_tokens, bytes_per_token, num_eval, seq)
+        mark_pareto(files.rows)  # the frontier of what was exported: file bytes vs the bpb its runtime measured
     if cfg.card and (out_dir / "hf").is_dir():
         card = model_card(model, info, report, cfg.name, {"license": cfg.license, **(meta or {})})
         atomic_write_text(out_dir / "hf" / "README.md", card)

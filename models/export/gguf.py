@@ -35,7 +35,7 @@ from __future__ import annotations
 import ctypes
 import json
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -47,6 +47,11 @@ from models.export.gguf_pretokenizer import gguf_pre_name
 from models.export.hf import foreign_tokens, special_token_ids
 from models.hf_mapping import to_hf
 from models.transformer import Transformer, unshared_name
+
+if TYPE_CHECKING:
+    from gguf import GGUFWriter
+
+    from models.config import ModelConfig
 
 GGUFType = Literal["f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"]
 OUR_TYPES = ("f32", "f16", *ggml_quants.GGML_TYPES)
@@ -193,6 +198,67 @@ def _vocab(tokenizer_file: Path, vocab_size: int) -> tuple[list[str], list[int],
     return tokens, [int(t) for t in types], merges
 
 
+def _add_hparams(w: GGUFWriter, cfg: ModelConfig, name: str, file_type: int) -> None:
+    """llama.cpp's `llama` architecture keys (Mixtral's expert keys for a MoE model)."""
+    w.add_name(name)
+    w.add_context_length(cfg.max_seq_len)
+    w.add_embedding_length(cfg.dim)
+    w.add_block_count(cfg.num_layers)
+    w.add_feed_forward_length(cfg.moe_hidden_dim if cfg.is_moe else cfg.hidden_dim)
+    w.add_head_count(cfg.num_heads)
+    w.add_head_count_kv(cfg.num_kv_heads)
+    w.add_key_length(cfg.head_dim)
+    w.add_value_length(cfg.head_dim)
+    w.add_rope_dimension_count(cfg.head_dim)
+    w.add_rope_freq_base(float(cfg.rope_theta))
+    w.add_layer_norm_rms_eps(float(cfg.norm_eps))
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_file_type(file_type)
+    if cfg.is_moe:
+        w.add_expert_count(cfg.num_experts)
+        w.add_expert_used_count(cfg.num_experts_per_tok)
+
+
+def _add_tokenizer(w: GGUFWriter, tokenizer_file: Path, tokens: list, types: list, merges: list, special: dict) -> None:
+    """The embedded tokenizer with its special ids and chat template; llama.cpp is told to add no BOS/EOS."""
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(gguf_pre_name(tokenizer_file))
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_bos_token_id(special["bos_token_id"])
+    w.add_eos_token_id(special["eos_token_id"])
+    w.add_pad_token_id(special["pad_token_id"])
+    template = foreign_tokens(tokenizer_file).get("chat_template")
+    if template:  # a base model's chat template travels with it
+        w.add_chat_template(template)
+    w.add_add_bos_token(False)
+    w.add_add_eos_token(False)
+
+
+def _add_tensors(w: GGUFWriter, model: Transformer, native: dict[str, tuple[str, np.ndarray]], ftype: str,
+                 other_type: str) -> int:
+    """Every tensor: native blocks copied byte for byte, the rest quantized to `other_type or ftype`; returns
+    how many were added."""
+    import gguf
+
+    n = 0
+    for tname, arr in gguf_tensors(model):
+        if tname in native:
+            kind, data = native[tname]
+        else:
+            kind = _tensor_type(tname, arr, other_type or ftype)
+            if native and kind not in ("f32",) and not other_type:
+                kind = "f32"  # a pass's unquantized matrix (embeddings: fp32): kept exact
+            if kind in ggml_quants.GGML_TYPES:
+                data = ggml_quants.quantize_rtn(kind, torch.from_numpy(arr)).numpy()
+            else:
+                data = np.ascontiguousarray(arr, dtype=np.float16 if kind == "f16" else np.float32)
+        w.add_tensor(tname, data, raw_dtype=getattr(gguf.GGMLQuantizationType, kind.upper()))
+        n += 1
+    return n
+
+
 def export_gguf(
     model: Transformer,
     tokenizer_file: Path | None,
@@ -229,52 +295,11 @@ def export_gguf(
     special = special_token_ids(tokenizer_file)
     native = {**native_blocks(model, qtensors or {}), **(blocks or {})}
     file_type = getattr(gguf.LlamaFileType, {"f32": "ALL_F32", "f16": "MOSTLY_F16"}.get(ftype, "MOSTLY_" + ftype.upper()))
-    n = 0
     with atomic_file(out_path) as tmp:
         w = gguf.GGUFWriter(str(tmp), "llama")
-        w.add_name(name)
-        w.add_context_length(cfg.max_seq_len)
-        w.add_embedding_length(cfg.dim)
-        w.add_block_count(cfg.num_layers)
-        w.add_feed_forward_length(cfg.moe_hidden_dim if cfg.is_moe else cfg.hidden_dim)
-        w.add_head_count(cfg.num_heads)
-        w.add_head_count_kv(cfg.num_kv_heads)
-        w.add_key_length(cfg.head_dim)
-        w.add_value_length(cfg.head_dim)
-        w.add_rope_dimension_count(cfg.head_dim)
-        w.add_rope_freq_base(float(cfg.rope_theta))
-        w.add_layer_norm_rms_eps(float(cfg.norm_eps))
-        w.add_vocab_size(cfg.vocab_size)
-        w.add_file_type(int(file_type))
-        if cfg.is_moe:
-            w.add_expert_count(cfg.num_experts)
-            w.add_expert_used_count(cfg.num_experts_per_tok)
-        w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre(gguf_pre_name(Path(tokenizer_file)))
-        w.add_token_list(tokens)
-        w.add_token_types(types)
-        w.add_token_merges(merges)
-        w.add_bos_token_id(special["bos_token_id"])
-        w.add_eos_token_id(special["eos_token_id"])
-        w.add_pad_token_id(special["pad_token_id"])
-        template = foreign_tokens(tokenizer_file).get("chat_template")
-        if template:  # a base model's chat template travels with it
-            w.add_chat_template(template)
-        w.add_add_bos_token(False)
-        w.add_add_eos_token(False)
-        for tname, arr in gguf_tensors(model):
-            if tname in native:
-                kind, data = native[tname]
-            else:
-                kind = _tensor_type(tname, arr, other_type or ftype)
-                if native and kind not in ("f32",) and not other_type:
-                    kind = "f32"  # a pass's unquantized matrix (embeddings: fp32): kept exact
-                if kind in ggml_quants.GGML_TYPES:
-                    data = ggml_quants.quantize_rtn(kind, torch.from_numpy(arr)).numpy()
-                else:
-                    data = np.ascontiguousarray(arr, dtype=np.float16 if kind == "f16" else np.float32)
-            w.add_tensor(tname, data, raw_dtype=getattr(gguf.GGMLQuantizationType, kind.upper()))
-            n += 1
+        _add_hparams(w, cfg, name, int(file_type))
+        _add_tokenizer(w, Path(tokenizer_file), tokens, types, merges, special)
+        n = _add_tensors(w, model, native, ftype, other_type)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()

@@ -165,68 +165,62 @@ def _run_key(c: float, shape: ModelConfig, cfg: SweepConfig) -> str:
     return f"C={c:.4g} dim={shape.dim} L={shape.num_layers} V={shape.vocab_size} T={cfg.seq_len} B={cfg.batch_size} lr={cfg.lr:g}"
 
 
-def run_sweep(cfg: SweepConfig, shards_dir: Path, out_dir: Path) -> dict:
-    """Run (or resume) the sweep, fit the law, write out_dir/fitted_law.json + isoflop.png; returns the law dict."""
-    from tqdm import tqdm
+@dataclass
+class _SweepRuns:
+    """Trains one sweep point (or returns it from runs.jsonl); every finished run is appended there, fsynced,
+    so an interrupted sweep resumes where it stopped."""
 
-    from data_pipelines.tokenize.shards import ShardIndex
-    from train.planner.fit import bootstrap, fit_law
-    from train.planner.laws import ParametricLaw
-    from train.planner.plan import _write_json_atomic
+    cfg: SweepConfig
+    shards_dir: Path
+    out_dir: Path
+    train_tokens: np.ndarray
+    val_tokens: np.ndarray
+    done: dict[str, dict] = field(default_factory=dict)
 
-    if cfg.num_threads:
-        import torch
+    @property
+    def runs_path(self) -> Path:
+        return self.out_dir / "runs.jsonl"
 
-        torch.set_num_threads(cfg.num_threads)
-    shards_dir, out_dir = Path(shards_dir), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    idx = ShardIndex.load(shards_dir)
-    train_tokens = np.concatenate([np.asarray(a) for a in idx.open("train")])
-    val_tokens = np.concatenate([np.asarray(a) for a in idx.open("val")])
-    if len(val_tokens) < cfg.seq_len + 1:
-        raise ValueError(f"{shards_dir}: val split has {len(val_tokens)} tokens, fewer than seq_len + 1")
-    vocab = idx.vocab_size
-    runs_path = out_dir / "runs.jsonl"
-    done: dict[str, dict] = {}
-    if runs_path.exists():
-        for line in runs_path.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                done[r["key"]] = r
+    def load_done(self) -> None:
+        if self.runs_path.exists():
+            for line in self.runs_path.read_text().splitlines():
+                if line.strip():
+                    r = json.loads(line)
+                    self.done[r["key"]] = r
 
-    def run_one(c: float, shape: ModelConfig, role: str) -> dict:
+    def __call__(self, c: float, shape: ModelConfig, role: str) -> dict:
+        cfg = self.cfg
         key = _run_key(c, shape, cfg) + (" holdout" if role == "holdout" else "")
-        if key in done:
-            return done[key]
+        if key in self.done:
+            return self.done[key]
         fpt = cands.train_flops_per_token(shape, cfg.seq_len)
         tokens = int(c / fpt)
         if cfg.backend == "runner":
-            res = train_runner(shape, tokens, shards_dir, out_dir / "runs" / key.replace(" ", "_"), cfg, cfg.seed)
+            run_dir = self.out_dir / "runs" / key.replace(" ", "_")
+            res = train_runner(shape, tokens, self.shards_dir, run_dir, cfg, cfg.seed)
         else:
-            res = train_minimal(shape, tokens, train_tokens, val_tokens, cfg, cfg.seed)
+            res = train_minimal(shape, tokens, self.train_tokens, self.val_tokens, cfg, cfg.seed)
         c_count = cands.counts(shape)
         rec = {"key": key, "role": role, "budget": c, "model": shape.to_dict(), "num_params": c_count["total"],
                "num_nonembedding_params": c_count["active_non_embedding"],
                "law_params": _law_n(shape, cfg.param_convention), "flops_per_token": fpt,
                "num_tokens": res["tokens"], "flops": fpt * res["tokens"],
-               "epochs": res["tokens"] / len(train_tokens), **{k: res[k] for k in ("final_val_loss", "wall_s")}}
-        with open(runs_path, "a") as f:
+               "epochs": res["tokens"] / len(self.train_tokens),
+               **{k: res[k] for k in ("final_val_loss", "wall_s")}}
+        with open(self.runs_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        done[key] = rec
+        self.done[key] = rec
         return rec
 
-    t0 = time.perf_counter()
-    plan_runs = sweep_shapes(cfg, vocab)
-    if len(plan_runs) < 5:
-        raise ValueError(
-            f"budgets: only {len(plan_runs)} distinct runs of >= min_steps steps at this vocabulary ({vocab}); "
-            "a 5-parameter fit needs >= 5: raise the budgets, num_sizes or size_span"
-        )
-    records = []
-    for c, shape in tqdm(plan_runs, desc="isoflop sweep", unit="run", file=sys.stderr):
-        records.append(run_one(c, shape, "sweep"))
+
+def _fit(cfg: SweepConfig, records: list[dict], runs: _SweepRuns,
+         vocab: int) -> tuple[dict[str, Any], Any, np.ndarray]:
+    """Fit L(N, D) to the sweep's runs (with bootstrap intervals); returns (result dict, law, N of each run)."""
+    from train.planner.fit import bootstrap, fit_law
+    from train.planner.laws import ParametricLaw
+
     n = np.array([r["law_params"] for r in records], dtype=np.float64)
     d = np.array([r["num_tokens"] for r in records], dtype=np.float64)
     loss = np.array([r["final_val_loss"] for r in records], dtype=np.float64)
@@ -244,16 +238,52 @@ def run_sweep(cfg: SweepConfig, shards_dir: Path, out_dir: Path) -> dict:
         "allocation": {"a": best.beta / (best.alpha + best.beta), "b": best.alpha / (best.alpha + best.beta)},
         "fit": {"huber_objective": best.objective, "max_abs_rel_residual": float(np.abs(fit_resid).max()),
                 "rms_rel_residual": float(np.sqrt(np.mean(fit_resid**2)))},
-        "data": {"shards_dir": str(shards_dir), "vocab_size": vocab, "train_tokens": int(len(train_tokens)),
-                 "val_tokens": int(len(val_tokens))},
+        "data": {"shards_dir": str(runs.shards_dir), "vocab_size": vocab,
+                 "train_tokens": int(len(runs.train_tokens)), "val_tokens": int(len(runs.val_tokens))},
         "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
         "runs": records,
     }
+    return result, law, n
+
+
+def run_sweep(cfg: SweepConfig, shards_dir: Path, out_dir: Path) -> dict:
+    """Run (or resume) the sweep, fit the law, write out_dir/fitted_law.json + isoflop.png; returns the law dict."""
+    from tqdm import tqdm
+
+    from data_pipelines.tokenize.shards import ShardIndex
+    from train.planner.plan import _write_json_atomic
+
+    if cfg.num_threads:
+        import torch
+
+        torch.set_num_threads(cfg.num_threads)
+    shards_dir, out_dir = Path(shards_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    idx = ShardIndex.load(shards_dir)
+    train_tokens = np.concatenate([np.asarray(a) for a in idx.open("train")])
+    val_tokens = np.concatenate([np.asarray(a) for a in idx.open("val")])
+    if len(val_tokens) < cfg.seq_len + 1:
+        raise ValueError(f"{shards_dir}: val split has {len(val_tokens)} tokens, fewer than seq_len + 1")
+    vocab = idx.vocab_size
+    run_one = _SweepRuns(cfg, shards_dir, out_dir, train_tokens, val_tokens)
+    run_one.load_done()
+
+    t0 = time.perf_counter()
+    plan_runs = sweep_shapes(cfg, vocab)
+    if len(plan_runs) < 5:
+        raise ValueError(
+            f"budgets: only {len(plan_runs)} distinct runs of >= min_steps steps at this vocabulary ({vocab}); "
+            "a 5-parameter fit needs >= 5: raise the budgets, num_sizes or size_span"
+        )
+    records = []
+    for c, shape in tqdm(plan_runs, desc="isoflop sweep", unit="run", file=sys.stderr):
+        records.append(run_one(c, shape, "sweep"))
+    result, law, n = _fit(cfg, records, run_one, vocab)
     hb = cfg.holdout_budget or 2 * max(cfg.budgets)
     if hb > 0:
         result["holdout"] = _holdout(cfg, law, hb, n, vocab, run_one)
     result["wall_s"] = time.perf_counter() - t0
-    result["train_wall_s"] = float(sum(r["wall_s"] for r in done.values()))
+    result["train_wall_s"] = float(sum(r["wall_s"] for r in run_one.done.values()))
     _write_json_atomic(out_dir / "fitted_law.json", result)
     plot_isoflops(result, law, out_dir / "isoflop.png", vocab, cfg)
     return result
