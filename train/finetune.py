@@ -158,8 +158,8 @@ class MaskedDataModule(CheckpointedPosition, L.LightningDataModule):
             rank, world = self.trainer.global_rank, self.trainer.world_size
         ds = MaskedTrainWindows(self.train_stream, self.train_mask, self.batch_size, self.seq_len, self.seed,
                                 self.order, start=self.next_index, rank=rank, world_size=world)
-        # an own generator: a DataLoader iterator draws its base seed from the global RNG otherwise, which a resumed
-        # run (RNG restored from the checkpoint, then a new iterator) would consume at another point -> dropout drift
+        # an own generator: a DataLoader iterator draws its base seed from the global RNG otherwise (training's dropout
+        # is kept apart from such draws anyway: train/step_rng.py)
         return DataLoader(ds, batch_size=None, num_workers=0, generator=torch.Generator().manual_seed(self.seed))
 
     def val_dataloader(self) -> DataLoader | list:

@@ -99,9 +99,10 @@ def measure_matmul_peak(dtype: torch.dtype, seconds: float = 0.5,
     if dtype != torch.float32:  # emulated bf16 is slow in most layouts: skip the big square probe
         shapes = tuple(s for s in shapes if s[0] * s[1] * s[2] < 1024**3) or shapes
     budget = seconds / (3 * len(shapes))
+    gen = torch.Generator().manual_seed(0)  # never the global RNG: a measurement must not move training's dropout
     for m, k, n in shapes:
-        x_MK = torch.randn(m, k).to(dtype)
-        w_NK = torch.randn(n, k).to(dtype)
+        x_MK = torch.randn(m, k, generator=gen).to(dtype)
+        w_NK = torch.randn(n, k, generator=gen).to(dtype)
         w_KN = w_NK.t().contiguous()
         xt_KM = x_MK.t().contiguous()
         ops = [lambda x=x_MK, w=w_NK: torch.nn.functional.linear(x, w), lambda x=xt_KM, w=w_KN: x.t() @ w]

@@ -11,7 +11,9 @@ Design and invariants
 - The NaN guard raises `NonFiniteLossError` *before* backward, so no update and no checkpoint ever sees a
   non-finite loss; the last checkpoint on disk is the last good one.
 - The teacher (distillation) is not a submodule: it is neither saved, optimised, nor wrapped by DDP.
-- Torch RNG states are saved in the checkpoint and restored on resume (dropout > 0 stays reproducible).
+- The training steps own the torch RNG (train/step_rng.py): its state is captured after each optimizer step, put
+  back before the next, saved in the checkpoint and put back before the first resumed step, so a resumed run draws
+  the same dropout masks as an uninterrupted one whatever ran between steps or at start-up.
 
 Shape legend: B batch, T sequence, V vocabulary.
 """
@@ -31,6 +33,7 @@ from train.distill import distill_loss
 from train.optim import MuonAdamW, muon_param_groups
 from train.schedules import build_scheduler
 from train.step_events import RunState
+from train.step_rng import StepRNG
 
 
 class NonFiniteLossError(RuntimeError):
@@ -97,6 +100,7 @@ class LMSystem(L.LightningModule):
             self.model.compile()
         self._teacher: list[torch.nn.Module] = []  # a list so Lightning/DDP never see it as a submodule
         self.run_state = RunState()  # what the callbacks read (train/step_events.py)
+        self.step_rng = StepRNG()
         self._val_sum: torch.Tensor | None = None
         self._val_count: torch.Tensor | None = None
 
@@ -121,6 +125,8 @@ class LMSystem(L.LightningModule):
         return self._teacher[0] if self._teacher else None
 
     def on_fit_start(self) -> None:
+        if self.step_rng.states is None:  # a fresh run; a resumed one has (or will get) the checkpoint's state
+            self.step_rng.capture()
         if self.teacher is not None:
             self.teacher.to(self.device)
         if self.cfg.precision == "bf16-mixed" and self.device.type == "cpu":
@@ -130,6 +136,13 @@ class LMSystem(L.LightningModule):
                 use_tn_linears(self.model)  # 4x faster bf16 steps on AVX2-only CPUs, same numbers
 
     # ------------------------------------------------------------------ steps
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.step_rng.apply()  # the last hook before training_step: nothing after it draws before the step
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.step_rng.capture()  # before any on_train_batch_end hook (checkpoints are written there)
+
     def forward(self, idx_BT: torch.Tensor, targets_BT: torch.Tensor | None = None) -> Any:
         return self.model(idx_BT, targets_BT=targets_BT)
 
@@ -200,10 +213,7 @@ class LMSystem(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        checkpoint["rng_states"] = rng
+        checkpoint["rng_states"] = self.step_rng.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         old = checkpoint.get("hyper_parameters", {}).get("model_config")
@@ -214,6 +224,4 @@ class LMSystem(L.LightningModule):
             )
         rng = checkpoint.get("rng_states")
         if rng:
-            torch.set_rng_state(rng["torch"])
-            if "cuda" in rng and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
+            self.step_rng.load_state_dict(rng)

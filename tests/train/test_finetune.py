@@ -173,7 +173,7 @@ def test_finetune_resume_after_sigkill_is_exact(base_dir: Path, chat_jsonl: Path
     import time
 
     ft = dict(base=str(base_dir), method="lora", data=[str(chat_jsonl)], max_tokens=4 * 32 * 16, batch_size=4,
-              seq_len=32, lr=1e-2, lora={"rank": 4, "dropout": 0.0})
+              seq_len=32, lr=1e-2, lora={"rank": 4, "dropout": 0.1})
     tr = {k: v for k, v in TRAIN.to_dict().items()}
     ref = run_finetune(build_dataclass(FinetuneConfig, ft, "finetune"), TrainConfig(**tr), tmp_path / "ref")
     ref_curve = _curve(tmp_path / "ref")

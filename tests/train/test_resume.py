@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from models import ModelConfig
 from train import TrainConfig, run_train
@@ -129,3 +130,35 @@ def test_sigterm_then_sigkill_resume_is_bitwise_identical(tiny_shards: tuple[Pat
     # 4) rerunning a finished run trains nothing and keeps the results
     again = run_train(TrainConfig(**CFG), MODEL, shards, run_dir)
     assert again["steps"] == 24 and again["final_val_loss"] == ref["final_val_loss"]
+
+
+def test_resume_with_dropout_continues_the_same_masks(tiny_shards: tuple[Path, Path], tmp_path: Path) -> None:
+    """Dropout draws from torch's global RNG, and so do things between steps (a validation loader's iterator) and
+    at start-up (a new training iterator): the resumed run must still draw the masks the uninterrupted run drew.
+    A kill after step k leaves last.ckpt = step k's file; copying that file into a new run directory is the same."""
+    import shutil
+
+    from train.peak_flops import measure_matmul_peak
+
+    shards, _ = tiny_shards
+    model = ModelConfig.from_dict({**MODEL.to_dict(), "dropout": 0.1})
+    cfg = TrainConfig(**{**CFG, "max_tokens": 4 * 32 * 8, "num_keep_ckpts": 10, "val_every_tokens": 4 * 32 * 2,
+                         "precision": "fp32"})
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "resumed"
+    ref = run_train(cfg, model, shards, ref_dir)
+    ref_curve = loss_curve(ref_dir)
+    assert sorted(ref_curve) == list(range(1, 9))
+    k = 4  # a validation step: the uninterrupted run validates after the checkpoint, the resumed one does not
+    (run_dir / "checkpoints").mkdir(parents=True)
+    shutil.copyfile(ref_dir / "checkpoints" / f"step-{k:08d}.ckpt", run_dir / "checkpoints" / "last.ckpt")
+    summary = run_train(cfg, model, shards, run_dir)
+    assert summary["resumed_from"].endswith("last.ckpt") and summary["steps"] == 8
+    curve = loss_curve(run_dir)
+    assert sorted(curve) == list(range(k + 1, 9))
+    diffs = {s: (ref_curve[s], curve[s]) for s in curve if curve[s] != ref_curve[s]}
+    assert not diffs, f"loss after the resume point differs (uninterrupted, resumed): {diffs}"
+    assert summary["final_val_loss"] == ref["final_val_loss"]
+    # the CPU matmul peak (measured at start-up when not cached, so in one process and not the next) draws nothing
+    rng_before = torch.get_rng_state()
+    measure_matmul_peak(torch.float32, seconds=0.001, shapes=((8, 8, 8),))
+    assert torch.equal(torch.get_rng_state(), rng_before)
