@@ -78,9 +78,8 @@ def test_step_callbacks_run_once_per_optimizer_step_under_accumulation(tiny_shar
 
 
 def test_logger_choice(tmp_path: Path) -> None:
-    from train.loggers import check_logger, make_logger
-
     from launch.loader import build_dataclass
+    from train.loggers import check_logger, make_logger
 
     with pytest.raises(Exception, match="train.logger: must be one of 'tensorboard', 'csv', 'wandb', 'mlflow'"):
         build_dataclass(TrainConfig, {"logger": "neptune"}, "train")
