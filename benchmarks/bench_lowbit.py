@@ -178,12 +178,11 @@ def gptq_q4_0_file(fp_dir: Path, out: Path, val: torch.Tensor, bpt: float, tok: 
     return {"path": path, "bytes": path.stat().st_size, "types": _file_types(path)}
 
 
-def extra_rows(fp_dir: Path, out: Path, threads: int) -> list[dict]:
+def extra_rows(fp_dir: Path, shards: Path, out: Path, threads: int) -> list[dict]:
     """The PTQ rows (benchmarks/lowbit_ptq.py) and the prune-30 recovery rows (bench_distill_recovery.py) of (a)."""
     import bench_distill_recovery
     from lowbit_ptq import ptq_rows
 
-    shards = out / "data" / "shards"
     return ptq_rows(fp_dir, shards, out / "ptq", threads) + bench_distill_recovery.recovery_rows(
         fp_dir, shards, out / "recovery", threads)
 
@@ -323,7 +322,7 @@ def main() -> None:
     seq = int(plan["seq_len"])
     rows = score_all(arms, out, tok, val, bpt, seq, args.threads)
     extra, notes = ([], ["extra rows skipped (--skip-extra)"]) if args.skip_extra else (extra_rows(
-        out / "runs" / "fp" / "checkpoints" / "final", out, args.threads), [])
+        out / "runs" / "fp" / "checkpoints" / "final", shards, out, args.threads), [])
     print_table(rows, extra)
     for n in notes:
         print(f"note: {n}")

@@ -49,6 +49,13 @@ def test_derived_fields_filled_and_roundtrip_json_yaml():
     ],
 )
 def test_validation_names_the_field(kw, field):
+    """Ranges are checked by ModelConfig; Literal choices (moe_impl) by the one typed loader (launch/loader.py)."""
+    if field == "moe_impl":
+        from launch.loader import build_dataclass
+
+        with pytest.raises(Exception, match=r"^model\.moe_impl: must be one of .*got 'fast'"):
+            build_dataclass(ModelConfig, kw, "model")
+        return
     with pytest.raises(ValueError, match=rf"^{field}: .*got"):
         ModelConfig(**kw)
 
