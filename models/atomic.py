@@ -108,3 +108,16 @@ def atomic_write_json(path: str | Path, obj: Any, sort_keys: bool = False) -> No
 def atomic_copy(src: str | Path, dst: str | Path) -> None:
     with atomic_file(dst) as tmp:
         shutil.copyfile(src, tmp)
+
+
+def read_json_or_empty(path: str | Path) -> Any:
+    """A JSON file this project wrote (a cache, an earlier summary), or {} when it is absent or unreadable: such files
+    are rewritten atomically, so an unreadable one is stale, never half of a good one."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+

@@ -12,7 +12,6 @@ Design and invariants
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from models.atomic import atomic_write_json
+from models.atomic import atomic_write_json, read_json_or_empty
 
 
 @dataclass(frozen=True)
@@ -126,13 +125,7 @@ def cpu_cache_key(what: str) -> str:
 
 
 def read_peak_cache() -> dict[str, float]:
-    path = cache_dir() / "peak_flops.json"
-    if path.is_file():
-        try:
-            return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return {}
-    return {}
+    return read_json_or_empty(cache_dir() / "peak_flops.json")
 
 
 def write_peak_cache(key: str, value: float) -> None:

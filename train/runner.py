@@ -19,7 +19,6 @@ with status "interrupted" and writes neither final/ nor summary.json. Rerunning 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import statistics
@@ -33,7 +32,7 @@ import torch
 
 from models import ModelConfig, load_model, save_model_dir
 from models.accounting import count_params, flops_per_token, memory_estimate
-from models.atomic import atomic_write_json
+from models.atomic import atomic_write_json, read_json_or_empty
 from models.hashing import file_sha256
 from models.tokenizer_lookup import find_tokenizer
 from train import recipe
@@ -296,12 +295,7 @@ def _run_train(cfg: TrainConfig, model_cfg: ModelConfig | None, shards_dir: Path
 
 
 def _old_summary(path: Path) -> dict[str, Any]:
-    if path.is_file():
-        try:
-            return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return {}
-    return {}
+    return read_json_or_empty(path)
 
 
 def _final_summary(p: _Plan, cbs: _Callbacks, trainer: Any, system: LMSystem, metrics: dict[str, float],

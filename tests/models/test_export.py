@@ -14,23 +14,6 @@ from models.export import ExportConfig, run_export
 VOCAB = 300
 
 
-def write_tokenizer(path: Path, text: str, vocab: int = VOCAB) -> None:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<|pad|>", "<|bos|>", "<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator([text], trainer)
-    tok.save(str(path))
-
-
-@pytest.fixture(scope="module")
-def tokenizer_file(tmp_path_factory, shared_data) -> Path:
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    write_tokenizer(path, (shared_data / "tinystories" / "tinystories_2000.txt").read_text()[:30000])
-    return path
 
 
 def make_model_dir(root: Path, tokenizer_file: Path, moe: int = 0, tie: bool = True) -> Path:

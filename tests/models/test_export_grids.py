@@ -32,14 +32,6 @@ def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and np.array_equal(a.astype(np.float32).view(np.uint32), b.astype(np.float32).view(np.uint32))
 
 
-@pytest.fixture(scope="module")
-def tokenizer_file(tmp_path_factory, shared_data) -> Path:
-    from test_export import write_tokenizer
-
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    write_tokenizer(path, (shared_data / "tinystories" / "tinystories_2000.txt").read_text()[:30000])
-    return path
-
 
 @pytest.mark.parametrize("t", TYPES)
 def test_grid_exactness_and_llama_cpp_reference_rounding(t):

@@ -55,10 +55,9 @@ def _mode(p: Path) -> int:
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_written_files_and_folders_follow_the_umask(tmp_path, umask, shared_data):
-    from test_export import write_tokenizer
-
     from launch.rundir import atomic_write_text
     from models.compress import CompressConfig, run_compress
+    from tests.models.conftest import write_tokenizer
 
     old = os.umask(umask)
     try:
@@ -90,9 +89,10 @@ def test_written_files_and_folders_follow_the_umask(tmp_path, umask, shared_data
 
 def test_export_command_outside_a_run(tmp_path, shared_data, capsys):
     """`tinyfoundry export --model DIR`: any model dir, no config, no run directory."""
-    from test_export import make_model_dir, write_tokenizer
+    from test_export import make_model_dir
 
     from launch.cli import main
+    from tests.models.conftest import write_tokenizer
 
     tok = tmp_path / "tokenizer.json"
     write_tokenizer(tok, (shared_data / "tinystories" / "tinystories_2000.txt").read_text()[:20000])

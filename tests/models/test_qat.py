@@ -17,20 +17,6 @@ gguf = pytest.importorskip("gguf", reason="GGUF export needs the gguf package")
 VOCAB = 300
 
 
-@pytest.fixture(scope="module")
-def tokenizer_file(tmp_path_factory, shared_data) -> Path:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<|pad|>", "<|bos|>", "<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator([(shared_data / "tinystories" / "tinystories_2000.txt").read_text()[:30000]], trainer)
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    tok.save(str(path))
-    return path
-
 
 def test_int4_grid_is_llama_cpp_q4_0_reference():
     """Fake quantization = decode(llama.cpp's reference Q4_0 quantizer), bit for bit; codes in [-8, 7] * d."""

@@ -81,20 +81,6 @@ def test_share_blocks_config_errors():
     assert ModelConfig.from_dict({**ModelConfig().to_dict(), "share_blocks": 2}).depth == 8
 
 
-@pytest.fixture(scope="module")
-def tokenizer_file(tmp_path_factory, shared_data) -> Path:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<|pad|>", "<|bos|>", "<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator([(shared_data / "tinystories" / "tinystories_2000.txt").read_text()[:30000]], trainer)
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    tok.save(str(path))
-    return path
-
 
 def test_shared_model_exports_to_hf_and_gguf_with_weights_repeated(tmp_path, tokenizer_file):
     transformers = pytest.importorskip("transformers")
