@@ -245,9 +245,13 @@ def print_table(rows: list[dict], extra: list[dict]) -> None:
         size = f"{r['bytes'] / f16['bytes']:.3f}" if r["bytes"] else "-"
         print(f"| {r['name']} | {r['runtime']} | {r['bytes']:,} | {size} | {r['bpb']:.4f} | "
               f"{r['bpb'] / fp['bpb']:.4f} | {r['types']} |")
+    if extra:  # scored by lowbit_ptq / bench_distill_recovery on their own held-out windows: increases, not ratios
+        print("\n| (a) compressed after training | bytes | bits/weight | bpb | bpb increase over its baseline |")
+        print("|---|---|---|---|---|")
     for r in extra:
-        print(f"| {r.get('name')} | (ptq/recovery) | {r.get('bytes', 0):,} | - | {r.get('bpb', float('nan')):.4f} | "
-              f"{r.get('bpb', float('nan')) / fp['bpb']:.4f} | {r.get('bits_per_weight', '')} bpw |")
+        bpw = f"{r['bits_per_weight']:.2f}" if "bits_per_weight" in r else "-"
+        print(f"| {r.get('name')} | {r.get('bytes', 0):,} | {bpw} | {r.get('bpb', float('nan')):.4f} | "
+              f"{r.get('delta_bpb', float('nan')):+.4f} |")
 
 
 def extra_targets(extra: list[dict]) -> list[tuple[str, bool, str]]:
