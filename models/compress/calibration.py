@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -155,3 +156,23 @@ def run_sequential(
             stage.stats = {}
     finally:
         model.train(was_training)
+
+
+def quantize_blocks(model: nn.Module, calib_NT: torch.Tensor, batch_size: int, desc: str,
+                    quantize: Callable[[str, torch.Tensor, torch.Tensor], Any]) -> dict[str, Any]:
+    """The sequential weight-replacing passes (GPTQ, 2-4-bit, low-rank) in one place: stage by stage, each block
+    linear's `quantize(name, weight, gram_II) -> QTensor | None` is computed on the inputs of the model compressed
+    so far, and the linear's weight becomes its dequantized value (None: the weight stays as it is).
+    -> {"<module>.weight": QTensor} of the replaced weights."""
+    out: dict[str, Any] = {}
+
+    def on_stage(stage: Stage) -> None:
+        for name, lin in stage.linears.items():
+            q = quantize(name, lin.weight.data, stage.stats[name].gram_II)
+            if q is not None:
+                lin.weight.data.copy_(q.dequantize(lin.weight.dtype))
+                out[name + ".weight"] = q
+
+    run_sequential(model, calib_NT, calibration_stages(model, include_head=False), on_stage, batch_size, desc=desc)
+    return out
+

@@ -33,7 +33,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from models.compress.calibration import calibration_stages, run_sequential
+from models.compress.calibration import quantize_blocks
 from models.compress.gptq import Ahead, _hinv_upper, gptq_columns
 from models.compress.lowrank import LowRank, fit_lowrank, rank_for_budget
 from models.compress.passes import (
@@ -208,23 +208,19 @@ class LowbitPass(CompressionPass):
     @torch.no_grad()
     def apply(self, model: nn.Module, ctx: PassContext) -> PassOutput:
         o = self.options
-        qt: dict[str, QTensor] = {}
         stats = {"weights": 0, "code_bits": 0, "lowrank_bits": 0, "ranks": []}
 
-        def on_stage(stage) -> None:
-            for mod_name, lin in stage.linears.items():
-                q = self.quantize_one(lin.weight.data, stage.stats[mod_name].gram_II)
-                lin.weight.data.copy_(q.dequantize(lin.weight.dtype))
-                qt[mod_name + ".weight"] = q
-                stats["weights"] += lin.weight.numel()
-                lr_bytes = q.lowrank.nbytes() if q.lowrank is not None else 0
-                stats["code_bits"] += 8 * (q.nbytes() - lr_bytes)
-                stats["lowrank_bits"] += 8 * lr_bytes
-                if q.lowrank is not None:
-                    stats["ranks"].append(q.lowrank.rank)
+        def quantize(_name: str, w: torch.Tensor, gram: torch.Tensor) -> QTensor:
+            q = self.quantize_one(w, gram)
+            stats["weights"] += w.numel()
+            lr_bytes = q.lowrank.nbytes() if q.lowrank is not None else 0
+            stats["code_bits"] += 8 * (q.nbytes() - lr_bytes)
+            stats["lowrank_bits"] += 8 * lr_bytes
+            if q.lowrank is not None:
+                stats["ranks"].append(q.lowrank.rank)
+            return q
 
-        run_sequential(model, ctx.calib_NT, calibration_stages(model, include_head=False), on_stage, ctx.batch_size,
-                       desc=f"{o.algo}-int{o.bits}")
+        qt = quantize_blocks(model, ctx.calib_NT, ctx.batch_size, f"{o.algo}-int{o.bits}", quantize)
         qt = _quantize_rest(model, qt, "int4", o.embeddings, 128, False, "")
         n = max(stats["weights"], 1)
         info: dict[str, Any] = {"block_bits_per_weight": stats["code_bits"] / n,

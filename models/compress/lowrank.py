@@ -27,7 +27,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from models.compress.calibration import calibration_stages, run_sequential
+from models.compress.calibration import quantize_blocks
 from models.compress.passes import CompressionPass, PassContext, PassOutput, _check_choice, register
 from models.compress.quantize import QTensor, pack_int4, unpack_int4
 
@@ -247,24 +247,19 @@ class LowrankPass(CompressionPass):
     @torch.no_grad()
     def apply(self, model: nn.Module, ctx: PassContext) -> PassOutput:
         o = self.options
-        qt: dict[str, QTensor] = {}
 
-        def on_stage(stage) -> None:
-            for mod_name, lin in stage.linears.items():
-                O, I = lin.weight.shape  # noqa: E741 (shape legend names)
-                P, S, Qh, unmap = whitened_svd(lin.weight.data, stage.stats[mod_name].gram_II, o.whiten, o.damp)
-                r = o.rank(O, I, S)
-                if r <= 0 or factor_bits_per_rank(O, I, o.factor_bits) * r >= o.factor_bits * O * I:
-                    continue  # no saving: stays dense
-                root = S[:r].sqrt()
-                lr = LowRank.quantize((P[:, :r] * root).float(), unmap(root[:, None] * Qh[:r]).float(), o.factor_bits)
-                q = QTensor("lowrank", (O, I), torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.float16),
-                            None, 0, lr)
-                lin.weight.data.copy_(q.dequantize(lin.weight.dtype))
-                qt[mod_name + ".weight"] = q
+        def factor(_name: str, w: torch.Tensor, gram: torch.Tensor) -> QTensor | None:
+            O, I = w.shape  # noqa: E741 (shape legend names)
+            P, S, Qh, unmap = whitened_svd(w, gram, o.whiten, o.damp)
+            r = o.rank(O, I, S)
+            if r <= 0 or factor_bits_per_rank(O, I, o.factor_bits) * r >= o.factor_bits * O * I:
+                return None  # no saving: stays dense
+            root = S[:r].sqrt()
+            lr = LowRank.quantize((P[:, :r] * root).float(), unmap(root[:, None] * Qh[:r]).float(), o.factor_bits)
+            return QTensor("lowrank", (O, I), torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.float16),
+                           None, 0, lr)
 
-        run_sequential(model, ctx.calib_NT, calibration_stages(model, include_head=False), on_stage, ctx.batch_size,
-                       desc="lowrank")
+        qt = quantize_blocks(model, ctx.calib_NT, ctx.batch_size, "lowrank", factor)
         info: dict[str, Any] = {"factored": len(qt),
                                 "ranks": sorted({q.lowrank.rank for q in qt.values()})}
         if o.recover and ctx.recover is not None and qt:

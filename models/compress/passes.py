@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from models.compress import ggml_quants
-from models.compress.calibration import calibration_stages, run_sequential
+from models.compress.calibration import quantize_blocks
 from models.compress.gptq import gptq_ggml, gptq_quantize
 from models.compress.prune import masked_training, prunable_weights, prune
 from models.compress.quantize import QTensor, is_embedding, quantizable_weights, quantize_int4, quantize_int8
@@ -240,20 +240,13 @@ class GptqPass(CompressionPass):
     @torch.no_grad()
     def apply(self, model: nn.Module, ctx: PassContext) -> PassOutput:
         o = self.options
-        qt: dict[str, QTensor] = {}
 
-        def on_stage(stage) -> None:
-            for mod_name, lin in stage.linears.items():
-                gram = stage.stats[mod_name].gram_II
-                if o.gguf_type:
-                    q = gptq_ggml(lin.weight.data, gram, o.gguf_type, o.damp, o.block_size)
-                else:
-                    q = gptq_quantize(lin.weight.data, gram, o.group_size, o.sym, o.damp, o.block_size, o.act_order)
-                lin.weight.data.copy_(q.dequantize(lin.weight.dtype))
-                qt[mod_name + ".weight"] = q
+        def quantize(_name: str, w: torch.Tensor, gram: torch.Tensor) -> QTensor:
+            if o.gguf_type:
+                return gptq_ggml(w, gram, o.gguf_type, o.damp, o.block_size)
+            return gptq_quantize(w, gram, o.group_size, o.sym, o.damp, o.block_size, o.act_order)
 
-        run_sequential(model, ctx.calib_NT, calibration_stages(model, include_head=False), on_stage, ctx.batch_size,
-                       desc="gptq")
+        qt = quantize_blocks(model, ctx.calib_NT, ctx.batch_size, "gptq", quantize)
         block_kind = o.gguf_type or "int4"
         return PassOutput(model, _quantize_rest(model, qt, block_kind, o.embeddings, o.group_size, o.sym, o.gguf_type))
 
