@@ -111,8 +111,8 @@ def atomic_copy(src: str | Path, dst: str | Path) -> None:
 
 
 def read_json_or_empty(path: str | Path) -> Any:
-    """A JSON file this project wrote (a cache, an earlier summary), or {} when it is absent or unreadable: such files
-    are rewritten atomically, so an unreadable one is stale, never half of a good one."""
+    """A JSON file that is optional to its reader (a cache, an earlier summary, a tokenizer_config.json), or {} when it
+    is absent or unreadable: the caller then goes on with its defaults."""
     path = Path(path)
     if not path.is_file():
         return {}

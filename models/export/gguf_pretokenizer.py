@@ -18,6 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from models.atomic import read_json_or_empty
+
 _BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
 _DIGITS = {"type": "Digits", "individual_digits": True}
 
@@ -42,14 +44,10 @@ def _matches(spec: dict[str, Any], actual: Any) -> bool:
 def gguf_pre_name(tokenizer_file: Path) -> str:
     """The `tokenizer.ggml.pre` name for a tokenizer.json (see the module docstring)."""
     tokenizer_file = Path(tokenizer_file)
-    cfg_path = tokenizer_file.parent / "tokenizer_config.json"
-    if cfg_path.is_file():
-        try:
-            named = json.loads(cfg_path.read_text()).get("gguf_pre")
-        except (OSError, json.JSONDecodeError):
-            named = None
-        if isinstance(named, str) and named:
-            return named
+    cfg = read_json_or_empty(tokenizer_file.parent / "tokenizer_config.json")
+    named = cfg.get("gguf_pre") if isinstance(cfg, dict) else None
+    if isinstance(named, str) and named:
+        return named
     pre = json.loads(tokenizer_file.read_text()).get("pre_tokenizer")
     for name, spec in PRE_TOKENIZERS.items():
         if _matches(spec, pre):

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from models.atomic import atomic_dir
+from models.atomic import atomic_dir, read_json_or_empty
 from models.hf_mapping import to_hf
 from models.transformer import Transformer
 
@@ -61,12 +61,8 @@ def hf_head_padding(cfg) -> tuple[int, int]:
 
 def foreign_tokens(tokenizer_file: Path | None) -> dict[str, str]:
     """bos/eos/pad names and chat_template from the tokenizer_config.json beside a base model's tokenizer.json."""
-    cfg_path = Path(tokenizer_file).parent / "tokenizer_config.json" if tokenizer_file else None
-    if cfg_path is None or not cfg_path.is_file():
-        return {}
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (OSError, json.JSONDecodeError):
+    cfg = read_json_or_empty(Path(tokenizer_file).parent / "tokenizer_config.json") if tokenizer_file else {}
+    if not isinstance(cfg, dict):
         return {}
     out = {}
     for key in ("bos_token", "eos_token", "pad_token", "chat_template"):
