@@ -146,11 +146,17 @@ def part_smol(args: argparse.Namespace) -> list[str]:
         save_model_dir(work / "scratch", scratch, tokenizer_file=work / "tokenizer" / "tokenizer.json")
     print(f"[bench] tokenize + import: {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
     lcfg = {"rank": 16, "alpha": 32, "target_modules": ["all-linear"]}
+    # r=16 on all 7 linear maps of SmolLM2's 30 layers is 3.6% of its parameters, so the <= 2% target cannot hold
+    # at that rank; r=8 (1.8%) is run beside it to show what the budget the target names buys
+    l8cfg = {**lcfg, "rank": 8, "alpha": 16}
     lora_model = apply_lora(load_model(work / "base")[0], LoRAConfig(**lcfg))
+    l8_model = apply_lora(load_model(work / "base")[0], LoRAConfig(**l8cfg))
+    l8_params, l8_bytes = trainable_params(l8_model), weight_bytes(l8_model)
+    del l8_model
     qcfg = {"quantize": args.qlora_quantize, "group_size": 64}  # q4_1: the GGUF base's own 4-bit grid (lossless)
     q_model = apply_lora(load_model(work / "base")[0], LoRAConfig(**lcfg, **qcfg))
-    wb = {"lora": weight_bytes(lora_model), "qlora": weight_bytes(q_model)}
-    tp = {"lora": trainable_params(lora_model), "qlora": trainable_params(q_model)}
+    wb = {"lora": weight_bytes(lora_model), "qlora": weight_bytes(q_model), "lora_r8": l8_bytes}
+    tp = {"lora": trainable_params(lora_model), "qlora": trainable_params(q_model), "lora_r8": l8_params}
     del lora_model, q_model
 
     common = dict(threads=args.threads, steps=args.steps, batch=args.batch, seq=args.seq, val_tokens=args.val_tokens,
@@ -159,6 +165,7 @@ def part_smol(args: argparse.Namespace) -> list[str]:
         "full": dict(method="full", base=str(work / "base"), lr=args.full_lr),
         "lora": dict(method="lora", base=str(work / "base"), lr=args.lora_lr, lora=lcfg),
         "qlora": dict(method="qlora", base=str(work / "base"), lr=args.lora_lr, lora={**lcfg, **qcfg}),
+        "lora_r8": dict(method="lora", base=str(work / "base"), lr=args.lora_lr, lora=l8cfg),
         "scratch": dict(method="full", base=str(work / "scratch"), lr=args.scratch_lr),
     }
     # the four runs at once (one thread each): the shared CPU gives each process its own share; peak RSS is per
@@ -193,6 +200,8 @@ def part_smol(args: argparse.Namespace) -> list[str]:
         "|---|---|---|",
         f"| LoRA gain >= 90% of full FT's | {gain['lora'] / gain['full']:.1%} | {gain['lora'] >= 0.9 * gain['full']} |",
         f"| LoRA trainable <= 2% | {tp['lora'][0] / n_params:.2%} | {tp['lora'][0] <= 0.02 * n_params} |",
+        f"| LoRA r=8 (trainable {tp['lora_r8'][0] / n_params:.2%}) gain >= 90% of full FT's | "
+        f"{gain['lora_r8'] / gain['full']:.1%} | {gain['lora_r8'] >= 0.9 * gain['full']} |",
         f"| LoRA peak memory <= 50% of full FT's | "
         f"{res['lora']['peak_rss_mib'] / res['full']['peak_rss_mib']:.1%} | "
         f"{res['lora']['peak_rss_mib'] <= 0.5 * res['full']['peak_rss_mib']} |",

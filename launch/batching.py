@@ -85,6 +85,22 @@ def _logprob_entry(logits_V: torch.Tensor, token: int, k: int) -> TokenLogprob:
     return TokenLogprob(token, float(lp_V[token]), top)
 
 
+def prefill_groups(reqs: list[Request], max_padding: float = 0.5) -> list[list[Request]]:
+    """Requests grouped by prompt length (shortest first) so that padding is at most `max_padding` of each
+    group's positions: one long prompt does not make a batch of short ones pay for its length."""
+    groups: list[list[Request]] = []
+    group: list[Request] = []
+    real = 0
+    for r in sorted(reqs, key=lambda r: len(r.prompt_ids)):
+        n = len(r.prompt_ids)  # the longest so far: the group's padded length if r joins
+        if group and (1 - (real + n) / (n * (len(group) + 1))) > max_padding:
+            groups.append(group)
+            group, real = [], 0
+        group.append(r)
+        real += n
+    return groups + ([group] if group else [])
+
+
 class Engine:
     """Owns the model and the decode thread; `submit` a `Request`, read its events."""
 
@@ -101,6 +117,7 @@ class Engine:
         self.num_row_steps = 0  # rows decoded, summed over steps (num_row_steps / num_steps = mean batch)
         self.max_rows_seen = 0
         self.num_finished = 0
+        self.num_prefills = 0  # prefill forwards run (fewer than requests when arrivals are grouped)
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="serve-engine", daemon=True)
         self._thread.start()
@@ -132,45 +149,66 @@ class Engine:
                 self._rows.clear()
 
     def _admit(self) -> None:
-        while len(self._rows) < self.max_batch:
+        """Take every waiting request that fits; prefill them in padded groups (one forward per group, not per
+        request: at many clients new requests arrive every few steps, and one-by-one prefills cost as much as the
+        decode steps they interrupt). Echo requests, which need every prompt position's logits, go alone."""
+        waiting: list[Request] = []
+        while len(self._rows) + len(waiting) < self.max_batch:
             try:  # block only when there is nothing to decode
-                req = self._pending.get(block=not self._rows)
+                req = self._pending.get(block=not self._rows and not waiting)
             except queue.Empty:
-                return
+                break
             if req is None:
-                return
-            if req.cancelled.is_set():
-                continue
+                break
+            if not req.cancelled.is_set():
+                waiting.append(req)
+        alone = [r for r in waiting if r.params.echo and r.params.logprobs is not None]
+        groups = prefill_groups([r for r in waiting if r not in alone])
+        for group in [[r] for r in alone] + groups:
             try:
-                self._prefill(req)
-            except Exception as e:  # noqa: BLE001 - this request fails, the others go on
-                req.events.put((req.index, "error", f"{type(e).__name__}: {e}"))
+                self._prefill(group)
+            except Exception as e:  # noqa: BLE001 - these requests fail, the others go on
+                for req in group:
+                    req.events.put((req.index, "error", f"{type(e).__name__}: {e}"))
 
-    def _prefill(self, req: Request) -> None:
-        p, ids = req.params, req.prompt_ids
-        row = len(self._rows)
-        idx_1P = torch.tensor([ids], dtype=torch.long, device=self.device)
-        want_prompt = p.echo and p.logprobs is not None
-        logits_PV = self.model(idx_1P, cache=self.cache.view(row), last_only=not want_prompt).logits[0]
+    def _prefill(self, reqs: list[Request]) -> None:
+        """Prompts of `reqs` into the next free rows in one forward, right-padded to the longest: with a causal
+        mask no real position sees the padding, and the padded slots are overwritten (or masked) by decoding."""
+        row0, lens = len(self._rows), [len(r.prompt_ids) for r in reqs]
+        T = max(lens)
+        idx_nT = torch.zeros(len(reqs), T, dtype=torch.long, device=self.device)
+        for i, r in enumerate(reqs):
+            idx_nT[i, : lens[i]] = torch.tensor(r.prompt_ids, dtype=torch.long)
+        want_prompt = len(reqs) == 1 and reqs[0].params.echo and reqs[0].params.logprobs is not None
+        last = None if want_prompt else torch.tensor(lens, device=self.device) - 1
+        logits_nTV = self.model(idx_nT, cache=self.cache.view(row0, len(reqs)), last_pos_B=last).logits
+        self.num_prefills += 1
         if want_prompt:
-            k = p.logprobs or 0
-            lp_PV = logits_PV[:-1].float().log_softmax(-1)
-            entries = [TokenLogprob(ids[0], None, None)]
-            chosen = lp_PV.gather(-1, idx_1P[0, 1:, None])[:, 0].tolist()
-            tops = lp_PV.topk(k, dim=-1) if k > 0 else None
-            for i, t in enumerate(ids[1:]):
-                top = list(zip(tops.indices[i].tolist(), tops.values[i].tolist())) if tops is not None else None
-                entries.append(TokenLogprob(t, chosen[i], top))
-            req.events.put((req.index, "prompt", entries))
-        gen = None
-        if p.temperature > 0 and p.seed is not None:
-            gen = torch.Generator(device=self.device).manual_seed(p.seed)
-        r = _Row(req, len(ids), logits_PV[-1], generator=gen)
-        if p.max_tokens == 0 or r.pos >= self.context:
-            req.events.put((req.index, "end", "length"))
-            self.num_finished += 1
-            return
-        self._rows.append(r)
+            self._echo(reqs[0], idx_nT[0], logits_nTV[0])
+        for i, req in enumerate(reqs):
+            p = req.params
+            gen = None
+            if p.temperature > 0 and p.seed is not None:
+                gen = torch.Generator(device=self.device).manual_seed(p.seed)
+            r = _Row(req, lens[i], logits_nTV[i, -1], generator=gen)
+            if p.max_tokens == 0 or r.pos >= self.context:
+                req.events.put((req.index, "end", "length"))
+                self.num_finished += 1
+                continue
+            if row0 + i != len(self._rows):  # a request before it ended at once: keep the live rows packed
+                self.cache.move_row(row0 + i, len(self._rows))
+            self._rows.append(r)
+
+    def _echo(self, req: Request, ids_P: torch.Tensor, logits_PV: torch.Tensor) -> None:
+        k, ids = req.params.logprobs or 0, req.prompt_ids
+        lp_PV = logits_PV[:-1].float().log_softmax(-1)
+        entries = [TokenLogprob(ids[0], None, None)]
+        chosen = lp_PV.gather(-1, ids_P[1:, None])[:, 0].tolist()
+        tops = lp_PV.topk(k, dim=-1) if k > 0 else None
+        for i, t in enumerate(ids[1:]):
+            top = list(zip(tops.indices[i].tolist(), tops.values[i].tolist())) if tops is not None else None
+            entries.append(TokenLogprob(t, chosen[i], top))
+        req.events.put((req.index, "prompt", entries))
 
     def _step(self) -> None:
         rows = self._rows

@@ -150,9 +150,11 @@ class SlotKVCache(KVCache):
         self.rows_B = torch.arange(batch_size, device=device)
         self.span = 0
 
-    def view(self, row: int) -> KVCache:
+    def view(self, row: int, num_rows: int = 1) -> KVCache:
+        """A plain cache over rows row .. row + num_rows - 1, empty: a (batched) prefill writes from slot 0."""
         one = KVCache.__new__(KVCache)
-        one.k_LBGSK, one.v_LBGSK = self.k_LBGSK[:, row : row + 1], self.v_LBGSK[:, row : row + 1]
+        rows = slice(row, row + num_rows)
+        one.k_LBGSK, one.v_LBGSK = self.k_LBGSK[:, rows], self.v_LBGSK[:, rows]
         one.length, one.max_len = 0, self.max_len
         return one
 

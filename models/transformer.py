@@ -138,12 +138,14 @@ class Transformer(nn.Module):
         pos_BT: torch.Tensor | None = None,
         mask_BTS: torch.Tensor | None = None,
         last_only: bool = False,
+        last_pos_B: torch.Tensor | None = None,
     ) -> ModelOutput:
         """Logits for token ids (B, T); with targets (B, T, -100 = ignore) also the losses.
 
         Generation only: `cache` appends this call's keys/values, `pos_BT` gives per-row RoPE positions
         (default: continuing the cache), `mask_BTS` a boolean attention mask over the cache (True = attend),
-        `last_only` projects only the last position onto the vocabulary.
+        `last_only` projects only the last position onto the vocabulary, `last_pos_B` only position
+        last_pos_B[b] of row b (a batch of right-padded prompts: each row's own last token); both give (B, 1, V).
         """
         B, T = idx_BT.shape
         if cache is None and T > self.cfg.max_seq_len:
@@ -169,7 +171,9 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.advance(T)
         x_BTD = self.norm(x_BTD)
-        if last_only:
+        if last_pos_B is not None:
+            x_BTD = x_BTD[torch.arange(B, device=x_BTD.device), last_pos_B][:, None]
+        elif last_only:
             x_BTD = x_BTD[:, -1:]
         logits_BTV = self.lm_head(x_BTD)
         aux_loss = aux_total / max(num_moe, 1)
