@@ -25,6 +25,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -94,6 +95,11 @@ def run_one(spec: dict) -> None:
     s = run_finetune(ft, tr, Path(spec["out"]), shards_dir=Path(spec["shards"]))
     s["wall_s"] = time.time() - t0
     s["baseline_rss_mib"] = baseline_mib
+    # this process's own peak (VmHWM belongs to the address space made at exec): the rusage of a child also
+    # counts the parent's pages it held between fork and exec, i.e. the parent's RSS at the time of the start
+    hwm = [ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmHWM:")]
+    if hwm:
+        s["peak_rss_mib"] = int(hwm[0].split()[1]) / 1024
     print("RESULT " + json.dumps(s), flush=True)
 
 
@@ -108,7 +114,7 @@ def start(spec: dict) -> subprocess.Popen:
 
 
 def finish(proc: subprocess.Popen, spec: dict) -> dict:
-    """Wait for a child; its summary plus its own peak RSS (os.wait4) in MiB."""
+    """Wait for a child; its summary plus its own peak RSS in MiB."""
     _, status, usage = os.wait4(proc.pid, 0)
     proc.log.close()  # type: ignore[attr-defined]
     out = Path(spec["out"]).with_suffix(".log").read_text()
@@ -116,7 +122,7 @@ def finish(proc: subprocess.Popen, spec: dict) -> dict:
     if not lines:
         raise SystemExit(f"run {spec['method']} failed (status {status}):\n{out[-3000:]}")
     res = json.loads(lines[-1][len("RESULT "):])
-    res["peak_rss_mib"] = usage.ru_maxrss / 1024
+    res.setdefault("peak_rss_mib", usage.ru_maxrss / 1024)  # the child's own VmHWM where /proc has it
     return res
 
 
@@ -171,6 +177,8 @@ def part_smol(args: argparse.Namespace) -> list[str]:
     # the four runs at once (one thread each): the shared CPU gives each process its own share; peak RSS is per
     # process, and the base's held-out bpb is measured here meanwhile
     full = {name: {**common, **spec, "out": str(work / f"run_{name}")} for name, spec in specs.items()}
+    for spec in full.values():  # a run folder from an earlier bench would resume, not train
+        shutil.rmtree(spec["out"], ignore_errors=True)
     procs = {name: start(spec) for name, spec in full.items()}
     t0 = time.time()
     before = heldout_bpb(base, work / "shards", args.seq, args.val_tokens)
@@ -317,8 +325,6 @@ def memory_only(args: argparse.Namespace) -> list[str]:
     specs = {"full": dict(method="full", lr=args.full_lr), "lora": dict(method="lora", lr=args.lora_lr, lora=lcfg)}
     full = {n: {**common, **sp, "out": str(work / f"mem_{n}")} for n, sp in specs.items()}
     for n in full:
-        import shutil
-
         shutil.rmtree(full[n]["out"], ignore_errors=True)
     procs = {n: start(sp) for n, sp in full.items()}
     res = {n: finish(p, full[n]) for n, p in procs.items()}
