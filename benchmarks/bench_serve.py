@@ -192,6 +192,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--gguf-type", default="f16", choices=["f32", "f16", "q8_0", "q4_0"])
     ap.add_argument("--no-llamacpp", action="store_true")
+    ap.add_argument("--rounds", type=int, default=1, help="repeat every scenario; the table shows each one's median")
     ap.add_argument("--out", type=Path, default=None, help="also write the rows as JSON")
     args = ap.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
@@ -216,24 +217,28 @@ def main() -> None:
                                            # its default cancels the running completion when a new request arrives
                                            # (159 of 160 streams cut short at 16 clients): queue them instead
                                            "--interrupt_requests", "False"]
-    rows: dict[str, dict[int, dict]] = {k: {} for k in servers}
-    for c in clients:
-        for name, cmd in servers.items():  # one server at a time: they would fight over the cores
-            srv = Server(cmd, int(cmd[cmd.index("--port") + 1]), args.threads, folder / f"{name.split()[0]}.log")
-            try:
-                load(srv.url, srv.model, 1, 2, args.max_tokens)  # warm-up
-                rows[name][c] = load(srv.url, srv.model, c, args.requests, args.max_tokens)
-            finally:
-                srv.stop()
-            r = rows[name][c]
-            print(f"  {name}: {c} clients done in {r['wall_s']:.1f} s ({r['failed']} failed) {r['errors']}",
-                  flush=True)
+    runs: dict[str, dict[int, list[dict]]] = {k: {c: [] for c in clients} for k in servers}
+    for rnd in range(args.rounds):  # alternate the order per round: a shared machine's load drifts
+        for c in clients if rnd % 2 == 0 else clients[::-1]:
+            for name, cmd in servers.items():  # one server at a time: they would fight over the cores
+                srv = Server(cmd, int(cmd[cmd.index("--port") + 1]), args.threads, folder / f"{name.split()[0]}.log")
+                try:
+                    load(srv.url, srv.model, 1, 2, args.max_tokens)  # warm-up
+                    r = load(srv.url, srv.model, c, args.requests, args.max_tokens)
+                finally:
+                    srv.stop()
+                runs[name][c].append(r)
+                print(f"  round {rnd}: {name}: {c} clients done in {r['wall_s']:.1f} s, {r['tokens_per_s']:,.0f} "
+                      f"tok/s ({r['failed']} failed) {r['errors']}", flush=True)
+    # per scenario the round with the median aggregate tok/s (the lower median for an even count)
+    rows = {name: {c: sorted(rs, key=lambda r: r["tokens_per_s"])[(len(rs) - 1) // 2] for c, rs in by_c.items()}
+            for name, by_c in runs.items()}
     import torch
 
     n_params = sum(p.numel() for p in __import__("models").load_model(model_dir)[0].parameters())
     print(f"\n== serving load: preset '{args.preset}' ({n_params / 1e6:.2f}M params), {args.requests} streaming "
           f"requests per client, max_tokens {args.max_tokens}, temperature 0, {args.threads} threads per server "
-          f"(torch {torch.__version__}); llama.cpp on GGUF {args.gguf_type.upper()}")
+          f"(torch {torch.__version__}); llama.cpp on GGUF {args.gguf_type.upper()}; median of {args.rounds} round(s)")
     print("| server | clients | completed | failed | TTFT p50 ms | TTFT p99 ms | aggregate tok/s | vs 1 client |")
     print("|---|---|---|---|---|---|---|---|")
     for name, by_c in rows.items():
@@ -262,7 +267,7 @@ def main() -> None:
         print(f"32 clients x {args.requests}: {r['completed']} completed, {r['failed']} failed "
               f"({'met' if r['failed'] == 0 and r['completed'] == 32 * args.requests else 'NOT met'})")
     if args.out:
-        args.out.write_text(json.dumps(rows, indent=2, default=str))
+        args.out.write_text(json.dumps(runs, indent=2, default=str))
     tmp.cleanup()
 
 
