@@ -33,6 +33,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from models.compress.blocktune import tune_block
 from models.compress.calibration import quantize_blocks
 from models.compress.gptq import Ahead, _hinv_upper, gptq_columns
 from models.compress.lowrank import LowRank, fit_lowrank, rank_for_budget
@@ -174,6 +175,16 @@ class LowbitOptions:
     RMS (LQER/ASVD), none = plain SVD of the residual."""
     lowrank_iters: int = 1
     """Alternations of quantize / fit (CALDERA); 1 = quantize once, then fit the correction."""
+    lowrank_init: Literal["residual", "weight"] = "residual"
+    """residual: the grid first, the correction fitted to W - Q(W); weight (CALDERA): the correction is first fitted
+    to W itself, the grid quantizes W - U V, then the correction is refitted to W - Q."""
+    tune_steps: int = 0
+    """Block-wise reconstruction (models/compress/blocktune.py): Adam steps per block training the correction's
+    factors (and, with tune_scales, the group scales) on the block's output error, codes frozen; 0 = fitted only."""
+    tune_lr: float = 1e-3
+    """Adam learning rate of the tuning, relative (scales are trained as a multiplier, factors relative to their RMS)."""
+    tune_scales: bool = False
+    """Also train the fp16 group scales (free in bits: they are stored anyway)."""
 
     def __post_init__(self) -> None:
         _check_choice("bits", self.bits, (2, 3, 4))
@@ -187,6 +198,11 @@ class LowbitOptions:
         if self.block_size <= 0 or self.lowrank_rank < 0 or self.lowrank_iters < 1:
             raise ValueError(f"block_size, lowrank_iters: must be positive and lowrank_rank >= 0, got "
                              f"{self.block_size}, {self.lowrank_iters}, {self.lowrank_rank}")
+        _check_choice("lowrank_init", self.lowrank_init, ("residual", "weight"))
+        if self.tune_steps < 0 or not self.tune_lr > 0:
+            raise ValueError(f"tune_steps, tune_lr: must be >= 0 and > 0, got {self.tune_steps}, {self.tune_lr}")
+        if self.tune_steps and not (self.tune_scales or self.lowrank_rank or self.lowrank_budget):
+            raise ValueError("tune_steps: nothing to tune; set lowrank_rank / lowrank_budget or tune_scales: true")
         if not 0.0 <= self.lowrank_budget <= 8.0:
             raise ValueError(f"lowrank_budget: must be in [0, 8] bits per weight, got {self.lowrank_budget}")
 
@@ -220,13 +236,23 @@ class LowbitPass(CompressionPass):
                 stats["ranks"].append(q.lowrank.rank)
             return q
 
-        qt = quantize_blocks(model, ctx.calib_NT, ctx.batch_size, f"{o.algo}-int{o.bits}", quantize)
+        errors: list[dict[str, float]] = []
+
+        def tune(block: nn.Module, qtensors: dict[str, QTensor], records: list) -> dict[str, QTensor]:
+            tuned, err = tune_block(block, qtensors, records, o.tune_steps, o.tune_lr, o.tune_scales)
+            errors.append(err)
+            return tuned
+
+        qt = quantize_blocks(model, ctx.calib_NT, ctx.batch_size, f"{o.algo}-int{o.bits}", quantize,
+                             tune if o.tune_steps else None)
         qt = _quantize_rest(model, qt, "int4", o.embeddings, 128, False, "")
         n = max(stats["weights"], 1)
         info: dict[str, Any] = {"block_bits_per_weight": stats["code_bits"] / n,
                                 "lowrank_bits_per_weight": stats["lowrank_bits"] / n}
         if stats["ranks"]:
             info["lowrank_ranks"] = sorted(set(stats["ranks"]))
+        if errors:
+            info["tune_block_mse"] = [[round(e["before"], 8), round(e["after"], 8)] for e in errors]
         return PassOutput(model, qt, info)
 
     def quantize_one(self, w_OI: torch.Tensor, gram_II: torch.Tensor) -> QTensor:
@@ -241,14 +267,17 @@ class LowbitPass(CompressionPass):
 
         r = o.rank(*w_OI.shape)
         w = w_OI.detach().float()
-        q = grid(w)
+
+        def fit(target: torch.Tensor) -> LowRank:
+            return LowRank.quantize(*fit_lowrank(target, gram_II, r, o.lowrank_whiten, o.damp), o.lowrank_bits)
+
         if r == 0:
-            return q
-        lr: LowRank | None = None
+            return grid(w)
+        lr = fit(w) if o.lowrank_init == "weight" else None
+        q = grid(w if lr is None else w - lr.dense())
         for it in range(o.lowrank_iters):
             if it:
                 q = grid(w - lr.dense())
-            lr = LowRank.quantize(*fit_lowrank(w - q.dequantize(), gram_II, r, o.lowrank_whiten, o.damp),
-                                  o.lowrank_bits)
+            lr = fit(w - q.dequantize())
         q.lowrank = lr
         return q
