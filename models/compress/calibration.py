@@ -17,6 +17,7 @@ Shape legend: N calibration windows, T window length, I input features of a Line
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,16 +180,46 @@ StageTune = Callable[[nn.Module, dict[str, Any], list], dict[str, Any]]
 """`tune(block, {"<name inside block>.weight": QTensor}, records) -> the QTensors to keep` (models/compress/blocktune)."""
 
 
+@torch.no_grad()
+def module_outputs(model: nn.Module, module: nn.Module, calib_NT: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """`module`'s output (first element of a tuple) for each calibration batch; the forward stops after it."""
+    outs: list[torch.Tensor] = []
+
+    def stop(_m, _inp, out):
+        outs.append((out[0] if isinstance(out, tuple) else out).detach())
+        raise _StopForward
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    h = module.register_forward_hook(stop)
+    try:
+        for b in range(0, calib_NT.shape[0], batch_size):
+            try:
+                model(calib_NT[b : b + batch_size].to(device))
+            except _StopForward:
+                pass
+    finally:
+        h.remove()
+        model.train(was_training)
+    return outs
+
+
 def quantize_blocks(model: nn.Module, calib_NT: torch.Tensor, batch_size: int, desc: str,
                     quantize: Callable[[str, torch.Tensor, torch.Tensor], Any],
-                    tune: StageTune | None = None) -> dict[str, Any]:
+                    tune: StageTune | None = None, tune_target: str = "block") -> dict[str, Any]:
     """The sequential weight-replacing passes (GPTQ, 2-4-bit, low-rank) in one place: stage by stage, each block
     linear's `quantize(name, weight, gram_II) -> QTensor | None` is computed on the inputs of the model compressed
     so far, and the linear's weight becomes its dequantized value (None: the weight stays as it is). With `tune`,
     each block's QTensors are first handed to it with the block's recorded calibration inputs and full-precision
-    outputs (block-wise reconstruction), and what it returns replaces them.
+    outputs (block-wise reconstruction), and what it returns replaces them. The outputs are the uncompressed
+    block's on the inputs the compressed model feeds it (`tune_target` block), or the uncompressed model's own
+    (`model`: the block also learns to undo the error upstream of it, as ApiQ does).
     -> {"<module>.weight": QTensor} of the replaced weights."""
     out: dict[str, Any] = {}
+    if tune_target not in ("block", "model"):
+        raise ValueError(f"tune_target: must be block or model, got {tune_target!r}")
+    fp = copy.deepcopy(model) if tune is not None and tune_target == "model" else None
 
     def on_stage(stage: Stage) -> None:
         done = {}
@@ -199,7 +230,11 @@ def quantize_blocks(model: nn.Module, calib_NT: torch.Tensor, batch_size: int, d
         if tune is not None and done:
             prefix = next(n for n, m in model.named_modules() if m is stage.stop) + "."
             local = {n[len(prefix):] + ".weight": q for n, q in done.items()}
-            tuned = tune(stage.stop, local, stage.records)
+            records = stage.records
+            if fp is not None:
+                targets = module_outputs(fp, fp.get_submodule(prefix[:-1]), calib_NT, batch_size)
+                records = [(a, k, t) for (a, k, _), t in zip(records, targets, strict=True)]
+            tuned = tune(stage.stop, local, records)
             done = {prefix + k[: -len(".weight")]: q for k, q in tuned.items()}
         for name, q in done.items():
             lin = stage.linears[name]

@@ -185,6 +185,9 @@ class LowbitOptions:
     """Adam learning rate of the tuning, relative (scales are trained as a multiplier, factors relative to their RMS)."""
     tune_scales: bool = False
     """Also train the fp16 group scales (free in bits: they are stored anyway)."""
+    tune_target: Literal["block", "model"] = "block"
+    """What the tuned block must reproduce: the uncompressed block's output on the inputs the compressed model feeds
+    it (block), or the uncompressed model's output at that block (model: also undoes the error upstream, ApiQ)."""
 
     def __post_init__(self) -> None:
         _check_choice("bits", self.bits, (2, 3, 4))
@@ -199,6 +202,7 @@ class LowbitOptions:
             raise ValueError(f"block_size, lowrank_iters: must be positive and lowrank_rank >= 0, got "
                              f"{self.block_size}, {self.lowrank_iters}, {self.lowrank_rank}")
         _check_choice("lowrank_init", self.lowrank_init, ("residual", "weight"))
+        _check_choice("tune_target", self.tune_target, ("block", "model"))
         if self.tune_steps < 0 or not self.tune_lr > 0:
             raise ValueError(f"tune_steps, tune_lr: must be >= 0 and > 0, got {self.tune_steps}, {self.tune_lr}")
         if self.tune_steps and not (self.tune_scales or self.lowrank_rank or self.lowrank_budget):
@@ -244,7 +248,7 @@ class LowbitPass(CompressionPass):
             return tuned
 
         qt = quantize_blocks(model, ctx.calib_NT, ctx.batch_size, f"{o.algo}-int{o.bits}", quantize,
-                             tune if o.tune_steps else None)
+                             tune if o.tune_steps else None, o.tune_target)
         qt = _quantize_rest(model, qt, "int4", o.embeddings, 128, False, "")
         n = max(stats["weights"], 1)
         info: dict[str, Any] = {"block_bits_per_weight": stats["code_bits"] / n,

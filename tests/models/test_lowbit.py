@@ -184,18 +184,40 @@ def test_block_tuning_of_scales_alone_and_kept_only_when_better():
     assert all(e["after"] < e["before"] for e in errs)
 
 
+def test_tune_targets_block_or_model():
+    from models.compress.calibration import module_outputs, quantize_blocks
+
+    got: dict[str, list] = {"block": [], "model": []}
+    plain = LowbitPass(LowbitOptions(bits=2, group_size=32))
+    for target in got:
+        model, calib = _tiny_model()
+        quantize_blocks(model, calib, 4, "t", lambda _n, w, h: plain.quantize_one(w, h),
+                        lambda _b, q, rec, t=target: got[t].append([r[2] for r in rec]) or q, target)
+    (b0, b1), (m0, m1) = got["block"], got["model"]
+    # block 0 sees the same (uncompressed embedding) inputs either way; block 1's model target is the fp model's output
+    assert all(torch.equal(x, y) for x, y in zip(b0, m0, strict=True))
+    assert not any(torch.allclose(x, y) for x, y in zip(b1, m1, strict=True))
+    model, calib = _tiny_model()
+    fp1 = module_outputs(model, model.layers[1], calib, 4)
+    assert all(torch.equal(x, y) for x, y in zip(fp1, m1, strict=True))
+    with pytest.raises(ValueError, match="tune_target"):
+        quantize_blocks(model, calib, 4, "t", lambda _n, w, h: None, None, "layer")
+
+
 def test_lowbit_pass_with_tuning_end_to_end(model_dir, tmp_path):  # noqa: F811 (fixture)
     mdir, ids, bpt = model_dir
     cfg = small_cfg([
         {"method": "lowbit", "name": "g2-lr", "bits": 2, "group_size": 32, "lowrank_rank": 2},
         {"method": "lowbit", "name": "g2-lr-tuned", "bits": 2, "group_size": 32, "lowrank_rank": 2,
-         "tune_steps": 30, "tune_lr": 3e-3, "lowrank_bits": 4},
+         "tune_steps": 30, "tune_lr": 3e-2, "lowrank_bits": 4},
+        {"method": "lowbit", "name": "g2-scales", "bits": 2, "group_size": 32, "tune_steps": 20, "tune_scales": True,
+         "tune_target": "model"},
     ])
     rep = run_compress(cfg, mdir, ids, bpt, tmp_path / "c")
     by = {p["name"]: p for p in rep["passes"]}
     mse = by["g2-lr-tuned"]["tune_block_mse"]
     assert len(mse) == 2 and all(after <= before for before, after in mse) and any(a < b for b, a in mse)
-    assert "tune_block_mse" not in by["g2-lr"]
+    assert "tune_block_mse" not in by["g2-lr"] and len(by["g2-scales"]["tune_block_mse"]) == 2
     model, _ = load_compressed(tmp_path / "c" / "g2-lr-tuned")
     from models.compress.report import eval_bpb
 
@@ -311,6 +333,8 @@ def test_options_are_validated():
         LowbitOptions(tune_steps=-1, lowrank_rank=2)
     with pytest.raises(ValueError, match="lowrank_init"):
         LowbitOptions(lowrank_init="svd")
+    with pytest.raises(ValueError, match="tune_target"):
+        LowbitOptions(tune_target="layer", tune_scales=True)
     LowbitOptions(tune_steps=10, tune_scales=True)
     with pytest.raises(ValueError, match="group_size"):
         CompressConfig(passes=[{"method": "lowbit", "group_size": 48}])
