@@ -107,7 +107,8 @@ def _out(y: Any) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _block_error(block: nn.Module, weights: dict[str, torch.Tensor], records: list) -> float:
+def block_error(block: nn.Module, weights: dict[str, torch.Tensor], records: list) -> float:
+    """Mean squared error of `block` run with `weights` (all its parameters) against the records' outputs."""
     err = n = 0.0
     for args, kwargs, target in records:
         y = _out(functional_call(block, weights, args, kwargs))
@@ -129,7 +130,7 @@ def tune_block(block: nn.Module, qtensors: dict[str, QTensor], records: list, st
 
     groups = [g for t in tun.values() for g in t.params(lr)]
     with torch.no_grad():
-        before = _block_error(block, {**frozen, **{k: q.dequantize(frozen[k].dtype) for k, q in qtensors.items()}},
+        before = block_error(block, {**frozen, **{k: q.dequantize(frozen[k].dtype) for k, q in qtensors.items()}},
                               records)
     if not groups or steps <= 0 or not records:
         return qtensors, {"before": before, "after": before}
@@ -147,7 +148,7 @@ def tune_block(block: nn.Module, qtensors: dict[str, QTensor], records: list, st
             loss.backward()
             opt.step()
     tuned = {k: t.result() for k, t in tun.items()}
-    after = _block_error(block, {**frozen, **{k: q.dequantize(frozen[k].dtype) for k, q in tuned.items()}}, records)
+    after = block_error(block, {**frozen, **{k: q.dequantize(frozen[k].dtype) for k, q in tuned.items()}}, records)
     if after >= before:
         return qtensors, {"before": before, "after": before}
     return tuned, {"before": before, "after": after}

@@ -205,9 +205,14 @@ def module_outputs(model: nn.Module, module: nn.Module, calib_NT: torch.Tensor, 
     return outs
 
 
+StagePlan = Callable[[nn.Module, dict[str, tuple[torch.Tensor, torch.Tensor]], list], None]
+"""`plan(block, {"<module name>": (weight, gram_II)}, records)`: called once per block before its linears are quantized."""
+
+
 def quantize_blocks(model: nn.Module, calib_NT: torch.Tensor, batch_size: int, desc: str,
                     quantize: Callable[[str, torch.Tensor, torch.Tensor], Any],
-                    tune: StageTune | None = None, tune_target: str = "block") -> dict[str, Any]:
+                    tune: StageTune | None = None, tune_target: str = "block",
+                    plan: StagePlan | None = None) -> dict[str, Any]:
     """The sequential weight-replacing passes (GPTQ, 2-4-bit, low-rank) in one place: stage by stage, each block
     linear's `quantize(name, weight, gram_II) -> QTensor | None` is computed on the inputs of the model compressed
     so far, and the linear's weight becomes its dequantized value (None: the weight stays as it is). With `tune`,
@@ -215,6 +220,8 @@ def quantize_blocks(model: nn.Module, calib_NT: torch.Tensor, batch_size: int, d
     outputs (block-wise reconstruction), and what it returns replaces them. The outputs are the uncompressed
     block's on the inputs the compressed model feeds it (`tune_target` block), or the uncompressed model's own
     (`model`: the block also learns to undo the error upstream of it, as ApiQ does).
+    `plan(block, {name: (weight, gram_II)}, records)`, when given, sees a whole block's linears (and its recorded
+    calibration forwards) before the first of them is quantized (e.g. to split a bit budget between them).
     -> {"<module>.weight": QTensor} of the replaced weights."""
     out: dict[str, Any] = {}
     if tune_target not in ("block", "model"):
@@ -222,6 +229,9 @@ def quantize_blocks(model: nn.Module, calib_NT: torch.Tensor, batch_size: int, d
     fp = copy.deepcopy(model) if tune is not None and tune_target == "model" else None
 
     def on_stage(stage: Stage) -> None:
+        if plan is not None:
+            plan(stage.stop, {n: (lin.weight.data, stage.stats[n].gram_II) for n, lin in stage.linears.items()},
+                 stage.records)
         done = {}
         for name, lin in stage.linears.items():
             q = quantize(name, lin.weight.data, stage.stats[name].gram_II)
@@ -242,6 +252,6 @@ def quantize_blocks(model: nn.Module, calib_NT: torch.Tensor, batch_size: int, d
             out[name + ".weight"] = q
 
     run_sequential(model, calib_NT, calibration_stages(model, include_head=False), on_stage, batch_size, desc=desc,
-                   record=tune is not None)
+                   record=tune is not None or plan is not None)
     return out
 

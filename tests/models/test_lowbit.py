@@ -184,6 +184,29 @@ def test_block_tuning_of_scales_alone_and_kept_only_when_better():
     assert all(e["after"] < e["before"] for e in errs)
 
 
+def test_sensitivity_allocation_spends_the_block_budget():
+    from models.compress.calibration import quantize_blocks
+    from models.compress.lowrank import factor_bits_per_rank
+
+    model, calib = _tiny_model()
+    p = LowbitPass(LowbitOptions(bits=2, group_size=32, lowrank_budget=1.0, lowrank_alloc="sensitivity"))
+    seen = []
+
+    def plan(block, linears, records):
+        prefix = next(n for n, m in model.named_modules() if m is block) + "."
+        grids = {}
+        ranks = p.allocate(block, {n[len(prefix):]: v for n, v in linears.items()}, records, grids, prefix)
+        assert set(ranks) == set(linears) == set(grids)
+        spent = sum(r * factor_bits_per_rank(*linears[n][0].shape, 8) for n, r in ranks.items())
+        budget = sum(w.numel() for w, _ in linears.values())
+        cheapest = min(factor_bits_per_rank(*w.shape, 8) for w, _ in linears.values())
+        assert budget - cheapest < spent <= budget  # greedy fills the block's budget
+        seen.append(ranks)
+
+    quantize_blocks(model, calib, 4, "t", lambda _n, w, h: None, None, "block", plan)
+    assert len(seen) == 2 and all(len(set(r.values())) > 1 for r in seen)  # not uniform
+
+
 def test_tune_targets_block_or_model():
     from models.compress.calibration import module_outputs, quantize_blocks
 
@@ -200,6 +223,8 @@ def test_tune_targets_block_or_model():
     model, calib = _tiny_model()
     fp1 = module_outputs(model, model.layers[1], calib, 4)
     assert all(torch.equal(x, y) for x, y in zip(fp1, m1, strict=True))
+    with pytest.raises(ValueError, match="lowrank_alloc"):
+        LowbitOptions(lowrank_alloc="sensitivity", lowrank_rank=4)
     with pytest.raises(ValueError, match="tune_target"):
         quantize_blocks(model, calib, 4, "t", lambda _n, w, h: None, None, "layer")
 
@@ -212,12 +237,15 @@ def test_lowbit_pass_with_tuning_end_to_end(model_dir, tmp_path):  # noqa: F811 
          "tune_steps": 30, "tune_lr": 3e-2, "lowrank_bits": 4},
         {"method": "lowbit", "name": "g2-scales", "bits": 2, "group_size": 32, "tune_steps": 20, "tune_scales": True,
          "tune_target": "model"},
+        {"method": "lowbit", "name": "g2-alloc", "bits": 2, "group_size": 32, "lowrank_budget": 0.5,
+         "lowrank_alloc": "sensitivity"},
     ])
     rep = run_compress(cfg, mdir, ids, bpt, tmp_path / "c")
     by = {p["name"]: p for p in rep["passes"]}
     mse = by["g2-lr-tuned"]["tune_block_mse"]
     assert len(mse) == 2 and all(after <= before for before, after in mse) and any(a < b for b, a in mse)
     assert "tune_block_mse" not in by["g2-lr"] and len(by["g2-scales"]["tune_block_mse"]) == 2
+    assert 0.3 < by["g2-alloc"]["lowrank_bits_per_weight"] <= 0.5 and len(by["g2-alloc"]["lowrank_ranks"]) > 1
     model, _ = load_compressed(tmp_path / "c" / "g2-lr-tuned")
     from models.compress.report import eval_bpb
 
@@ -333,6 +361,8 @@ def test_options_are_validated():
         LowbitOptions(tune_steps=-1, lowrank_rank=2)
     with pytest.raises(ValueError, match="lowrank_init"):
         LowbitOptions(lowrank_init="svd")
+    with pytest.raises(ValueError, match="lowrank_alloc"):
+        LowbitOptions(lowrank_alloc="sensitivity", lowrank_rank=4)
     with pytest.raises(ValueError, match="tune_target"):
         LowbitOptions(tune_target="layer", tune_scales=True)
     LowbitOptions(tune_steps=10, tune_scales=True)
