@@ -17,6 +17,11 @@ Design and invariants
   whitened by the calibration Gram matrix, stored as int8 (or int4 / fp16) factors inside the weight's QTensor;
   `lowrank_iters` > 1 alternates (CALDERA): Q = GPTQ(W - U V), then U V = fit(W - Q). The report states the
   factors' extra bits per weight of the corrected matrices.
+- Fitted, the correction gains little after GPTQ (its whitened residual is close to white noise). What does gain:
+  `tune_steps` trains the factors (and with `tune_scales` the group scales) on each block's output error with the
+  codes frozen (models/compress/blocktune.py). `lowrank_alloc: sensitivity` spends one block's budget where a rank
+  removes the most block-output error; `lowrank_init: weight` fits U V to W before the grid (CALDERA's order).
+  Measured side by side in LOG.md (session 7).
 - Export: the HF folder gets Q(W) + U V merged into dense fp32 weights; no compressed-tensors scheme holds 2/3-bit
   groups with a correction, and llama.cpp has neither these grids (its Q2_K / Q3_K use two-level 16-value
   scales) nor a low-rank term, so GGUF files are made from the pass's full-precision input by the requested
