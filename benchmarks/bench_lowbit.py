@@ -264,8 +264,11 @@ def extra_targets(extra: list[dict]) -> list[tuple[str, bool, str]]:
     if alone and corrected:
         best = min(corrected, key=lambda r: r["delta_bpb"])
         cut = 1 - best["delta_bpb"] / alone["delta_bpb"]
+        control = by.get("gptq-2bit-g64-scales-trained")
+        vs = (f"; the same scale training alone {control['delta_bpb']:+.4f}"
+              if control and "trained" in best["name"] else "")
         out.append(("2-bit GPTQ + low-rank (<= +0.25 bpw): >= 30% less bpb increase", cut >= 0.30,
-                    f"{best['delta_bpb']:+.4f} vs {alone['delta_bpb']:+.4f} ({cut:.0%} less, {best['name']})"))
+                    f"{best['delta_bpb']:+.4f} vs {alone['delta_bpb']:+.4f} ({cut:.0%} less, {best['name']}{vs})"))
     plain, distill = by.get("prune-30 structured, plain recovery"), by.get("prune-30 structured, distill recovery")
     if plain and distill:
         out.append(("prune-30 + distill recovery beats plain at equal tokens", distill["bpb"] < plain["bpb"],

@@ -17,6 +17,7 @@ Shape legend: N calibration windows, T window length, I input features of a Line
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +63,8 @@ class Stage:
     stop: nn.Module
     name: str = ""
     stats: dict[str, InputStats] = field(default_factory=dict)
+    records: list[tuple[tuple, dict, torch.Tensor]] = field(default_factory=list)
+    """With `record`: (args, kwargs, output) of each calibration forward of `stop` (block-wise reconstruction)."""
 
 
 def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -125,9 +128,11 @@ def run_sequential(
     on_stage: Callable[[Stage], None],
     batch_size: int = 8,
     desc: str = "calibrate",
+    record: bool = False,
 ) -> None:
     """For each stage in order: accumulate its layers' input stats with the current (already partly
-    compressed) model, then call `on_stage(stage)`, which compresses those layers in place."""
+    compressed) model, then call `on_stage(stage)`, which compresses those layers in place. With `record`, the
+    stage's `stop` module's inputs and (still uncompressed) output of every batch are kept in `stage.records`."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -139,10 +144,13 @@ def run_sequential(
                 for n, m in stage.linears.items()
             ]
 
-            def stop(_m, _inp, _out):
+            def stop(_m, args, kwargs, out, st=stage):
+                if record:
+                    st.records.append((_detached(args), _detached(kwargs), _detached(out[0] if isinstance(out, tuple)
+                                                                                       else out)))
                 raise _StopForward
 
-            hooks.append(stage.stop.register_forward_hook(stop))
+            hooks.append(stage.stop.register_forward_hook(stop, with_kwargs=True))
             try:
                 for b in range(0, calib_NT.shape[0], batch_size):
                     try:
@@ -153,26 +161,97 @@ def run_sequential(
                 for h in hooks:
                     h.remove()
             on_stage(stage)
-            stage.stats = {}
+            stage.stats, stage.records = {}, []
     finally:
         model.train(was_training)
 
 
+def _detached(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    if isinstance(x, tuple | list):
+        return type(x)(_detached(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _detached(v) for k, v in x.items()}
+    return x
+
+
+StageTune = Callable[[nn.Module, dict[str, Any], list], dict[str, Any]]
+"""`tune(block, {"<name inside block>.weight": QTensor}, records) -> the QTensors to keep` (models/compress/blocktune)."""
+
+
+@torch.no_grad()
+def module_outputs(model: nn.Module, module: nn.Module, calib_NT: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """`module`'s output (first element of a tuple) for each calibration batch; the forward stops after it."""
+    outs: list[torch.Tensor] = []
+
+    def stop(_m, _inp, out):
+        outs.append((out[0] if isinstance(out, tuple) else out).detach())
+        raise _StopForward
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    h = module.register_forward_hook(stop)
+    try:
+        for b in range(0, calib_NT.shape[0], batch_size):
+            try:
+                model(calib_NT[b : b + batch_size].to(device))
+            except _StopForward:
+                pass
+    finally:
+        h.remove()
+        model.train(was_training)
+    return outs
+
+
+StagePlan = Callable[[nn.Module, dict[str, tuple[torch.Tensor, torch.Tensor]], list], None]
+"""`plan(block, {"<module name>": (weight, gram_II)}, records)`: called once per block before its linears are quantized."""
+
+
 def quantize_blocks(model: nn.Module, calib_NT: torch.Tensor, batch_size: int, desc: str,
-                    quantize: Callable[[str, torch.Tensor, torch.Tensor], Any]) -> dict[str, Any]:
+                    quantize: Callable[[str, torch.Tensor, torch.Tensor], Any],
+                    tune: StageTune | None = None, tune_target: str = "block",
+                    plan: StagePlan | None = None) -> dict[str, Any]:
     """The sequential weight-replacing passes (GPTQ, 2-4-bit, low-rank) in one place: stage by stage, each block
     linear's `quantize(name, weight, gram_II) -> QTensor | None` is computed on the inputs of the model compressed
-    so far, and the linear's weight becomes its dequantized value (None: the weight stays as it is).
+    so far, and the linear's weight becomes its dequantized value (None: the weight stays as it is). With `tune`,
+    each block's QTensors are first handed to it with the block's recorded calibration inputs and full-precision
+    outputs (block-wise reconstruction), and what it returns replaces them. The outputs are the uncompressed
+    block's on the inputs the compressed model feeds it (`tune_target` block), or the uncompressed model's own
+    (`model`: the block also learns to undo the error upstream of it, as ApiQ does).
+    `plan(block, {name: (weight, gram_II)}, records)`, when given, sees a whole block's linears (and its recorded
+    calibration forwards) before the first of them is quantized (e.g. to split a bit budget between them).
     -> {"<module>.weight": QTensor} of the replaced weights."""
     out: dict[str, Any] = {}
+    if tune_target not in ("block", "model"):
+        raise ValueError(f"tune_target: must be block or model, got {tune_target!r}")
+    fp = copy.deepcopy(model) if tune is not None and tune_target == "model" else None
 
     def on_stage(stage: Stage) -> None:
+        if plan is not None:
+            plan(stage.stop, {n: (lin.weight.data, stage.stats[n].gram_II) for n, lin in stage.linears.items()},
+                 stage.records)
+        done = {}
         for name, lin in stage.linears.items():
             q = quantize(name, lin.weight.data, stage.stats[name].gram_II)
             if q is not None:
-                lin.weight.data.copy_(q.dequantize(lin.weight.dtype))
-                out[name + ".weight"] = q
+                done[name] = q
+        if tune is not None and done:
+            prefix = next(n for n, m in model.named_modules() if m is stage.stop) + "."
+            local = {n[len(prefix):] + ".weight": q for n, q in done.items()}
+            records = stage.records
+            if fp is not None:
+                targets = module_outputs(fp, fp.get_submodule(prefix[:-1]), calib_NT, batch_size)
+                records = [(a, k, t) for (a, k, _), t in zip(records, targets, strict=True)]
+            tuned = tune(stage.stop, local, records)
+            done = {prefix + k[: -len(".weight")]: q for k, q in tuned.items()}
+        for name, q in done.items():
+            lin = stage.linears[name]
+            lin.weight.data.copy_(q.dequantize(lin.weight.dtype))
+            out[name + ".weight"] = q
 
-    run_sequential(model, calib_NT, calibration_stages(model, include_head=False), on_stage, batch_size, desc=desc)
+    run_sequential(model, calib_NT, calibration_stages(model, include_head=False), on_stage, batch_size, desc=desc,
+                   record=tune is not None or plan is not None)
     return out
 

@@ -17,6 +17,11 @@ Design and invariants
   whitened by the calibration Gram matrix, stored as int8 (or int4 / fp16) factors inside the weight's QTensor;
   `lowrank_iters` > 1 alternates (CALDERA): Q = GPTQ(W - U V), then U V = fit(W - Q). The report states the
   factors' extra bits per weight of the corrected matrices.
+- Fitted, the correction gains little after GPTQ (its whitened residual is close to white noise). What does gain:
+  `tune_steps` trains the factors (and with `tune_scales` the group scales) on each block's output error with the
+  codes frozen (models/compress/blocktune.py). `lowrank_alloc: sensitivity` spends one block's budget where a rank
+  removes the most block-output error; `lowrank_init: weight` fits U V to W before the grid (CALDERA's order).
+  Measured side by side in LOG.md (session 7).
 - Export: the HF folder gets Q(W) + U V merged into dense fp32 weights; no compressed-tensors scheme holds 2/3-bit
   groups with a correction, and llama.cpp has neither these grids (its Q2_K / Q3_K use two-level 16-value
   scales) nor a low-rank term, so GGUF files are made from the pass's full-precision input by the requested
@@ -33,9 +38,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from models.compress.blocktune import block_error, tune_block
 from models.compress.calibration import quantize_blocks
 from models.compress.gptq import Ahead, _hinv_upper, gptq_columns
-from models.compress.lowrank import LowRank, fit_lowrank, rank_for_budget
+from models.compress.lowrank import LowRank, factor_bits_per_rank, fit_lowrank, rank_for_budget, whitened_svd
 from models.compress.passes import (
     CompressionPass,
     Embeddings,
@@ -174,6 +180,24 @@ class LowbitOptions:
     RMS (LQER/ASVD), none = plain SVD of the residual."""
     lowrank_iters: int = 1
     """Alternations of quantize / fit (CALDERA); 1 = quantize once, then fit the correction."""
+    lowrank_init: Literal["residual", "weight"] = "residual"
+    """residual: the grid first, the correction fitted to W - Q(W); weight (CALDERA): the correction is first fitted
+    to W itself, the grid quantizes W - U V, then the correction is refitted to W - Q."""
+    lowrank_alloc: Literal["uniform", "sensitivity"] = "uniform"
+    """How lowrank_budget is spent in a block: uniform = the same extra bits per weight in every matrix; sensitivity =
+    one budget per block (the same total bits), ranks placed greedily where a rank removes the most block-output
+    error per bit (each matrix's block-output error with only it quantized, times the share of its whitened
+    residual energy the rank captures)."""
+    tune_steps: int = 0
+    """Block-wise reconstruction (models/compress/blocktune.py): Adam steps per block training the correction's
+    factors (and, with tune_scales, the group scales) on the block's output error, codes frozen; 0 = fitted only."""
+    tune_lr: float = 1e-3
+    """Adam learning rate of the tuning, relative (scales are trained as a multiplier, factors relative to their RMS)."""
+    tune_scales: bool = False
+    """Also train the fp16 group scales (free in bits: they are stored anyway)."""
+    tune_target: Literal["block", "model"] = "block"
+    """What the tuned block must reproduce: the uncompressed block's output on the inputs the compressed model feeds
+    it (block), or the uncompressed model's output at that block (model: also undoes the error upstream, ApiQ)."""
 
     def __post_init__(self) -> None:
         _check_choice("bits", self.bits, (2, 3, 4))
@@ -187,6 +211,15 @@ class LowbitOptions:
         if self.block_size <= 0 or self.lowrank_rank < 0 or self.lowrank_iters < 1:
             raise ValueError(f"block_size, lowrank_iters: must be positive and lowrank_rank >= 0, got "
                              f"{self.block_size}, {self.lowrank_iters}, {self.lowrank_rank}")
+        _check_choice("lowrank_init", self.lowrank_init, ("residual", "weight"))
+        _check_choice("tune_target", self.tune_target, ("block", "model"))
+        _check_choice("lowrank_alloc", self.lowrank_alloc, ("uniform", "sensitivity"))
+        if self.lowrank_alloc == "sensitivity" and not self.lowrank_budget:
+            raise ValueError("lowrank_alloc: sensitivity splits lowrank_budget; set lowrank_budget > 0")
+        if self.tune_steps < 0 or not self.tune_lr > 0:
+            raise ValueError(f"tune_steps, tune_lr: must be >= 0 and > 0, got {self.tune_steps}, {self.tune_lr}")
+        if self.tune_steps and not (self.tune_scales or self.lowrank_rank or self.lowrank_budget):
+            raise ValueError("tune_steps: nothing to tune; set lowrank_rank / lowrank_budget or tune_scales: true")
         if not 0.0 <= self.lowrank_budget <= 8.0:
             raise ValueError(f"lowrank_budget: must be in [0, 8] bits per weight, got {self.lowrank_budget}")
 
@@ -210,8 +243,16 @@ class LowbitPass(CompressionPass):
         o = self.options
         stats = {"weights": 0, "code_bits": 0, "lowrank_bits": 0, "ranks": []}
 
-        def quantize(_name: str, w: torch.Tensor, gram: torch.Tensor) -> QTensor:
-            q = self.quantize_one(w, gram)
+        ranks: dict[str, int] = {}
+        first: dict[str, QTensor] = {}
+
+        def plan(block: nn.Module, linears: dict[str, tuple[torch.Tensor, torch.Tensor]], records: list) -> None:
+            prefix = next(n for n, m in model.named_modules() if m is block) + "."
+            ranks.update(self.allocate(block, {n[len(prefix):]: v for n, v in linears.items()}, records, first,
+                                       prefix))
+
+        def quantize(name: str, w: torch.Tensor, gram: torch.Tensor) -> QTensor:
+            q = self.quantize_one(w, gram, ranks.get(name), first.pop(name, None))
             stats["weights"] += w.numel()
             lr_bytes = q.lowrank.nbytes() if q.lowrank is not None else 0
             stats["code_bits"] += 8 * (q.nbytes() - lr_bytes)
@@ -220,35 +261,81 @@ class LowbitPass(CompressionPass):
                 stats["ranks"].append(q.lowrank.rank)
             return q
 
-        qt = quantize_blocks(model, ctx.calib_NT, ctx.batch_size, f"{o.algo}-int{o.bits}", quantize)
+        errors: list[dict[str, float]] = []
+
+        def tune(block: nn.Module, qtensors: dict[str, QTensor], records: list) -> dict[str, QTensor]:
+            tuned, err = tune_block(block, qtensors, records, o.tune_steps, o.tune_lr, o.tune_scales)
+            errors.append(err)
+            return tuned
+
+        qt = quantize_blocks(model, ctx.calib_NT, ctx.batch_size, f"{o.algo}-int{o.bits}", quantize,
+                             tune if o.tune_steps else None, o.tune_target,
+                             plan if o.lowrank_alloc == "sensitivity" else None)
         qt = _quantize_rest(model, qt, "int4", o.embeddings, 128, False, "")
         n = max(stats["weights"], 1)
         info: dict[str, Any] = {"block_bits_per_weight": stats["code_bits"] / n,
                                 "lowrank_bits_per_weight": stats["lowrank_bits"] / n}
         if stats["ranks"]:
             info["lowrank_ranks"] = sorted(set(stats["ranks"]))
+        if errors:
+            info["tune_block_mse"] = [[round(e["before"], 8), round(e["after"], 8)] for e in errors]
         return PassOutput(model, qt, info)
 
-    def quantize_one(self, w_OI: torch.Tensor, gram_II: torch.Tensor) -> QTensor:
-        """One block matrix: the grid, then (if asked) the correction, alternating lowrank_iters times."""
+    def grid(self, w_OI: torch.Tensor, gram_II: torch.Tensor) -> QTensor:
         o = self.options
-        diag = gram_II.diagonal().clone()
+        if o.algo == "rtn":
+            return quantize_lowbit(w_OI, o.bits, o.group_size, gram_II.diagonal().clone())
+        return gptq_lowbit(w_OI, gram_II, o.bits, o.group_size, o.damp, o.block_size)
+
+    def allocate(self, block: nn.Module, linears: dict[str, tuple[torch.Tensor, torch.Tensor]], records: list,
+                 grids: dict[str, QTensor], prefix: str = "") -> dict[str, int]:
+        """Ranks of one block's matrices (keys: module names inside the block) under the block's total budget
+        (lowrank_budget x its weights), placed greedily by block-output error removed per bit; the grids computed
+        on the way are left in `grids` (keys prefixed by `prefix`) for the quantization to reuse."""
+        o = self.options
+        frozen = {k: v.detach() for k, v in block.named_parameters()}
+        gains: dict[str, torch.Tensor] = {}
+        cost: dict[str, float] = {}
+        for name, (w, gram) in linears.items():
+            q = self.grid(w.detach().float(), gram)
+            grids[prefix + name] = q
+            sens = block_error(block, {**frozen, name + ".weight": q.dequantize(w.dtype)}, records)
+            _, S, _, _ = whitened_svd(w.detach().float() - q.dequantize(), gram, o.lowrank_whiten, o.damp)
+            share = S.double() ** 2 / (S.double() ** 2).sum().clamp_min(1e-30)
+            gains[name] = sens * share
+            cost[name] = factor_bits_per_rank(*w.shape, o.lowrank_bits)
+        budget = o.lowrank_budget * sum(w.numel() for w, _ in linears.values())
+        ranks = dict.fromkeys(linears, 0)
+        while True:
+            fits = [n for n in ranks if ranks[n] < gains[n].numel() and cost[n] <= budget]
+            if not fits:
+                return {prefix + n: r for n, r in ranks.items()}
+            best = max(fits, key=lambda n: float(gains[n][ranks[n]]) / cost[n])
+            ranks[best] += 1
+            budget -= cost[best]
+
+    def quantize_one(self, w_OI: torch.Tensor, gram_II: torch.Tensor, rank: int | None = None,
+                     first: QTensor | None = None) -> QTensor:
+        """One block matrix: the grid, then (if asked) the correction, alternating lowrank_iters times; `rank`
+        overrides the options' rank, `first` is the grid of W already computed (the residual init reuses it)."""
+        o = self.options
 
         def grid(target: torch.Tensor) -> QTensor:
-            if o.algo == "rtn":
-                return quantize_lowbit(target, o.bits, o.group_size, diag)
-            return gptq_lowbit(target, gram_II, o.bits, o.group_size, o.damp, o.block_size)
+            return self.grid(target, gram_II)
 
-        r = o.rank(*w_OI.shape)
+        r = o.rank(*w_OI.shape) if rank is None else rank
         w = w_OI.detach().float()
-        q = grid(w)
+
+        def fit(target: torch.Tensor) -> LowRank:
+            return LowRank.quantize(*fit_lowrank(target, gram_II, r, o.lowrank_whiten, o.damp), o.lowrank_bits)
+
         if r == 0:
-            return q
-        lr: LowRank | None = None
+            return first if first is not None else grid(w)
+        lr = fit(w) if o.lowrank_init == "weight" else None
+        q = first if lr is None and first is not None else grid(w if lr is None else w - lr.dense())
         for it in range(o.lowrank_iters):
             if it:
                 q = grid(w - lr.dense())
-            lr = LowRank.quantize(*fit_lowrank(w - q.dequantize(), gram_II, r, o.lowrank_whiten, o.damp),
-                                  o.lowrank_bits)
+            lr = fit(w - q.dequantize())
         q.lowrank = lr
         return q

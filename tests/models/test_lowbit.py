@@ -116,6 +116,145 @@ def test_correction_lowers_error_within_budget():
     assert _out_err(x, w, two.dequantize()) < errs[0]
 
 
+def test_caldera_init_from_the_weight():
+    torch.manual_seed(0)
+    w = torch.randn(64, 256) * 0.05
+    w += torch.randn(64, 2) @ torch.randn(2, 256) * 0.05  # a strong low-rank part the grid should not spend levels on
+    x = _correlated_inputs(2048, 256)
+    h = x.T @ x
+    plain = LowbitPass(LowbitOptions(bits=2, group_size=64)).quantize_one(w, h)
+    init = LowbitPass(LowbitOptions(bits=2, group_size=64, lowrank_rank=4, lowrank_init="weight")).quantize_one(w, h)
+    assert init.lowrank.rank == 4 and _out_err(x, w, init.dequantize()) < _out_err(x, w, plain.dequantize())
+
+
+def _tiny_model():
+    from models import ModelConfig
+    from models.transformer import Transformer
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=96, dim=64, num_layers=2, num_heads=4, num_kv_heads=2, max_seq_len=32, init_std=0.1)
+    return Transformer(cfg), torch.randint(0, 96, (16, 32))
+
+
+@pytest.mark.parametrize("lowrank_bits,tune_scales", [(8, False), (4, True), (16, False)])
+def test_block_tuning_lowers_block_output_error(lowrank_bits, tune_scales):
+    from models.compress.blocktune import tune_block
+    from models.compress.calibration import quantize_blocks
+
+    model, calib = _tiny_model()
+    lowbit = LowbitPass(LowbitOptions(bits=2, group_size=32, lowrank_rank=2, lowrank_bits=lowrank_bits))
+    seen = []
+
+    def tune(block, qtensors, records):
+        assert records and sorted(qtensors) == sorted(n + ".weight" for n, m in block.named_modules()
+                                                       if isinstance(m, torch.nn.Linear))
+        tuned, err = tune_block(block, qtensors, records, steps=60, lr=3e-2, tune_scales=tune_scales)
+        seen.append((block, qtensors, tuned, err))
+        return tuned
+
+    qt = quantize_blocks(model, calib, 4, "t", lambda _n, w, h: lowbit.quantize_one(w, h), tune)
+    assert len(seen) == 2 and len(qt) == 14
+    for block, fitted, tuned, err in seen:
+        assert err["after"] < 0.9 * err["before"]
+        for k, q in tuned.items():
+            assert torch.equal(q.codes, fitted[k].codes) and torch.equal(q.zero, fitted[k].zero)  # codes frozen
+            assert q.lowrank.rank == 2 and q.lowrank.bits == lowrank_bits and q.scale.dtype == torch.float16
+            assert torch.equal(q.scale, fitted[k].scale) != tune_scales
+            # the model holds exactly the stored (tuned) values
+            assert torch.equal(block.get_parameter(k), q.dequantize())
+
+
+def test_block_tuning_of_scales_alone_and_kept_only_when_better():
+    from models.compress.blocktune import tune_block
+    from models.compress.calibration import quantize_blocks
+
+    model, calib = _tiny_model()
+    plain = LowbitPass(LowbitOptions(bits=2, group_size=32))
+    errs = []
+
+    def tune(block, qtensors, records):
+        zero, err0 = tune_block(block, qtensors, records, steps=0, lr=1e-3, tune_scales=True)
+        assert zero is qtensors and err0["after"] == err0["before"]
+        tuned, err = tune_block(block, qtensors, records, steps=40, lr=1e-2, tune_scales=True)
+        assert all(q.lowrank is None for q in tuned.values())
+        errs.append(err)
+        return tuned
+
+    quantize_blocks(model, calib, 4, "t", lambda _n, w, h: plain.quantize_one(w, h), tune)
+    assert all(e["after"] < e["before"] for e in errs)
+
+
+def test_sensitivity_allocation_spends_the_block_budget():
+    from models.compress.calibration import quantize_blocks
+    from models.compress.lowrank import factor_bits_per_rank
+
+    model, calib = _tiny_model()
+    p = LowbitPass(LowbitOptions(bits=2, group_size=32, lowrank_budget=1.0, lowrank_alloc="sensitivity"))
+    seen = []
+
+    def plan(block, linears, records):
+        prefix = next(n for n, m in model.named_modules() if m is block) + "."
+        grids = {}
+        ranks = p.allocate(block, {n[len(prefix):]: v for n, v in linears.items()}, records, grids, prefix)
+        assert set(ranks) == set(linears) == set(grids)
+        spent = sum(r * factor_bits_per_rank(*linears[n][0].shape, 8) for n, r in ranks.items())
+        budget = sum(w.numel() for w, _ in linears.values())
+        cheapest = min(factor_bits_per_rank(*w.shape, 8) for w, _ in linears.values())
+        assert budget - cheapest < spent <= budget  # greedy fills the block's budget
+        seen.append(ranks)
+
+    quantize_blocks(model, calib, 4, "t", lambda _n, w, h: None, None, "block", plan)
+    assert len(seen) == 2 and all(len(set(r.values())) > 1 for r in seen)  # not uniform
+
+
+def test_tune_targets_block_or_model():
+    from models.compress.calibration import module_outputs, quantize_blocks
+
+    got: dict[str, list] = {"block": [], "model": []}
+    plain = LowbitPass(LowbitOptions(bits=2, group_size=32))
+    for target in got:
+        model, calib = _tiny_model()
+        quantize_blocks(model, calib, 4, "t", lambda _n, w, h: plain.quantize_one(w, h),
+                        lambda _b, q, rec, t=target: got[t].append([r[2] for r in rec]) or q, target)
+    (b0, b1), (m0, m1) = got["block"], got["model"]
+    # block 0 sees the same (uncompressed embedding) inputs either way; block 1's model target is the fp model's output
+    assert all(torch.equal(x, y) for x, y in zip(b0, m0, strict=True))
+    assert not any(torch.allclose(x, y) for x, y in zip(b1, m1, strict=True))
+    model, calib = _tiny_model()
+    fp1 = module_outputs(model, model.layers[1], calib, 4)
+    assert all(torch.equal(x, y) for x, y in zip(fp1, m1, strict=True))
+    with pytest.raises(ValueError, match="lowrank_alloc"):
+        LowbitOptions(lowrank_alloc="sensitivity", lowrank_rank=4)
+    with pytest.raises(ValueError, match="tune_target"):
+        quantize_blocks(model, calib, 4, "t", lambda _n, w, h: None, None, "layer")
+
+
+def test_lowbit_pass_with_tuning_end_to_end(model_dir, tmp_path):  # noqa: F811 (fixture)
+    mdir, ids, bpt = model_dir
+    cfg = small_cfg([
+        {"method": "lowbit", "name": "g2-lr", "bits": 2, "group_size": 32, "lowrank_rank": 2},
+        {"method": "lowbit", "name": "g2-lr-tuned", "bits": 2, "group_size": 32, "lowrank_rank": 2,
+         "tune_steps": 30, "tune_lr": 3e-2, "lowrank_bits": 4},
+        {"method": "lowbit", "name": "g2-scales", "bits": 2, "group_size": 32, "tune_steps": 20, "tune_scales": True,
+         "tune_target": "model"},
+        {"method": "lowbit", "name": "g2-alloc", "bits": 2, "group_size": 32, "lowrank_budget": 0.5,
+         "lowrank_alloc": "sensitivity"},
+    ])
+    rep = run_compress(cfg, mdir, ids, bpt, tmp_path / "c")
+    by = {p["name"]: p for p in rep["passes"]}
+    mse = by["g2-lr-tuned"]["tune_block_mse"]
+    assert len(mse) == 2 and all(after <= before for before, after in mse) and any(a < b for b, a in mse)
+    assert "tune_block_mse" not in by["g2-lr"] and len(by["g2-scales"]["tune_block_mse"]) == 2
+    assert 0.3 < by["g2-alloc"]["lowrank_bits_per_weight"] <= 0.5 and len(by["g2-alloc"]["lowrank_ranks"]) > 1
+    model, _ = load_compressed(tmp_path / "c" / "g2-lr-tuned")
+    from models.compress.report import eval_bpb
+
+    bpb = eval_bpb(model, ids[: rep["num_eval_tokens"]], bpt, rep["eval_seq_len"], 8)
+    assert abs(bpb - by["g2-lr-tuned"]["val_bpb"]) < 1e-4
+    _, _, qt, _ = read_compressed(tmp_path / "c" / "g2-lr-tuned")
+    assert all(q.lowrank is not None and q.lowrank.bits == 4 for q in qt.values() if q.kind == "int2")
+
+
 def test_factored_linear_runs_the_product():
     torch.manual_seed(0)
     u, v = torch.randn(24, 5), torch.randn(5, 40)
@@ -216,6 +355,17 @@ def test_options_are_validated():
         LowbitOptions(lowrank_bits=2)
     with pytest.raises(ValueError, match="lowrank_budget"):
         LowbitOptions(lowrank_budget=-1)
+    with pytest.raises(ValueError, match="nothing to tune"):
+        LowbitOptions(tune_steps=10)
+    with pytest.raises(ValueError, match="tune_steps"):
+        LowbitOptions(tune_steps=-1, lowrank_rank=2)
+    with pytest.raises(ValueError, match="lowrank_init"):
+        LowbitOptions(lowrank_init="svd")
+    with pytest.raises(ValueError, match="lowrank_alloc"):
+        LowbitOptions(lowrank_alloc="sensitivity", lowrank_rank=4)
+    with pytest.raises(ValueError, match="tune_target"):
+        LowbitOptions(tune_target="layer", tune_scales=True)
+    LowbitOptions(tune_steps=10, tune_scales=True)
     with pytest.raises(ValueError, match="group_size"):
         CompressConfig(passes=[{"method": "lowbit", "group_size": 48}])
     with pytest.raises(ValueError, match="size_ratio"):
