@@ -56,7 +56,9 @@ def build_data(out: Path, vocab: int) -> tuple[Path, Path]:
     docs = [s.strip() for s in DATA.read_text(encoding="utf-8").split("<|endoftext|>") if s.strip()]
     (out / "data").mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table({"text": docs, "id": [f"s{i}" for i in range(len(docs))]}), out / "data" / "docs.parquet")
-    run_tokenize(TokenizeConfig(vocab_size=vocab, val_fraction=0.05, progress=False), [out / "data" / "docs.parquet"],
+    # a val split that holds the scored tokens and, after them, the calibration windows: the PTQ passes that train
+    # on calibration data (lowbit tune_steps) must not be scored on what they trained on
+    run_tokenize(TokenizeConfig(vocab_size=vocab, val_fraction=0.15, progress=False), [out / "data" / "docs.parquet"],
                  out / "data" / "tokenizer", shards, seed=0)
     return shards, tok
 
