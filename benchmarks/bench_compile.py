@@ -9,8 +9,9 @@ For each pair, inside one empty Inductor cache:
 2. full training steps (zero grads, forward+backward, clip, Muon+AdamW step; the model compiled, the optimizer
    eager, as `train.compile: true` runs), eager and compiled alternating; the compiled model's first step after
    `torch._dynamo.reset()` with the Inductor cache the probe filled: what the run itself then pays;
-3. the break-even: optimizer steps after which the compile has paid back `PAYBACK` times, from the full steps,
-   and auto's decision for the reference run length from the probe's numbers.
+3. the break-even: optimizer steps after which a cold / a warm compile has paid back `PAYBACK` times, from the
+   full steps, and auto's decision for the reference run length from the probe's numbers (cold: a later run whose
+   Inductor cache was emptied; warm: the probing run itself, or a later one with the kernels cached).
 
     .venv/bin/python benchmarks/bench_compile.py [--threads 1] [--repeats 8] [--shapes demo,nanogpt]
 """
@@ -55,7 +56,7 @@ def one(name: str, prec: str, repeats: int) -> dict[str, float]:
         torch._dynamo.reset()
         probe = Probe(model, b, t, precision, cfg.vocab_size)
         p_eager = statistics.median(probe.eager(3))
-        p_compile, p_e, p_c = probe.compiled(4)
+        entry = probe.compiled(4)
         del probe
         torch._dynamo.reset()  # the run's own compile: Dynamo again, Inductor from the cache the probe filled
         opt = make_optimizer(model, TrainConfig(), "cpu")
@@ -66,15 +67,17 @@ def one(name: str, prec: str, repeats: int) -> dict[str, float]:
         comp()
         first = time.perf_counter() - t0
         times = alternate({"eager": eager, "compiled": comp}, repeats, warmup=1)
-    entry = {"eager_s": statistics.median(p_e), "compiled_s": statistics.median(p_c), "compile_s": p_compile}
-    d = decide(entry, ref_steps, "probe")
+    cold = decide(entry, ref_steps, "probe", warm=False)  # a later run with Inductor's cache emptied
+    warm = decide(entry, ref_steps, "probe", warm=True)  # this run after its probe, or a later one, kernels cached
     saved = times["eager"] - times["compiled"]
     return {"probe_eager_gate_ms": p_eager * 1e3, "probe_eager_ms": entry["eager_s"] * 1e3,
-            "probe_compiled_ms": entry["compiled_s"] * 1e3, "compile_cold_s": p_compile,
-            "compile_warm_s": first - times["compiled"], "step_eager_ms": times["eager"] * 1e3,
-            "step_compiled_ms": times["compiled"] * 1e3, "speedup": times["eager"] / times["compiled"],
-            "break_even_steps": PAYBACK * p_compile / saved if saved > 0 else float("inf"),
-            "ref_steps": ref_steps, "auto": float(d.compile)}
+            "probe_compiled_ms": entry["compiled_s"] * 1e3, "compile_cold_s": entry["compile_s"],
+            "compile_warm_s": first - times["compiled"], "probe_warm_s": entry["warm_s"],
+            "step_eager_ms": times["eager"] * 1e3, "step_compiled_ms": times["compiled"] * 1e3,
+            "speedup": times["eager"] / times["compiled"],
+            "break_even_steps": PAYBACK * entry["compile_s"] / saved if saved > 0 else float("inf"),
+            "break_even_warm_steps": PAYBACK * entry["warm_s"] / saved if saved > 0 else float("inf"),
+            "ref_steps": ref_steps, "auto_cold": float(cold.compile), "auto_warm": float(warm.compile)}
 
 
 def main() -> None:
@@ -87,17 +90,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), load average {os.getloadavg()[0]:.1f}; "
           f"median of {args.repeats} interleaved steps")
-    print("\n| shape | precision | compile cold s | compile warm s | step eager ms | step compiled ms | speedup | "
-          f"break-even steps ({PAYBACK:g}x) | probe eager / compiled ms | auto at ref steps |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| shape | precision | compile cold s | compile warm s (probe / run) | step eager ms | step compiled ms | "
+          f"speedup | steps to repay {PAYBACK:g}x cold / warm | probe micro-batch eager / compiled ms | "
+          "auto at ref steps, cold / warm | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.shapes.split(","):
         for prec in args.precisions.split(","):
             r = one(name, prec, args.repeats)
-            print(f"| {name} | {prec} | {r['compile_cold_s']:.1f} | {r['compile_warm_s']:.1f} | "
-                  f"{r['step_eager_ms']:.0f} | {r['step_compiled_ms']:.0f} | {r['speedup']:.2f}x | "
-                  f"{r['break_even_steps']:.0f} | {r['probe_eager_ms']:.0f} / {r['probe_compiled_ms']:.0f} | "
-                  f"{'compile' if r['auto'] else 'eager'} at {r['ref_steps']} | load {os.getloadavg()[0]:.1f}",
-                  flush=True)
+            word = {1.0: "compile", 0.0: "eager"}
+            print(f"| {name} | {prec} | {r['compile_cold_s']:.1f} | {r['probe_warm_s']:.1f} / "
+                  f"{r['compile_warm_s']:.1f} | {r['step_eager_ms']:.0f} | {r['step_compiled_ms']:.0f} | "
+                  f"{r['speedup']:.2f}x | {r['break_even_steps']:.0f} / {r['break_even_warm_steps']:.0f} | "
+                  f"{r['probe_eager_ms']:.0f} / {r['probe_compiled_ms']:.0f} | {word[r['auto_cold']]} / "
+                  f"{word[r['auto_warm']]} at {r['ref_steps']} | {os.getloadavg()[0]:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -25,10 +25,10 @@ def _caches_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _cache(model: torch.nn.Module, eager_s: float, compiled_s: float, compile_s: float, precision: str = "fp32",
-           batch: int = 4, seq: int = 32) -> None:
+           batch: int = 4, seq: int = 32, warm_s: float = 2.0) -> None:
     """A measurement as a previous probe on this machine would have left it."""
     write_cache(f"{machine_key()}|{shape_key(model, batch, seq, precision)}",
-                {"eager_s": eager_s, "compiled_s": compiled_s, "compile_s": compile_s})
+                {"eager_s": eager_s, "compiled_s": compiled_s, "compile_s": compile_s, "warm_s": warm_s})
 
 
 def test_explicit_settings_and_cuda() -> None:
@@ -51,12 +51,12 @@ def test_cuda_auto_compiles_when_triton_is_there(monkeypatch: pytest.MonkeyPatch
     assert resolve_compile("auto", "gpu", m, 4, 32, "bf16-mixed", 10, 512).compile is False
 
 
-def test_cpu_auto_from_cached_measurements() -> None:
+def test_cpu_auto_from_cached_measurements(tmp_path: Path) -> None:
     m = Transformer(TINY)
-    _cache(m, eager_s=0.100, compiled_s=0.080, compile_s=40.0)  # 20 ms saved per micro-batch, 40 s compile
+    _cache(m, eager_s=0.100, compiled_s=0.080, compile_s=40.0)  # 20 ms saved per micro-batch, 40 s cold compile
     needed = int(PAYBACK * 40.0 / 0.020) + 1
     long = resolve_compile("auto", "cpu", m, 4, 32, "fp32", needed, 512)
-    assert long.compile is True and "cached measurement" in long.why and "1.25x" in long.why
+    assert long.compile is True and "cached measurement" in long.why and "1.25x" in long.why and "cold" in long.why
     assert long.measured["source"] == "cached measurement" and long.measured["saved_s"] >= PAYBACK * 40.0
     short = resolve_compile("auto", "cpu", m, 4, 32, "fp32", needed // 2, 512)
     assert short.compile is False and "< 2x the compile" in short.why
@@ -65,6 +65,11 @@ def test_cpu_auto_from_cached_measurements() -> None:
     assert resolve_compile("auto", "cpu", m, 4, 32, "bf16-mixed", needed, 512).compile is False
     _cache(m, eager_s=0.100, compiled_s=0.120, compile_s=40.0, batch=8)  # compiled slower: never
     assert resolve_compile("auto", "cpu", m, 8, 32, "fp32", 10**9, 512).compile is False
+    # Inductor's on-disk cache holds kernels: the compile costs the measured warm 2 s, the shorter run compiles
+    (tmp_path / "inductor" / "fxgraph" / "ab").mkdir(parents=True)
+    warm = resolve_compile("auto", "cpu", m, 4, 32, "fp32", needed // 2, 512)
+    assert warm.compile is True and "kernels cached" in warm.why and warm.measured["compile_cost_s"] == 2.0
+    assert resolve_compile("auto", "cpu", m, 4, 32, "fp32", int(PAYBACK * 2.0 / 0.020) - 1, 512).compile is False
 
 
 def test_cpu_auto_short_run_probes_eager_only_and_touches_nothing() -> None:
@@ -89,9 +94,10 @@ def test_cpu_auto_long_run_probes_a_compile_and_caches_it() -> None:
     d = resolve_compile("auto", "cpu", m, 4, 32, "fp32", 10**9, 512)  # a long run: the probe is cheap in comparison
     assert torch.equal(torch.get_rng_state(), rng)
     entry = next(iter(read_cache().values()))
-    assert entry["compile_s"] > 0 and entry["compiled_s"] > 0 and entry["eager_s"] > 0
-    assert d.measured["source"].startswith("probe")
-    assert d.compile == (10**9 * (entry["eager_s"] - entry["compiled_s"]) >= PAYBACK * entry["compile_s"])
+    assert entry["compile_s"] > 0 and entry["compiled_s"] > 0 and entry["eager_s"] > 0 and entry["warm_s"] >= 0
+    assert entry["warm_s"] < entry["compile_s"]  # Inductor's kernels came from its cache the second time
+    assert d.measured["source"].startswith("probe") and d.measured["compile_cost_s"] == entry["warm_s"]
+    assert d.compile == (10**9 * (entry["eager_s"] - entry["compiled_s"]) >= PAYBACK * entry["warm_s"])
     again = resolve_compile("auto", "cpu", m, 4, 32, "fp32", 10**9, 512)  # the next run reads the cache
     assert again.measured["source"] == "cached measurement" and again.compile == d.compile
 
