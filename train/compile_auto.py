@@ -48,7 +48,7 @@ from models.atomic import atomic_write_json, read_json_or_empty
 from train.peak_flops import cache_dir, cpu_cache_key
 
 PAYBACK = 2.0
-"""Compile when the micro-batches left x (eager - compiled seconds) >= PAYBACK x the compile seconds."""
+"""Compile when the micro-batches left x (eager - compiled seconds) >= PAYBACK x the compile's cost (warm or cold)."""
 PROBE_MIN_RUN_RATIO = 5.0
 """Probe a compile only when the run's eager time is at least this many times the compile time to expect: then a
 probe that ends in "eager" costs at most a fifth of the run, and one that ends in "compile" (the usual outcome:
@@ -175,7 +175,7 @@ class Probe:
 
 
 def inductor_cache_on_disk() -> bool:
-    """Whether Inductor's on-disk FX graph cache exists and holds entries (a reboot or a cleaned /tmp empties it:
+    """Whether Inductor's on-disk FX graph cache exists and holds entries (a reboot or a cleaned temp folder empties it:
     then a compile is cold again)."""
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
