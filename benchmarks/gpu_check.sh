@@ -65,7 +65,7 @@ for run in ("speedrun", "ddp", "fsdp"):
     p = Path(sys.argv[1]) / run / "train" / "summary.json"
     if p.is_file():
         s = json.loads(p.read_text())
-        print(f"{run:9s} precision {s.get('precision')} strategy {s.get('strategy')} world {s.get('world_size')} "
+        print(f"{run:9s} precision {s.get('precision')} compile {s.get('compile')} strategy {s.get('strategy')} world {s.get('world_size')} "
               f"tokens/s {s.get('tokens_per_s', 0):,.0f} MFU {100 * (s.get('mfu') or 0):.1f}% "
               f"val_bpb {s.get('val_bpb')} wall {s.get('wall_s', 0):.0f}s")
     else:

@@ -87,8 +87,11 @@ class TrainConfig:
     """'auto' (bf16-mixed where the device computes bf16 natively, else fp32; decided per machine by
     train/precision.py), 'fp32', 'bf16-mixed' (autocast, CPU or GPU) or '16-mixed' (fp16 autocast with loss
     scaling, GPU only). The config stays machine-independent; the summary records what a run used."""
-    compile: bool = False
-    """Compile the model with torch.compile (slower start, faster steps on GPU)."""
+    compile: bool | Literal["auto"] = "auto"
+    """Train the model's forward/backward through torch.compile (a slower start for faster steps). 'auto': on CUDA
+    yes; on a CPU when the run is long enough for the measured gain to repay the measured compile time
+    (train/compile_auto.py: cached per machine and shape, else probed). Validation, samples, EMA, checkpoints and
+    the exported model use the plain module either way; the summary records what a run used and why."""
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     """Device kind; 'auto' takes a GPU when one is present."""
     devices: int = 1
@@ -141,10 +144,12 @@ class TrainConfig:
     """Where metrics go (Lightning's loggers): 'tensorboard' (run_dir/tb), 'csv' (run_dir/csv/metrics.csv),
     'wandb' or 'mlflow' (run_dir/mlruns); the last two need their package installed."""
 
-    # Fields that change how a run is shown or checkpointed, never what it trains: the run directory's stage hash
-    # leaves them out, so toggling the progress bar does not retrain.
+    # Fields that change how a run is shown, checkpointed or how fast it goes, never what it trains: the run
+    # directory's stage hash leaves them out, so toggling the progress bar or compile does not retrain (a compiled
+    # and an eager run resume from each other's checkpoints).
     HASH_EXCLUDE: ClassVar[frozenset[str]] = frozenset(
-        {"progress_bar", "logger", "log_every_steps", "ckpt_every_tokens", "ckpt_every_minutes", "num_keep_ckpts"})
+        {"progress_bar", "logger", "log_every_steps", "ckpt_every_tokens", "ckpt_every_minutes", "num_keep_ckpts",
+         "compile"})
 
     def __post_init__(self) -> None:
         for name in ("max_tokens", "batch_size", "seq_len", "val_every_tokens", "ckpt_every_tokens",
@@ -179,6 +184,8 @@ class TrainConfig:
             raise ValueError(f"ckpt_every_minutes: must be >= 0, got {self.ckpt_every_minutes}")
         if self.distill_temperature <= 0:
             raise ValueError(f"distill_temperature: must be positive, got {self.distill_temperature}")
+        if not (isinstance(self.compile, bool) or self.compile == "auto"):
+            raise ValueError(f"compile: must be true, false or 'auto', got {self.compile!r}")
         if self.qat_block not in (0, 32, 64, 128, 256):
             raise ValueError(f"qat_block: must be 0 (per tensor), 32, 64, 128 or 256, got {self.qat_block!r}")
         if self.qat_embeddings and self.qat == "none":

@@ -10,7 +10,8 @@ Design and invariants
   samples around it, `train_in_memory` adds nothing: no files, no logger, for runs of seconds (sweep points,
   recovery). With the same config, data and seed both give the same losses (tests/train/test_recipe.py).
 - `prepare` resolves what depends on the machine (accelerator, `precision: auto`, torch threads) the same way for
-  both, before the seed is set, so the seed fixes the initialisation and the data order alone.
+  both, before the seed is set, so the seed fixes the initialisation and the data order alone. `choose_compile`
+  resolves `compile: auto` once the system exists (it times a copy of the model, never the global RNG).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 from torch import nn
 
 from models import ModelConfig
+from train.compile_auto import CompileDecision, resolve_compile
 from train.config import TrainConfig
 from train.ema import WeightEMA
 from train.precision import resolve_precision
@@ -70,6 +72,19 @@ def prepare(cfg: TrainConfig, quiet: bool = False) -> tuple[TrainConfig, str]:
     if cfg.precision == "auto" and not quiet:
         print(f"[train] precision auto -> {precision} ({why})", file=sys.stderr)
     return dataclasses.replace(cfg, precision=precision), accel  # type: ignore[arg-type]
+
+
+def choose_compile(cfg: TrainConfig, accel: str, system: LMSystem, batch_size: int, seq_len: int,
+                   steps_left: int, quiet: bool = False) -> CompileDecision:
+    """Resolve `cfg.compile` for this run (train/compile_auto.py) and apply it to `system`; after the system is
+    built (the probe times a copy of its model, adapters and QAT included) and before the Trainer."""
+    decision = resolve_compile(cfg.compile, accel, system.model, batch_size, seq_len, cfg.precision,
+                               max(0, steps_left) * cfg.num_accum_steps, system.model_cfg.vocab_size,
+                               cfg.devices * cfg.num_nodes)
+    system.use_compile(decision.compile)
+    if cfg.compile == "auto" and not quiet:
+        print(f"[train] compile auto -> {'on' if decision.compile else 'off'} ({decision.why})", file=sys.stderr)
+    return decision
 
 
 def tokens_per_step(cfg: TrainConfig, batch_size: int, seq_len: int) -> int:
@@ -174,6 +189,7 @@ def train_in_memory(cfg: TrainConfig, dm: Any, max_tokens: int, *, model_cfg: Mo
                           init_model=init_model)
         if teacher is not None:
             system.set_teacher(teacher)
+        choose_compile(cfg, accel, system, dm.batch_size, dm.seq_len, total_steps, quiet=True)
         ema = make_ema(cfg)
         trainer = make_trainer(cfg, accel, total_steps, total_steps + 1, [*callbacks, *([ema] if ema else [])])
         fit(trainer, system, dm)

@@ -146,6 +146,12 @@ def _ckpt_model_config(path: Path) -> ModelConfig:
     return ModelConfig.from_dict(dict(ckpt["hyper_parameters"]["model_config"]))
 
 
+def _ckpt_global_step(path: Path) -> int:
+    """Optimizer steps a checkpoint has done (a resumed run has only the rest to train)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return int(ckpt.get("global_step", 0))
+
+
 def init_weights(cfg: TrainConfig, resume: Path | None) -> tuple[Any, ModelConfig | None]:
     """(model to start from or None, its config or None) for `cfg.init_from`; a resumed run imports nothing."""
     if not cfg.init_from:
@@ -269,6 +275,8 @@ def _run_train(cfg: TrainConfig, model_cfg: ModelConfig | None, shards_dir: Path
                       init_model=init_model)
     if teacher is not None:
         system.set_teacher(teacher)
+    done = _ckpt_global_step(p.resume) if p.resume else 0
+    compiled = recipe.choose_compile(cfg, p.accel, system, p.batch_size, p.seq_len, p.total_steps - done)
     cbs = _callbacks(p, run_dir / "checkpoints")
     plugins = [] if cfg.strategy.startswith("deepspeed") else [AtomicCheckpointIO()]
     trainer = recipe.make_trainer(cfg, p.accel, p.total_steps, p.val_steps, cbs.as_list(),
@@ -289,6 +297,8 @@ def _run_train(cfg: TrainConfig, model_cfg: ModelConfig | None, shards_dir: Path
         cbs.ema.copy_to(system)  # the final model is the averaged one
     metrics = recipe.validate(trainer, system, dm)
     summary.update(_final_summary(p, cbs, trainer, system, metrics, run_dir, time.time() - t_start))
+    summary["compile"] = compiled.compile
+    summary["compile_decision"] = compiled.to_dict()
     if trainer.is_global_zero:
         _save_final(p, system, summary, run_dir)
     return summary

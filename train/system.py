@@ -10,7 +10,8 @@ Design and invariants
   The schedule is a LambdaLR stepped every optimizer step (see schedules.py).
 - The NaN guard raises `NonFiniteLossError` *before* backward, so no update and no checkpoint ever sees a
   non-finite loss; the last checkpoint on disk is the last good one.
-- The teacher (distillation) is not a submodule: it is neither saved, optimised, nor wrapped by DDP.
+- The teacher (distillation) is not a submodule: it is neither saved, optimised, nor wrapped by DDP. Nor is the
+  compiled model (`use_compile`): only training steps call it; everything else sees the plain module.
 - The training steps own the torch RNG (train/step_rng.py): its state is captured after each optimizer step, put
   back before the next, saved in the checkpoint and put back before the first resumed step, so a resumed run draws
   the same dropout masks as an uninterrupted one whatever ran between steps or at start-up.
@@ -20,6 +21,7 @@ Shape legend: B batch, T sequence, V vocabulary.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -96,13 +98,30 @@ class LMSystem(L.LightningModule):
             from models.qat import convert
 
             convert(self.model, self.cfg.qat, self.cfg.qat_block, self.cfg.qat_embeddings)
-        if self.cfg.compile:
-            self.model.compile()
+        self._compiled: list[Any] = []  # a list, not a submodule: state-dict keys stay `model.<name>`
+        if self.cfg.compile is True:
+            self.use_compile(True)
         self._teacher: list[torch.nn.Module] = []  # a list so Lightning/DDP never see it as a submodule
         self.run_state = RunState()  # what the callbacks read (train/step_events.py)
         self.step_rng = StepRNG()
         self._val_sum: torch.Tensor | None = None
         self._val_count: torch.Tensor | None = None
+
+    def use_compile(self, on: bool) -> None:
+        """Run training steps through torch.compile of the model (on) or eagerly; `train.compile: auto` is decided
+        by the recipe and recorded here. Only `training_step` calls the compiled model; validation, samples, EMA,
+        checkpoints and export see the plain module, whose parameters the compiled one shares, so checkpoints have
+        no `_orig_mod.` prefix and load into an eager model (and the other way)."""
+        if on and not self._compiled:
+            self._compiled.append(torch.compile(self.model))
+        elif not on:
+            self._compiled.clear()
+        self.cfg = dataclasses.replace(self.cfg, compile=on)
+        self.hparams["train_config"]["compile"] = on
+
+    @property
+    def compiled(self) -> bool:
+        return bool(self._compiled)
 
     def plain_model(self) -> Transformer:
         """The model as a plain Transformer: adapters merged into the weights in place (models/lora.py; no second
@@ -148,7 +167,7 @@ class LMSystem(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor, int], batch_idx: int) -> torch.Tensor:
         x_BT, y_BT, index = batch
-        out = self.model(x_BT, targets_BT=y_BT)
+        out = (self._compiled[0] if self._compiled else self.model)(x_BT, targets_BT=y_BT)
         if self.teacher is not None:
             with torch.no_grad():
                 t_logits_BTV = self.teacher(x_BT).logits
