@@ -94,4 +94,9 @@ def test_default_is_auto_and_the_summary_records_the_choice(tiny_shards, tmp_pat
                       num_threads=1, num_sample_tokens=0)
     model = ModelConfig(vocab_size=512, dim=32, num_layers=1, num_heads=2, max_seq_len=64)
     summary = run_train(cfg, model, shards, tmp_path / "run", tokenizer_file=tok)
-    assert summary["precision"] == resolve_precision("auto", "cpu")[0]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the run's thread count: its cached measurement, not a new one at another count
+    try:
+        assert summary["precision"] == resolve_precision("auto", "cpu")[0]
+    finally:
+        torch.set_num_threads(threads)
