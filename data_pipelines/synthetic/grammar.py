@@ -227,14 +227,17 @@ def _aside_slots(rng: random.Random, avoid: set[str]) -> dict[str, str]:
         w = rng.choice(pool)
         return w if w.text not in avoid else rng.choice(pool)
 
-    verb = one("verb")
-    vp, vp_past, ving = _verb_phrase(verb)
-    things = rng.sample(lex["thing"], 2)
+    vp, vp_past, ving = _verb_phrase(one("verb"))
+    vp2, vp2_past, ving2 = _verb_phrase(one("verb"))
+    things = rng.sample(lex["thing"], 3)
     return {
-        "x_animal": one("animal").text, "x_thing": things[0].text, "x_thing2": things[1].text,
-        "x_food": one("food").text, "x_place": one("place").text, "x_nature": one("nature").text,
-        "x_person": one("person").text, "x_look": one("adj_look").text, "x_feeling": one("adj_feeling").text,
-        "x_vp_past": vp_past, "x_ving": ving,
+        "x_animal": one("animal").text, "x_animal2": one("animal").text, "x_thing": things[0].text,
+        "x_thing2": things[1].text, "x_thing3": things[2].text, "x_food": one("food").text,
+        "x_food2": one("food").text, "x_place": one("place").text, "x_place2": one("place").text,
+        "x_nature": one("nature").text, "x_nature2": one("nature").text, "x_person": one("person").text,
+        "x_look": one("adj_look").text, "x_look2": one("adj_look").text, "x_feeling": one("adj_feeling").text,
+        "x_feeling2": one("adj_feeling").text, "x_vp": vp, "x_vp_past": vp_past, "x_ving": ving, "x_vp2": vp2,
+        "x_vp2_past": vp2_past, "x_ving2": ving2, "x_stuff": one("stuff").text, "x_vehicle": one("vehicle").text,
     }
 
 
@@ -398,12 +401,12 @@ class _StoryWriter:
         p5 = [pick(f"end_{outcome}")]
         if "moral value" in feats:
             p5.append(pick("moral"))
-        closing = self.fill(rng.choice(ENDINGS_BAD if bad else ENDINGS_GOOD))
+        asides = [a for a in ASIDES if dialogue or '"' not in a]
+        for para in rng.sample([p1, p2, p4, p5], rng.choice((2, 3, 3, 4))):  # never inside the trouble beat
+            para.insert(rng.randint(1, len(para)), self.fill(rng.choice(asides)))
+        closing = self.fill(rng.choice(ENDINGS_BAD if bad else ENDINGS_GOOD))  # last: nothing after "The end."
         if closing:
             p5.append(closing)
-        asides = [a for a in ASIDES if dialogue or '"' not in a]
-        for para in rng.sample([p1, p2, p4, p5], rng.choice((1, 2, 2, 3))):  # never inside the trouble beat
-            para.insert(rng.randint(1, len(para)), self.fill(rng.choice(asides)))
         return [p1, p2, p3, p4, p5]
 
     def text(self, paras: list[list[str]]) -> str:
@@ -412,7 +415,8 @@ class _StoryWriter:
         if rng.random() < 0.5:  # 4 paragraphs half the time: setup joins the opening
             paras = [paras[0] + paras[1], *paras[2:]]
         keep = {noun.text, verb.text, adj, *verb.obj.split()}
-        text = tidy(register(vary("\n\n".join(" ".join(s for s in p if s) for p in paras), rng, keep), rng, keep))
+        joined = "\n\n".join(" ".join(s for s in p if s) for p in paras)
+        text = tidy(register(embellish(vary(joined, rng, keep), rng, keep), rng, keep))
         # the sampled words must appear; the plot usually guarantees it, this is the safety net
         low = text.lower()
         extra = []
@@ -423,6 +427,84 @@ class _StoryWriter:
         if extra:
             text = tidy(text + " " + " ".join(extra))
         return text
+
+
+# Embellishment (templates/parts.yaml `embellish`): look adjectives before nouns, manner phrases after verbs that
+# end a clause, speech verbs that fit the quote's mark. Lists repeat a word to weight it.
+_EMB = _PARTS["embellish"]
+_NOUN_ADJ: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in _EMB["noun_adjectives"].items()}
+_MANNER: tuple[str, ...] = tuple(_EMB["manner"])
+_MANNER_SKIP = frozenset(_EMB["manner_skip"])
+_SPEECH: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in _EMB["speech"].items()}
+_SPEECH_MANNER: tuple[str, ...] = tuple(_EMB["speech_manner"])
+_OPENERS: tuple[str, ...] = tuple(_EMB["openers"])
+_OPENER_RE = re.compile(r"(?<=[.!] )(He|She|They|[A-Z][a-z]+) (?=[a-z])")
+_NAME_SET = frozenset(NAMES) | {"He", "She", "They"}
+_DETS = r"the|a|an|his|her|their|its|my|your|our|that|this|some"
+_CLAUSE_END = re.compile(r"\b([a-z]+)(?=[.,!])")
+_SPEECH_RE = re.compile(r'([,!?])(["”]) ([A-Z][a-z]+|he|she|they|it) said\b')
+
+
+@lru_cache(maxsize=1)
+def _embellish_tables() -> tuple[dict[str, str], re.Pattern[str], frozenset[str]]:
+    """noun (and plural) -> kind for the kinds that take a look adjective; the noun and clause-end verb patterns."""
+    from .vocab import Vocabulary
+
+    v = Vocabulary.load()
+    kinds: dict[str, str] = {}
+    for w in v.nouns:
+        if w.kind in _NOUN_ADJ and w.text not in FAMILY:
+            kinds.setdefault(w.text, w.kind)
+            kinds.setdefault(plural(w.text), w.kind)
+    noun_re = re.compile(rf"\b({_DETS}) ([a-z]+)\b(?!['’-])")
+    verbs = frozenset({past(w.text) for w in v.verbs if w.kind == "alone" and not w.obj} - _MANNER_SKIP)
+    return kinds, noun_re, verbs
+
+
+def embellish(text: str, rng: random.Random, keep: set[str]) -> str:
+    """Compositional variety over every template: some nouns get a look adjective (the same one each time a
+    noun gets one in a story, so the dog stays the brown dog), some clause-ending verbs a manner phrase, and a
+    quote's "said" a speech verb that fits its mark (asked after "?", shouted after "!"), sometimes inverted
+    ('"Hi," said Tom'). Sampled words (`keep`) get no adjective (the sampled one describes them)."""
+    kinds, noun_re, verbs = _embellish_tables()
+    chosen: dict[str, str] = {}
+
+    def noun(m: re.Match[str]) -> str:
+        det, word = m.group(1), m.group(2)
+        if word not in kinds or word in keep or rng.random() > 0.45:
+            return m.group(0)
+        key = word
+        if key not in chosen:
+            chosen[key] = rng.choice(_NOUN_ADJ[kinds[word]])
+        adj = chosen[key]
+        if det in ("a", "an"):
+            det = "an" if adj[0] in "aeiou" else "a"
+        return f"{det} {adj} {word}"
+
+    def manner(m: re.Match[str]) -> str:
+        if m.group(1) not in verbs or rng.random() > 0.35:
+            return m.group(0)
+        return f"{m.group(1)} {rng.choice(_MANNER)}"
+
+    def speech(m: re.Match[str]) -> str:
+        mark, quote, who = m.groups()
+        verb = rng.choice(_SPEECH["question" if mark == "?" else "exclaim" if mark == "!" else "statement"])
+        if rng.random() < 0.15:
+            verb = f"{verb} {rng.choice(_SPEECH_MANNER)}"
+        if who[0].isupper() and who not in ("He", "She", "They", "It") and " " not in verb and rng.random() < 0.3:
+            return f"{mark}{quote} {verb} {who}"
+        return f"{mark}{quote} {who} {verb}"
+
+    def opener(m: re.Match[str]) -> str:
+        who = m.group(1)
+        if who not in _NAME_SET or rng.random() > 0.18:
+            return m.group(0)
+        return f"{rng.choice(_OPENERS)} {who.lower() if who in ('He', 'She', 'They') else who} "
+
+    text = noun_re.sub(noun, text)
+    text = _OPENER_RE.sub(opener, text)
+    text = _CLAUSE_END.sub(manner, text)
+    return _SPEECH_RE.sub(speech, text)
 
 
 def write_story(
