@@ -193,6 +193,7 @@ def _pronouns(prefix: str, he: str) -> dict[str, str]:
 
 
 HOBBIES: tuple[Word, ...] = tuple(Word(*h) for h in _STORY["hobbies"])
+ACTIVITIES: tuple[Word, ...] = tuple(Word(v, "with", o) for v, o in _STORY["activities"])
 
 
 def _verb_phrase(verb: Word) -> tuple[str, str, str]:
@@ -227,8 +228,11 @@ def _aside_slots(rng: random.Random, avoid: set[str]) -> dict[str, str]:
         w = rng.choice(pool)
         return w if w.text not in avoid else rng.choice(pool)
 
-    vp, vp_past, ving = _verb_phrase(one("verb"))
-    vp2, vp2_past, ving2 = _verb_phrase(one("verb"))
+    def verb() -> Word:
+        return rng.choice(ACTIVITIES) if rng.random() < 0.4 else one("verb")
+
+    vp, vp_past, ving = _verb_phrase(verb())
+    vp2, vp2_past, ving2 = _verb_phrase(verb())
     things = rng.sample(lex["thing"], 3)
     return {
         "x_animal": one("animal").text, "x_animal2": one("animal").text, "x_thing": things[0].text,
