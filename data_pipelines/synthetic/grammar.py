@@ -116,6 +116,7 @@ OTHER_VERB: tuple[str, ...] = tuple(_PARTS["other_verb"])
 ENDINGS_GOOD: tuple[str, ...] = tuple(_PARTS["endings_good"])
 ENDINGS_BAD: tuple[str, ...] = tuple(_PARTS["endings_bad"])
 ASIDES: tuple[str, ...] = tuple(_PARTS["asides"])
+ASIDE_COUNTS: tuple[int, ...] = tuple(_PARTS["aside_counts"])
 
 # Phrase-level variety applied after the plot is written (templates/parts.yaml `swaps`).
 SWAPS: tuple[tuple[str, tuple[str, ...]], ...] = tuple((p, tuple(o)) for p, o in _PARTS["swaps"])
@@ -406,7 +407,8 @@ class _StoryWriter:
         if "moral value" in feats:
             p5.append(pick("moral"))
         asides = [a for a in ASIDES if dialogue or '"' not in a]
-        for para in rng.sample([p1, p2, p4, p5], rng.choice((2, 3, 3, 4))):  # never inside the trouble beat
+        for _ in range(rng.choice(ASIDE_COUNTS)):
+            para = rng.choice((p1, p2, p4, p5))  # never inside the trouble beat
             para.insert(rng.randint(1, len(para)), self.fill(rng.choice(asides)))
         closing = self.fill(rng.choice(ENDINGS_BAD if bad else ENDINGS_GOOD))  # last: nothing after "The end."
         if closing:
