@@ -408,8 +408,9 @@ class _StoryWriter:
             p5.append(pick("moral"))
         asides = [a for a in ASIDES if dialogue or '"' not in a]
         for _ in range(rng.choice(ASIDE_COUNTS)):
-            para = rng.choice((p1, p2, p4, p5))  # never inside the trouble beat
-            para.insert(rng.randint(1, len(para)), self.fill(rng.choice(asides)))
+            # never inside the trouble beat, and never the story's last sentence
+            para = rng.choice((p1, p2, p4, p5) if len(p5) > 1 else (p1, p2, p4))
+            para.insert(rng.randint(1, len(para) - (para is p5)), self.fill(rng.choice(asides)))
         closing = self.fill(rng.choice(ENDINGS_BAD if bad else ENDINGS_GOOD))  # last: nothing after "The end."
         if closing:
             p5.append(closing)
@@ -477,7 +478,7 @@ def embellish(text: str, rng: random.Random, keep: set[str]) -> str:
 
     def noun(m: re.Match[str]) -> str:
         det, word = m.group(1), m.group(2)
-        if word not in kinds or word in keep or rng.random() > 0.45:
+        if word not in kinds or word in keep or rng.random() > 0.5:
             return m.group(0)
         key = word
         if key not in chosen:
@@ -503,7 +504,7 @@ def embellish(text: str, rng: random.Random, keep: set[str]) -> str:
 
     def opener(m: re.Match[str]) -> str:
         who = m.group(1)
-        if who not in _NAME_SET or rng.random() > 0.18:
+        if who not in _NAME_SET or rng.random() > 0.22:
             return m.group(0)
         return f"{rng.choice(_OPENERS)} {who.lower() if who in ('He', 'She', 'They') else who} "
 
