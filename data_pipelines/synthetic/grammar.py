@@ -58,6 +58,9 @@ _PLOT_FILE = _load("plots.yaml")
 GIRL_NAMES: list[str] = _PARTS["girl_names"]
 BOY_NAMES: list[str] = _PARTS["boy_names"]
 PET_NAMES: list[str] = _PARTS["pet_names"]
+# the names real children's stories use most, a name listed twice drawn twice as often (each is in the lists above)
+COMMON_GIRL_NAMES: list[str] = _PARTS["common_girl_names"]
+COMMON_BOY_NAMES: list[str] = _PARTS["common_boy_names"]
 NAMES = GIRL_NAMES + BOY_NAMES + PET_NAMES
 
 HERO_ANIMALS: list[str] = _PARTS["hero_animals"]
@@ -70,6 +73,7 @@ DRINKS = frozenset(_STORY["drinks"])
 EDIBLE_STUFF = frozenset(_STORY["edible_stuff"])
 SCENES: dict[str, str] = _STORY["scenes"]
 SAFETY_NET: dict[str, str] = _STORY["safety_net"]
+QUOTES_WITHOUT_DIALOGUE = float(_STORY["quotes_without_dialogue"])
 
 _CHOICE = re.compile(r"\[([^\[\]]*)\]")
 _SENTENCE_START = re.compile(r"(^|[.!?]\s+)([\"“]?)([a-z])")
@@ -264,18 +268,28 @@ def _plot_name(noun: Word, kind: str, rng: random.Random) -> str:
     return plot_name
 
 
+def _person_name(he: str, rng: random.Random, avoid: str = "") -> str:
+    """A child's name: from the few names real stories use most (weighted lists) 60% of the time, else any."""
+    common = COMMON_BOY_NAMES if he == "he" else COMMON_GIRL_NAMES
+    pool = BOY_NAMES if he == "he" else GIRL_NAMES
+    while True:
+        name = rng.choice(common if rng.random() < 0.6 else pool)
+        if name != avoid:
+            return name
+
+
 def _cast(noun: Word, rng: random.Random) -> dict[str, str]:
     """The hero (name, pronoun, kind word), a friend, and the parent who is not the noun."""
     hero_he = rng.choice(("he", "she"))
     if rng.random() < 0.25:
         animal = rng.choice([a for a in HERO_ANIMALS if a != noun.text])
-        name, kind_word = rng.choice(PET_NAMES), f"[little|small|young] {animal}"
+        name = rng.choice(PET_NAMES) if rng.random() < 0.4 else _person_name(hero_he, rng)
+        kind_word = f"[little|little|small|young] {animal}"
     else:
-        pool = BOY_NAMES if hero_he == "he" else GIRL_NAMES
-        name = rng.choice(pool[:8] if rng.random() < 0.5 else pool)  # the common names first, as in real stories
-        kind_word = "[little|young|small] " + ("boy" if hero_he == "he" else "girl")
+        name = _person_name(hero_he, rng)
+        kind_word = "[little|little|little|young|small] " + ("boy" if hero_he == "he" else "girl")
     f_he = rng.choice(("he", "she"))
-    fname = rng.choice([n for n in (BOY_NAMES if f_he == "he" else GIRL_NAMES) if n != name])
+    fname = _person_name(f_he, rng, avoid=name)
     mom_word = "dad" if noun.text in ("mom", "mommy") else "mom"
     return {"hero_he": hero_he, "name": name, "kind_word": kind_word, "f_he": f_he, "fname": fname,
             "mom_word": mom_word}
@@ -319,7 +333,9 @@ class _StoryWriter:
         self.plot = PLOTS[self.plot_name]
         self.feeling = adjective.kind == "feeling"
         self.adj = adjective.text
-        self.dialogue = "dialogue" in self.feats
+        # quoted speech: always with the dialogue feature; without it, in QUOTES_WITHOUT_DIALOGUE of the stories
+        # (real stories quote speech whether or not they were asked to)
+        self.dialogue = "dialogue" in self.feats or (QUOTES_WITHOUT_DIALOGUE > 0 and rng.random() < QUOTES_WITHOUT_DIALOGUE)
         self.slots = self._slots()
         # "@tag " templates belong together: one trouble tag per story (rain -> the sun comes out)
         tags = sorted({t.split()[0][1:] for t in self.plot["trouble"] if t.startswith("@")})
