@@ -463,6 +463,7 @@ _EMB = _PARTS["embellish"]
 _NOUN_ADJ: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in _EMB["noun_adjectives"].items()}
 _MANNER: tuple[str, ...] = tuple(_EMB["manner"])
 _MANNER_SKIP = frozenset(_EMB["manner_skip"])
+_NOUN_SKIP = frozenset(_EMB["noun_skip"])
 _SPEECH: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in _EMB["speech"].items()}
 _SPEECH_MANNER: tuple[str, ...] = tuple(_EMB["speech_manner"])
 _OPENERS: tuple[str, ...] = tuple(_EMB["openers"])
@@ -482,7 +483,7 @@ def _embellish_tables() -> tuple[dict[str, str], re.Pattern[str], frozenset[str]
     v = Vocabulary.load()
     kinds: dict[str, str] = {}
     for w in v.nouns:
-        if w.kind in _NOUN_ADJ and w.text not in FAMILY:
+        if w.kind in _NOUN_ADJ and w.text not in FAMILY and w.text not in _NOUN_SKIP:
             kinds.setdefault(w.text, w.kind)
             kinds.setdefault(plural(w.text), w.kind)
     noun_re = re.compile(rf"\b({_DETS}) ([a-z]+)\b(?!['’-])")
