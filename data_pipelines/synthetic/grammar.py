@@ -126,6 +126,7 @@ ENDINGS_GOOD: tuple[str, ...] = tuple(_PARTS["endings_good"])
 ENDINGS_BAD: tuple[str, ...] = tuple(_PARTS["endings_bad"])
 ASIDES: tuple[str, ...] = tuple(_PARTS["asides"])
 ASIDE_COUNTS: tuple[int, ...] = tuple(_PARTS["aside_counts"])
+ASIDE_NEW_WORDS = float(_PARTS["aside_new_words"])
 
 # Phrase-level variety applied after the plot is written (templates/parts.yaml `swaps`).
 SWAPS: tuple[tuple[str, tuple[str, ...]], ...] = tuple((p, tuple(o)) for p, o in _PARTS["swaps"])
@@ -393,6 +394,18 @@ class _StoryWriter:
         t = self.rng.choice(options)
         return self.fill(t.split(" ", 1)[1] if t.startswith("@") else t)
 
+    def aside(self, template: str) -> str:
+        """An aside; half of them draw new x_* words (a story's later asides meet new things), half reuse the
+        story's (the same animal seen again)."""
+        if self.rng.random() >= ASIDE_NEW_WORDS:
+            return self.fill(template)
+        saved = self.slots
+        self.slots = saved | _aside_slots(self.rng, {self.noun.text, self.verb.text, self.adjective.text})
+        try:
+            return self.fill(template)
+        finally:
+            self.slots = saved
+
     def maybe(self, pool: tuple[str, ...], p: float) -> list[str]:
         return [self.fill(self.rng.choice(pool))] if self.rng.random() < p else []
 
@@ -431,7 +444,7 @@ class _StoryWriter:
         for _ in range(rng.choice(ASIDE_COUNTS)):
             # never inside the trouble beat, and never the story's last sentence
             para = rng.choice((p1, p2, p4, p5) if len(p5) > 1 else (p1, p2, p4))
-            para.insert(rng.randint(1, len(para) - (para is p5)), self.fill(rng.choice(asides)))
+            para.insert(rng.randint(1, len(para) - (para is p5)), self.aside(rng.choice(asides)))
         closing = self.fill(rng.choice(ENDINGS_BAD if bad else ENDINGS_GOOD))  # last: nothing after "The end."
         if closing:
             p5.append(closing)
@@ -532,7 +545,9 @@ def embellish(text: str, rng: random.Random, keep: set[str]) -> str:
         return f"{rng.choice(_OPENERS)} {who.lower() if who in ('He', 'She', 'They') else who} "
 
     text = noun_re.sub(noun, text)
-    text = _OPENER_RE.sub(opener, text)
+    cut = text.find("\n")  # no connective in the opening paragraph: nothing has happened yet
+    if cut > 0:
+        text = text[:cut] + _OPENER_RE.sub(opener, text[cut:])
     text = _CLAUSE_END.sub(manner, text)
     return _SPEECH_RE.sub(speech, text)
 
