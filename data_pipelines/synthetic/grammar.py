@@ -457,7 +457,8 @@ class _StoryWriter:
             paras = [paras[0] + paras[1], *paras[2:]]
         keep = {noun.text, verb.text, adj, *verb.obj.split()}
         joined = "\n\n".join(" ".join(s for s in p if s) for p in paras)
-        text = tidy(register(embellish(vary(joined, rng, keep), rng, keep), rng, keep))
+        text = embellish(vary(joined, rng, keep), rng, keep, self.slots["name"], self.slots["he"])
+        text = tidy(register(text, rng, keep))
         # the sampled words must appear; the plot usually guarantees it, this is the safety net
         low = text.lower()
         extra = []
@@ -484,6 +485,7 @@ _RATE: dict[str, float] = {k: float(v) for k, v in _EMB["rates"].items()}
 _OPENER_RE = re.compile(r"(?<=[.!] )(He|She|They|[A-Z][a-z]+) (?=[a-z])")
 _NAME_SET = frozenset(NAMES) | {"He", "She", "They"}
 _DETS = r"the|a|an|his|her|their|its|my|your|our|that|this|some"
+_JOIN_RE = re.compile(r"(?<=[a-z])\. (He|She|They) (?=[a-z])")
 _CLAUSE_END = re.compile(r"\b([a-z]+)(?=[.,!])")
 _SPEECH_RE = re.compile(r'([,!?])(["”]) ([A-Z][a-z]+|he|she|they|it) said\b')
 
@@ -504,11 +506,13 @@ def _embellish_tables() -> tuple[dict[str, str], re.Pattern[str], frozenset[str]
     return kinds, noun_re, verbs
 
 
-def embellish(text: str, rng: random.Random, keep: set[str]) -> str:
+def embellish(text: str, rng: random.Random, keep: set[str], hero: str = "", he: str = "he") -> str:
     """Compositional variety over every template: some nouns get a look adjective (the same one each time a
     noun gets one in a story, so the dog stays the brown dog), some clause-ending verbs a manner phrase, and a
     quote's "said" a speech verb that fits its mark (asked after "?", shouted after "!"), sometimes inverted
-    ('"Hi," said Tom'). Sampled words (`keep`) get no adjective (the sampled one describes them)."""
+    ('"Hi," said Tom'). Sampled words (`keep`) get no adjective (the sampled one describes them). Then, as real
+    stories do, some sentences that start with the hero's name (`hero`, after the first two mentions) start with
+    the hero's pronoun instead, and some short sentences join the next with ", and"."""
     kinds, noun_re, verbs = _embellish_tables()
     chosen: dict[str, str] = {}
 
@@ -549,7 +553,21 @@ def embellish(text: str, rng: random.Random, keep: set[str]) -> str:
     if cut > 0:
         text = text[:cut] + _OPENER_RE.sub(opener, text[cut:])
     text = _CLAUSE_END.sub(manner, text)
-    return _SPEECH_RE.sub(speech, text)
+    text = _SPEECH_RE.sub(speech, text)
+    if hero:
+        seen = [0]
+
+        def pronoun(m: re.Match[str]) -> str:
+            seen[0] += 1
+            return m.group(0) if seen[0] <= 2 or rng.random() > _RATE["pronoun"] else he.capitalize()
+
+        text = re.sub(rf"(?<=[.!?] ){re.escape(hero)}\b(?!['’])", pronoun, text)
+
+    def join(m: re.Match[str]) -> str:
+        return m.group(0) if rng.random() > _RATE["join"] else f", and {m.group(1).lower()} "
+
+    cut = text.find("\n")  # the opening paragraph keeps its short sentences
+    return text if cut < 0 else text[:cut] + _JOIN_RE.sub(join, text[cut:])
 
 
 def write_story(
