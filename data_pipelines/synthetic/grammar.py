@@ -127,6 +127,7 @@ ENDINGS_BAD: tuple[str, ...] = tuple(_PARTS["endings_bad"])
 ASIDES: tuple[str, ...] = tuple(_PARTS["asides"])
 ASIDE_COUNTS: tuple[int, ...] = tuple(_PARTS["aside_counts"])
 ASIDE_NEW_WORDS = float(_PARTS["aside_new_words"])
+ASIDE_ADJECTIVE_SKIP = frozenset(_PARTS["aside_adjective_skip"])
 
 # Phrase-level variety applied after the plot is written (templates/parts.yaml `swaps`).
 SWAPS: tuple[tuple[str, tuple[str, ...]], ...] = tuple((p, tuple(o)) for p, o in _PARTS["swaps"])
@@ -226,7 +227,8 @@ def _lexicon() -> dict[str, list[Word]]:
         if w.text not in FAMILY:
             out.setdefault(w.kind, []).append(w)
     for w in v.adjectives:
-        out.setdefault(f"adj_{w.kind}", []).append(w)
+        if w.text not in ASIDE_ADJECTIVE_SKIP:
+            out.setdefault(f"adj_{w.kind}", []).append(w)
     out["verb"] = [w for w in v.verbs if w.kind != "other"]
     return out
 
@@ -441,10 +443,10 @@ class _StoryWriter:
         if "moral value" in feats:
             p5.append(pick("moral"))
         asides = [a for a in ASIDES if dialogue or '"' not in a]
-        for _ in range(rng.choice(ASIDE_COUNTS)):
+        for template in rng.sample(asides, rng.choice(ASIDE_COUNTS)):  # no aside twice in a story
             # never inside the trouble beat, and never the story's last sentence
             para = rng.choice((p1, p2, p4, p5) if len(p5) > 1 else (p1, p2, p4))
-            para.insert(rng.randint(1, len(para) - (para is p5)), self.aside(rng.choice(asides)))
+            para.insert(rng.randint(1, len(para) - (para is p5)), self.aside(template))
         closing = self.fill(rng.choice(ENDINGS_BAD if bad else ENDINGS_GOOD))  # last: nothing after "The end."
         if closing:
             p5.append(closing)
