@@ -19,7 +19,7 @@ Design
   trouble tag and only uses hints, resolutions and lines with that tag (or none), so rain is
   foreshadowed by dark clouds and ends with the sun, a fall ends with a bandage.
 - Variety comes from composition, not from more fixed sentences: asides (small scenes filled from the
-  whole vocabulary, 3-5 per story), phrase swaps, and `embellish` (a look adjective before some nouns,
+  whole vocabulary, 5-8 per story), phrase swaps, and `embellish` (a look adjective before some nouns,
   the same one each time within a story; manner phrases after clause-ending verbs; speech verbs that
   fit the quote's mark; connectives before some sentences). A student trained on the corpus is
   scored on real stories by benchmarks/bench_synth_transfer.py; benchmarks/bench_synth.py compares
