@@ -6,7 +6,7 @@ Ours: the same number of grammar stories from run_synth (default config, seed 0)
 Measured (each corpus cut to the same number of words where a figure depends on size):
 - distinct 4-gram ratio: distinct word 4-grams / all word 4-grams (higher = more varied), for the
   whole corpus and the mean per story;
-- vocabulary: distinct word types; share of our ~1,400 lemmas the corpus uses (any inflection);
+- vocabulary: distinct word types; share of our ~1,700 lemmas the corpus uses (any inflection);
   share of the corpus's tokens outside our simple vocabulary (the not_simple gate's measure);
 - length: words per story (mean, p10/p50/p90), paragraphs per story;
 - the quality gates' verdicts on the real stories (no required words or dialogue check: they had other prompts);

@@ -209,6 +209,9 @@ def main() -> None:
     ap.add_argument("--stage", choices=["all", "teacher"], default="all", help="teacher: only make the teacher corpus")
     ap.add_argument("--work", type=Path, default=None, help="keep corpora and the teacher journal here (resumable)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--grammar-seed", type=int, default=None,
+                    help="seed of the grammar corpus (default --seed); the held-out split stays --seed's, so grammar "
+                         "seeds measure how much the grammar student's bpb moves with the corpus drawn")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     ap.add_argument("--merge", type=Path, nargs="*", default=[],
@@ -236,7 +239,8 @@ def main() -> None:
               "student", flush=True)
         corpora = {"real": train_docs}
         if "grammar" in args.corpora:
-            corpora["grammar"], synth_stats["grammar"] = grammar_corpus(work, n_grammar, args.seed)
+            g_seed = args.seed if args.grammar_seed is None else args.grammar_seed
+            corpora["grammar"], synth_stats["grammar"] = grammar_corpus(work, n_grammar, g_seed)
         if teacher == "smollm2" and "teacher" in args.corpora:
             corpora["teacher"], synth_stats["teacher"] = teacher_corpus(work, args.teacher_stories, args.seed,
                                                                          args.teacher_threads)

@@ -2,7 +2,7 @@
 
 Design
 - A story is a plot (lost toy, sharing, something breaks, helping a creature, a trip, reaching
-  for the sky, learning to do something) chosen to fit the sampled noun's kind; a plot is a
+  for the sky, learning to do something, a new friend) chosen to fit the sampled noun's kind; a plot is a
   handful of beats (setup, trouble, resolution, ending), each a list of alternative templates.
   Features switch beats on or swap them: `conflict` swaps the trouble for a quarrel, `plot twist`
   swaps the resolution for a surprising one, `bad ending` picks the sad resolution,
@@ -17,8 +17,13 @@ Design
 - Templates use `[a|b|c]` for a random choice (nestable, `[a|]` = optional) and `{slot}` for
   cast, word and pronoun slots. A leading `@tag` ties templates together: a story draws one
   trouble tag and only uses hints, resolutions and lines with that tag (or none), so rain is
-  foreshadowed by dark clouds and ends with the sun, a fall ends with a bandage. The combinatorics (names x openings x plots x choices) keep the
-  distinct 4-gram ratio high; see benchmarks/bench_synth.py for the comparison with real stories.
+  foreshadowed by dark clouds and ends with the sun, a fall ends with a bandage.
+- Variety comes from composition, not from more fixed sentences: asides (small scenes filled from the
+  whole vocabulary, 5-8 per story), phrase swaps, and `embellish` (a look adjective before some nouns,
+  the same one each time within a story; manner phrases after clause-ending verbs; speech verbs that
+  fit the quote's mark; connectives before some sentences). A student trained on the corpus is
+  scored on real stories by benchmarks/bench_synth_transfer.py; benchmarks/bench_synth.py compares
+  the distinct 4-gram ratio and word types with real stories.
 - Invariants: the sampled noun, verb and adjective appear in the text in a form the
   required-word gate accepts; with a fixed `random.Random` the output is deterministic.
 """
@@ -53,6 +58,9 @@ _PLOT_FILE = _load("plots.yaml")
 GIRL_NAMES: list[str] = _PARTS["girl_names"]
 BOY_NAMES: list[str] = _PARTS["boy_names"]
 PET_NAMES: list[str] = _PARTS["pet_names"]
+# the names real children's stories use most, a name listed twice drawn twice as often (each is in the lists above)
+COMMON_GIRL_NAMES: list[str] = _PARTS["common_girl_names"]
+COMMON_BOY_NAMES: list[str] = _PARTS["common_boy_names"]
 NAMES = GIRL_NAMES + BOY_NAMES + PET_NAMES
 
 HERO_ANIMALS: list[str] = _PARTS["hero_animals"]
@@ -65,6 +73,7 @@ DRINKS = frozenset(_STORY["drinks"])
 EDIBLE_STUFF = frozenset(_STORY["edible_stuff"])
 SCENES: dict[str, str] = _STORY["scenes"]
 SAFETY_NET: dict[str, str] = _STORY["safety_net"]
+QUOTES_WITHOUT_DIALOGUE = float(_STORY["quotes_without_dialogue"])
 
 _CHOICE = re.compile(r"\[([^\[\]]*)\]")
 _SENTENCE_START = re.compile(r"(^|[.!?]\s+)([\"“]?)([a-z])")
@@ -116,6 +125,9 @@ OTHER_VERB: tuple[str, ...] = tuple(_PARTS["other_verb"])
 ENDINGS_GOOD: tuple[str, ...] = tuple(_PARTS["endings_good"])
 ENDINGS_BAD: tuple[str, ...] = tuple(_PARTS["endings_bad"])
 ASIDES: tuple[str, ...] = tuple(_PARTS["asides"])
+ASIDE_COUNTS: tuple[int, ...] = tuple(_PARTS["aside_counts"])
+ASIDE_NEW_WORDS = float(_PARTS["aside_new_words"])
+ASIDE_ADJECTIVE_SKIP = frozenset(_PARTS["aside_adjective_skip"])
 
 # Phrase-level variety applied after the plot is written (templates/parts.yaml `swaps`).
 SWAPS: tuple[tuple[str, tuple[str, ...]], ...] = tuple((p, tuple(o)) for p, o in _PARTS["swaps"])
@@ -193,6 +205,7 @@ def _pronouns(prefix: str, he: str) -> dict[str, str]:
 
 
 HOBBIES: tuple[Word, ...] = tuple(Word(*h) for h in _STORY["hobbies"])
+ACTIVITIES: tuple[Word, ...] = tuple(Word(v, "with", o) for v, o in _STORY["activities"])
 
 
 def _verb_phrase(verb: Word) -> tuple[str, str, str]:
@@ -214,7 +227,8 @@ def _lexicon() -> dict[str, list[Word]]:
         if w.text not in FAMILY:
             out.setdefault(w.kind, []).append(w)
     for w in v.adjectives:
-        out.setdefault(f"adj_{w.kind}", []).append(w)
+        if w.text not in ASIDE_ADJECTIVE_SKIP:
+            out.setdefault(f"adj_{w.kind}", []).append(w)
     out["verb"] = [w for w in v.verbs if w.kind != "other"]
     return out
 
@@ -227,14 +241,20 @@ def _aside_slots(rng: random.Random, avoid: set[str]) -> dict[str, str]:
         w = rng.choice(pool)
         return w if w.text not in avoid else rng.choice(pool)
 
-    verb = one("verb")
-    vp, vp_past, ving = _verb_phrase(verb)
-    things = rng.sample(lex["thing"], 2)
+    def verb() -> Word:
+        return rng.choice(ACTIVITIES) if rng.random() < 0.4 else one("verb")
+
+    vp, vp_past, ving = _verb_phrase(verb())
+    vp2, vp2_past, ving2 = _verb_phrase(verb())
+    things = rng.sample(lex["thing"], 3)
     return {
-        "x_animal": one("animal").text, "x_thing": things[0].text, "x_thing2": things[1].text,
-        "x_food": one("food").text, "x_place": one("place").text, "x_nature": one("nature").text,
-        "x_person": one("person").text, "x_look": one("adj_look").text, "x_feeling": one("adj_feeling").text,
-        "x_vp_past": vp_past, "x_ving": ving,
+        "x_animal": one("animal").text, "x_animal2": one("animal").text, "x_thing": things[0].text,
+        "x_thing2": things[1].text, "x_thing3": things[2].text, "x_food": one("food").text,
+        "x_food2": one("food").text, "x_place": one("place").text, "x_place2": one("place").text,
+        "x_nature": one("nature").text, "x_nature2": one("nature").text, "x_person": one("person").text,
+        "x_look": one("adj_look").text, "x_look2": one("adj_look").text, "x_feeling": one("adj_feeling").text,
+        "x_feeling2": one("adj_feeling").text, "x_vp": vp, "x_vp_past": vp_past, "x_ving": ving, "x_vp2": vp2,
+        "x_vp2_past": vp2_past, "x_ving2": ving2, "x_stuff": one("stuff").text, "x_vehicle": one("vehicle").text,
     }
 
 
@@ -251,18 +271,28 @@ def _plot_name(noun: Word, kind: str, rng: random.Random) -> str:
     return plot_name
 
 
+def _person_name(he: str, rng: random.Random, avoid: str = "") -> str:
+    """A child's name: from the few names real stories use most (weighted lists) 60% of the time, else any."""
+    common = COMMON_BOY_NAMES if he == "he" else COMMON_GIRL_NAMES
+    pool = BOY_NAMES if he == "he" else GIRL_NAMES
+    while True:
+        name = rng.choice(common if rng.random() < 0.6 else pool)
+        if name != avoid:
+            return name
+
+
 def _cast(noun: Word, rng: random.Random) -> dict[str, str]:
     """The hero (name, pronoun, kind word), a friend, and the parent who is not the noun."""
     hero_he = rng.choice(("he", "she"))
     if rng.random() < 0.25:
         animal = rng.choice([a for a in HERO_ANIMALS if a != noun.text])
-        name, kind_word = rng.choice(PET_NAMES), f"[little|small|young] {animal}"
+        name = rng.choice(PET_NAMES) if rng.random() < 0.4 else _person_name(hero_he, rng)
+        kind_word = f"[little|little|small|young] {animal}"
     else:
-        pool = BOY_NAMES if hero_he == "he" else GIRL_NAMES
-        name = rng.choice(pool[:8] if rng.random() < 0.5 else pool)  # the common names first, as in real stories
-        kind_word = "[little|young|small] " + ("boy" if hero_he == "he" else "girl")
+        name = _person_name(hero_he, rng)
+        kind_word = "[little|little|little|young|small] " + ("boy" if hero_he == "he" else "girl")
     f_he = rng.choice(("he", "she"))
-    fname = rng.choice([n for n in (BOY_NAMES if f_he == "he" else GIRL_NAMES) if n != name])
+    fname = _person_name(f_he, rng, avoid=name)
     mom_word = "dad" if noun.text in ("mom", "mommy") else "mom"
     return {"hero_he": hero_he, "name": name, "kind_word": kind_word, "f_he": f_he, "fname": fname,
             "mom_word": mom_word}
@@ -306,7 +336,9 @@ class _StoryWriter:
         self.plot = PLOTS[self.plot_name]
         self.feeling = adjective.kind == "feeling"
         self.adj = adjective.text
-        self.dialogue = "dialogue" in self.feats
+        # quoted speech: always with the dialogue feature; without it, in QUOTES_WITHOUT_DIALOGUE of the stories
+        # (real stories quote speech whether or not they were asked to)
+        self.dialogue = "dialogue" in self.feats or (QUOTES_WITHOUT_DIALOGUE > 0 and rng.random() < QUOTES_WITHOUT_DIALOGUE)
         self.slots = self._slots()
         # "@tag " templates belong together: one trouble tag per story (rain -> the sun comes out)
         tags = sorted({t.split()[0][1:] for t in self.plot["trouble"] if t.startswith("@")})
@@ -364,6 +396,18 @@ class _StoryWriter:
         t = self.rng.choice(options)
         return self.fill(t.split(" ", 1)[1] if t.startswith("@") else t)
 
+    def aside(self, template: str) -> str:
+        """An aside; half of them draw new x_* words (a story's later asides meet new things), half reuse the
+        story's (the same animal seen again)."""
+        if self.rng.random() >= ASIDE_NEW_WORDS:
+            return self.fill(template)
+        saved = self.slots
+        self.slots = saved | _aside_slots(self.rng, {self.noun.text, self.verb.text, self.adjective.text})
+        try:
+            return self.fill(template)
+        finally:
+            self.slots = saved
+
     def maybe(self, pool: tuple[str, ...], p: float) -> list[str]:
         return [self.fill(self.rng.choice(pool))] if self.rng.random() < p else []
 
@@ -398,12 +442,14 @@ class _StoryWriter:
         p5 = [pick(f"end_{outcome}")]
         if "moral value" in feats:
             p5.append(pick("moral"))
-        closing = self.fill(rng.choice(ENDINGS_BAD if bad else ENDINGS_GOOD))
+        asides = [a for a in ASIDES if dialogue or '"' not in a]
+        for template in rng.sample(asides, rng.choice(ASIDE_COUNTS)):  # no aside twice in a story
+            # never inside the trouble beat, and never the story's last sentence
+            para = rng.choice((p1, p2, p4, p5) if len(p5) > 1 else (p1, p2, p4))
+            para.insert(rng.randint(1, len(para) - (para is p5)), self.aside(template))
+        closing = self.fill(rng.choice(ENDINGS_BAD if bad else ENDINGS_GOOD))  # last: nothing after "The end."
         if closing:
             p5.append(closing)
-        asides = [a for a in ASIDES if dialogue or '"' not in a]
-        for para in rng.sample([p1, p2, p4, p5], rng.choice((1, 2, 2, 3))):  # never inside the trouble beat
-            para.insert(rng.randint(1, len(para)), self.fill(rng.choice(asides)))
         return [p1, p2, p3, p4, p5]
 
     def text(self, paras: list[list[str]]) -> str:
@@ -412,7 +458,9 @@ class _StoryWriter:
         if rng.random() < 0.5:  # 4 paragraphs half the time: setup joins the opening
             paras = [paras[0] + paras[1], *paras[2:]]
         keep = {noun.text, verb.text, adj, *verb.obj.split()}
-        text = tidy(register(vary("\n\n".join(" ".join(s for s in p if s) for p in paras), rng, keep), rng, keep))
+        joined = "\n\n".join(" ".join(s for s in p if s) for p in paras)
+        text = embellish(vary(joined, rng, keep), rng, keep, self.slots["name"], self.slots["he"])
+        text = tidy(register(text, rng, keep))
         # the sampled words must appear; the plot usually guarantees it, this is the safety net
         low = text.lower()
         extra = []
@@ -423,6 +471,105 @@ class _StoryWriter:
         if extra:
             text = tidy(text + " " + " ".join(extra))
         return text
+
+
+# Embellishment (templates/parts.yaml `embellish`): look adjectives before nouns, manner phrases after verbs that
+# end a clause, speech verbs that fit the quote's mark. Lists repeat a word to weight it.
+_EMB = _PARTS["embellish"]
+_NOUN_ADJ: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in _EMB["noun_adjectives"].items()}
+_MANNER: tuple[str, ...] = tuple(_EMB["manner"])
+_MANNER_SKIP = frozenset(_EMB["manner_skip"])
+_NOUN_SKIP = frozenset(_EMB["noun_skip"])
+_SPEECH: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in _EMB["speech"].items()}
+_SPEECH_MANNER: tuple[str, ...] = tuple(_EMB["speech_manner"])
+_OPENERS: tuple[str, ...] = tuple(_EMB["openers"])
+_RATE: dict[str, float] = {k: float(v) for k, v in _EMB["rates"].items()}
+_OPENER_RE = re.compile(r"(?<=[.!] )(He|She|They|[A-Z][a-z]+) (?=[a-z])")
+_NAME_SET = frozenset(NAMES) | {"He", "She", "They"}
+_DETS = r"the|a|an|his|her|their|its|my|your|our|that|this|some"
+_JOIN_RE = re.compile(r"(?<=[a-z])\. (He|She|They) (?=[a-z])")
+_CLAUSE_END = re.compile(r"\b([a-z]+)(?=[.,!])")
+_SPEECH_RE = re.compile(r'([,!?])(["”]) ([A-Z][a-z]+|he|she|they|it) said\b')
+
+
+@lru_cache(maxsize=1)
+def _embellish_tables() -> tuple[dict[str, str], re.Pattern[str], frozenset[str]]:
+    """noun (and plural) -> kind for the kinds that take a look adjective; the noun and clause-end verb patterns."""
+    from .vocab import Vocabulary
+
+    v = Vocabulary.load()
+    kinds: dict[str, str] = {}
+    for w in v.nouns:
+        if w.kind in _NOUN_ADJ and w.text not in FAMILY and w.text not in _NOUN_SKIP:
+            kinds.setdefault(w.text, w.kind)
+            kinds.setdefault(plural(w.text), w.kind)
+    noun_re = re.compile(rf"\b({_DETS}) ([a-z]+)\b(?!['’-])")
+    verbs = frozenset({past(w.text) for w in v.verbs if w.kind == "alone" and not w.obj} - _MANNER_SKIP)
+    return kinds, noun_re, verbs
+
+
+def embellish(text: str, rng: random.Random, keep: set[str], hero: str = "", he: str = "he") -> str:
+    """Compositional variety over every template: some nouns get a look adjective (the same one each time a
+    noun gets one in a story, so the dog stays the brown dog), some clause-ending verbs a manner phrase, and a
+    quote's "said" a speech verb that fits its mark (asked after "?", shouted after "!"), sometimes inverted
+    ('"Hi," said Tom'). Sampled words (`keep`) get no adjective (the sampled one describes them). Then, as real
+    stories do, some sentences that start with the hero's name (`hero`, after the first two mentions) start with
+    the hero's pronoun instead, and some short sentences join the next with ", and"."""
+    kinds, noun_re, verbs = _embellish_tables()
+    chosen: dict[str, str] = {}
+
+    def noun(m: re.Match[str]) -> str:
+        det, word = m.group(1), m.group(2)
+        if word not in kinds or word in keep or rng.random() > _RATE["adjective"]:
+            return m.group(0)
+        key = word
+        if key not in chosen:
+            chosen[key] = rng.choice(_NOUN_ADJ[kinds[word]])
+        adj = chosen[key]
+        if det in ("a", "an"):
+            det = "an" if adj[0] in "aeiou" else "a"
+        return f"{det} {adj} {word}"
+
+    def manner(m: re.Match[str]) -> str:
+        if m.group(1) not in verbs or rng.random() > _RATE["manner"]:
+            return m.group(0)
+        return f"{m.group(1)} {rng.choice(_MANNER)}"
+
+    def speech(m: re.Match[str]) -> str:
+        mark, quote, who = m.groups()
+        verb = rng.choice(_SPEECH["question" if mark == "?" else "exclaim" if mark == "!" else "statement"])
+        if rng.random() < _RATE["speech_manner"]:
+            verb = f"{verb} {rng.choice(_SPEECH_MANNER)}"
+        if who[0].isupper() and who not in ("He", "She", "They", "It") and " " not in verb and rng.random() < _RATE["inversion"]:
+            return f"{mark}{quote} {verb} {who}"
+        return f"{mark}{quote} {who} {verb}"
+
+    def opener(m: re.Match[str]) -> str:
+        who = m.group(1)
+        if who not in _NAME_SET or rng.random() > _RATE["opener"]:
+            return m.group(0)
+        return f"{rng.choice(_OPENERS)} {who.lower() if who in ('He', 'She', 'They') else who} "
+
+    text = noun_re.sub(noun, text)
+    cut = text.find("\n")  # no connective in the opening paragraph: nothing has happened yet
+    if cut > 0:
+        text = text[:cut] + _OPENER_RE.sub(opener, text[cut:])
+    text = _CLAUSE_END.sub(manner, text)
+    text = _SPEECH_RE.sub(speech, text)
+    if hero:
+        seen = [0]
+
+        def pronoun(m: re.Match[str]) -> str:
+            seen[0] += 1
+            return m.group(0) if seen[0] <= 2 or rng.random() > _RATE["pronoun"] else he.capitalize()
+
+        text = re.sub(rf"(?<=[.!?] ){re.escape(hero)}\b(?!['’])", pronoun, text)
+
+    def join(m: re.Match[str]) -> str:
+        return m.group(0) if rng.random() > _RATE["join"] else f", and {m.group(1).lower()} "
+
+    cut = text.find("\n")  # the opening paragraph keeps its short sentences
+    return text if cut < 0 else text[:cut] + _JOIN_RE.sub(join, text[cut:])
 
 
 def write_story(

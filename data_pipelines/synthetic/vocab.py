@@ -1,4 +1,4 @@
-"""The simple vocabulary: ~1,500 words a 3-4-year-old knows, and the word forms built from them.
+"""The simple vocabulary: ~1,700 words a 3-4-year-old knows, and the word forms built from them.
 
 Design
 - The word lists are package data (`vocab/*.txt`, written for this project): nouns, verbs and
