@@ -185,10 +185,9 @@ def instruct_from_synth(synth_dir: str | Path, out_path: str | Path, exclude_las
     the assistant's reply. `words` and `features` ride along for probes.
 
     style "words" writes TinyStories-Instruct's lines ("Features: Dialogue, MoralValue" / "Words: pat, pond,
-    lumpy"; data_pipelines/synthetic/prompts.py); "prompt" the teacher prompt synth recorded. A small model
-    learns to copy from the first: its words are spelled with the same tokens as in the story (` pond`, where
-    the prompt's `"pond"` is other tokens), and the instruction stays ~15 tokens, so prompt and story share one
-    short training window (LOG.md, TinyStories-Instruct).
+    lumpy"; data_pipelines/synthetic/prompts.py); "prompt" the teacher prompt synth recorded (~180 tokens with a
+    1024-token BPE). The first spells each word with the same tokens as the story does (` pond`, where the
+    prompt's `"pond"` is other tokens) and stays ~15 tokens, so instruction and story share one short window.
 
     The last `exclude_last` stories (in file order) are left out, so a probe can use their instructions as held-out
     prompts. Returns {"examples", "held_out": [{"prompt", "words", "features", "story"}, ...], "path"}."""

@@ -16,7 +16,7 @@ Design and invariants
   are drawn as train draws shard windows (train/data.py: a pure function of (seed, batch index)), so resume
   is exact. With `window_start: example` (the default) each drawn start moves back to the first token of the
   example it falls in, so every reply is trained with its prompt in view (a window cut mid-example would
-  teach the reply's second half without the instruction; LOG.md, TinyStories-Instruct); `any` keeps the drawn
+  teach the reply's second half without the instruction); `any` keeps the drawn
   start. A window whose targets are all masked is moved onto the nearest trained token.
 - The tokenizer is the base model's own when it has one (a model dir's or HF folder's tokenizer.json, a GGUF's
   metadata), else the run's tokenizer/.
