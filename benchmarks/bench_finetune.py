@@ -339,7 +339,7 @@ def main() -> None:
     ap.add_argument("--probe-prompts", type=int, default=100)
     ap.add_argument("--probe-tokens", type=int, default=400)
     ap.add_argument("--pretrain-tokens", type=int, default=2_000_000)
-    ap.add_argument("--instruct-tokens", type=int, default=3_000_000)
+    ap.add_argument("--instruct-tokens", type=int, default=6_000_000)
     ap.add_argument("--quick", action="store_true", help="a smoke run: 2 steps, tiny probe (numbers meaningless)")
     ap.add_argument("--memory-only", action="store_true",
                     help="only full vs LoRA peak training memory (needs a previous --part smol in --out)")
