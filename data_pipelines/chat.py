@@ -176,14 +176,27 @@ def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-def instruct_from_synth(synth_dir: str | Path, out_path: str | Path, exclude_last: int = 0) -> dict[str, Any]:
-    """TinyStories-Instruct from a run's synth/ stories: each story's recorded prompt (required words, features)
-    as the user turn, the story as the assistant's reply. `words` and `features` ride along for probes.
+INSTRUCT_STYLES = ("words", "prompt")
 
-    The last `exclude_last` stories (in file order) are left out, so a probe can use their prompts as held-out
-    instructions. Returns {"examples", "held_out": [{"prompt", "words", "features"}, ...], "path"}."""
+
+def instruct_from_synth(synth_dir: str | Path, out_path: str | Path, exclude_last: int = 0,
+                        style: str = "words") -> dict[str, Any]:
+    """TinyStories-Instruct from a run's synth/ stories: each story's instruction as the user turn, the story as
+    the assistant's reply. `words` and `features` ride along for probes.
+
+    style "words" writes TinyStories-Instruct's lines ("Features: Dialogue, MoralValue" / "Words: pat, pond,
+    lumpy"; data_pipelines/synthetic/prompts.py); "prompt" the teacher prompt synth recorded (~180 tokens with a
+    1024-token BPE). The first spells each word with the same tokens as the story does (` pond`, where the
+    prompt's `"pond"` is other tokens) and stays ~15 tokens, so instruction and story share one short window.
+
+    The last `exclude_last` stories (in file order) are left out, so a probe can use their instructions as held-out
+    prompts. Returns {"examples", "held_out": [{"prompt", "words", "features", "story"}, ...], "path"}."""
     import pyarrow.parquet as pq
 
+    from data_pipelines.synthetic.prompts import INSTRUCT_NAMES, instruct_lines
+
+    if style not in INSTRUCT_STYLES:
+        raise ValueError(f"style: must be one of {', '.join(INSTRUCT_STYLES)}, got {style!r}")
     files = sorted(Path(synth_dir).glob("*.parquet"))
     if not files:
         raise ValueError(f"{synth_dir}: no synth/*.parquet stories")
@@ -191,10 +204,18 @@ def instruct_from_synth(synth_dir: str | Path, out_path: str | Path, exclude_las
     for f in files:
         t = pq.read_table(f, columns=["text", "prompt", "words", "features"]).to_pylist()
         for r in t:
-            if r["prompt"] and r["text"]:
-                rows.append({"messages": [{"role": "user", "content": r["prompt"]},
+            words, features = list(r["words"] or []), list(r["features"] or [])
+            if style == "words":
+                unknown = [x for x in features if x not in INSTRUCT_NAMES]
+                if unknown or not words:
+                    raise ValueError(f"{f}: story without words or with unknown features {unknown}")
+                prompt = instruct_lines(words, features).rstrip("\n")
+            else:
+                prompt = r["prompt"]
+            if prompt and r["text"]:
+                rows.append({"messages": [{"role": "user", "content": prompt},
                                           {"role": "assistant", "content": r["text"]}],
-                             "words": list(r["words"] or []), "features": list(r["features"] or [])})
+                             "words": words, "features": features})
     keep, held = (rows[:-exclude_last], rows[-exclude_last:]) if exclude_last else (rows, [])
     write_jsonl(out_path, keep)
     return {"examples": len(keep), "path": str(out_path),

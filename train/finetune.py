@@ -13,8 +13,11 @@ Design and invariants
 - Data: chat / instruction / text JSONL (data_pipelines/chat.py), loss on assistant tokens only; or, with no
   files, the run's token shards (plain-text domain adaptation). Examples are split into train / val by a hash
   of their position (val_fraction) and packed back to back into one stream with a parallel 0/1 mask; windows
-  are cut exactly as train cuts shard windows (train/data.py: a pure function of (seed, batch index)), so resume
-  is exact. A window whose targets are all masked is moved onto the nearest trained token.
+  are drawn as train draws shard windows (train/data.py: a pure function of (seed, batch index)), so resume
+  is exact. With `window_start: example` (the default) each drawn start moves back to the first token of the
+  example it falls in, so every reply is trained with its prompt in view (a window cut mid-example would
+  teach the reply's second half without the instruction); `any` keeps the drawn
+  start. A window whose targets are all masked is moved onto the nearest trained token.
 - The tokenizer is the base model's own when it has one (a model dir's or HF folder's tokenizer.json, a GGUF's
   metadata), else the run's tokenizer/.
 """
@@ -50,6 +53,8 @@ class MaskedSplit:
     mask: np.ndarray
     trained_bytes: int
     num_examples: int
+    starts: np.ndarray | None = None
+    """Offset of each example's first token in `ids` (ascending)."""
 
     @property
     def bytes_per_token(self) -> float:
@@ -76,10 +81,11 @@ def encode_files(files: list[str], tokenizer_file: Path, val_fraction: float) ->
     out = {}
     for split, es in parts.items():
         if not es:
-            out[split] = MaskedSplit(np.zeros(0, np.int64), np.zeros(0, np.uint8), 0, 0)
+            out[split] = MaskedSplit(np.zeros(0, np.int64), np.zeros(0, np.uint8), 0, 0, np.zeros(0, np.int64))
             continue
+        starts = np.concatenate([[0], np.cumsum([len(e.ids) for e in es])[:-1]]).astype(np.int64)
         out[split] = MaskedSplit(np.concatenate([e.ids for e in es]), np.concatenate([e.mask for e in es]),
-                                 sum(e.trained_bytes for e in es), len(es))
+                                 sum(e.trained_bytes for e in es), len(es), starts)
     if int(out["train"].mask.sum()) == 0:
         raise ValueError(f"data: no trained (assistant or text) tokens in {', '.join(files)}")
     return out
@@ -97,19 +103,33 @@ def _shift_to_trained(starts: np.ndarray, trained_pos: np.ndarray, mask: TokenSt
     return out
 
 
-class MaskedTrainWindows(TrainWindows):
-    """TrainWindows over a token stream with a parallel mask: masked targets become -100."""
+def _snap_to_examples(starts: np.ndarray, example_starts: np.ndarray, usable: int) -> np.ndarray:
+    """Move each window start back to the first token of the example it falls in (kept <= usable)."""
+    j = np.searchsorted(example_starts, starts, side="right") - 1
+    snapped = example_starts[np.clip(j, 0, len(example_starts) - 1)]
+    fits = example_starts[example_starts <= usable]
+    last = fits[-1] if len(fits) else 0  # the last example start a whole window still fits behind
+    return np.minimum(snapped, last).astype(np.int64)
 
-    def __init__(self, stream: TokenStream, mask: TokenStream, *args: Any, **kw: Any) -> None:
+
+class MaskedTrainWindows(TrainWindows):
+    """TrainWindows over a token stream with a parallel mask: masked targets become -100. With `example_starts`
+    each window begins at an example's first token."""
+
+    def __init__(self, stream: TokenStream, mask: TokenStream, *args: Any, example_starts: np.ndarray | None = None,
+                 **kw: Any) -> None:
         super().__init__(stream, *args, **kw)
         self.mask = mask
         self.trained_pos = np.flatnonzero(mask.arrays[0]) if mask.arrays else np.zeros(0, np.int64)
+        self.example_starts = example_starts
 
     def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         G = self.batch_size * self.world_size
+        usable = self.stream.num_tokens - (self.seq_len + 1)
         starts = global_batch_windows(self.stream, index, G, self.seq_len, self.seed, self.order)
-        starts = _shift_to_trained(starts, self.trained_pos, self.mask, self.seq_len,
-                                   self.stream.num_tokens - (self.seq_len + 1))
+        if self.example_starts is not None and len(self.example_starts):
+            starts = _snap_to_examples(starts, self.example_starts, usable)
+        starts = _shift_to_trained(starts, self.trained_pos, self.mask, self.seq_len, usable)
         mine = starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         win = torch.from_numpy(np.stack([self.stream.read(int(s), self.seq_len + 1) for s in mine]))
         m = torch.from_numpy(np.stack([self.mask.read(int(s), self.seq_len + 1) for s in mine]).astype(bool))
@@ -135,8 +155,12 @@ class MaskedDataModule(CheckpointedPosition, L.LightningDataModule):
     """ShardDataModule's contract (checkpointed position, pure-function windows) over in-memory masked examples."""
 
     def __init__(self, splits: dict[str, MaskedSplit], vocab_size: int, eos_id: int, batch_size: int, seq_len: int,
-                 seed: int, order: str = "random", num_val_tokens: int = 65536) -> None:
+                 seed: int, order: str = "random", num_val_tokens: int = 65536,
+                 window_start: str = "example") -> None:
         super().__init__()
+        if window_start not in ("example", "any"):
+            raise ValueError(f"window_start: must be 'example' or 'any', got {window_start!r}")
+        self.window_start = window_start
         self.splits, self.vocab_size, self.eos_id = splits, vocab_size, eos_id
         self.tokenizer_sha256 = ""
         self.batch_size, self.seq_len, self.seed, self.order = batch_size, seq_len, seed, order
@@ -156,8 +180,9 @@ class MaskedDataModule(CheckpointedPosition, L.LightningDataModule):
         rank, world = 0, 1
         if self.trainer is not None:
             rank, world = self.trainer.global_rank, self.trainer.world_size
+        starts = self.splits["train"].starts if self.window_start == "example" else None
         ds = MaskedTrainWindows(self.train_stream, self.train_mask, self.batch_size, self.seq_len, self.seed,
-                                self.order, start=self.next_index, rank=rank, world_size=world)
+                                self.order, start=self.next_index, rank=rank, world_size=world, example_starts=starts)
         # an own generator: a DataLoader iterator draws its base seed from the global RNG otherwise (training's dropout
         # is kept apart from such draws anyway: train/step_rng.py)
         return DataLoader(ds, batch_size=None, num_workers=0, generator=torch.Generator().manual_seed(self.seed))
@@ -258,7 +283,7 @@ def run_finetune(cfg: FinetuneConfig, train: TrainConfig, out_dir: Path, *, defa
 
             vocab = Tokenizer.from_file(str(tokenizer_file)).get_vocab_size()
             return MaskedDataModule(splits, vocab, ids["eos_id"], batch_size, seq_len, tcfg.seed, tcfg.data_order,
-                                    tcfg.num_val_tokens)
+                                    tcfg.num_val_tokens, cfg.window_start)
     elif shards_dir is None:
         raise ValueError("finetune.data: no data files given and the run has no token shards")
 

@@ -41,6 +41,10 @@ class FinetuneConfig:
     """Sequences per micro-batch."""
     seq_len: int = 256
     """Tokens per training window."""
+    window_start: Literal["example", "any"] = "example"
+    """Where training windows over JSONL data begin: 'example' = at an example's first token (each reply
+    trained with its prompt in view when seq_len covers an example), 'any' = anywhere, as pretraining cuts
+    shards. Token shards (no data files) are always cut anywhere."""
     lr: float = 2e-4
     """Peak learning rate (AdamW; LoRA usually wants ~1e-3, full fine-tuning ~1e-4)."""
     optimizer: Literal["adamw", "muon", "auto"] = "adamw"
@@ -63,6 +67,8 @@ class FinetuneConfig:
                 raise ValueError(f"{name}: must be a positive integer, got {v!r}")
         if not self.lr > 0:
             raise ValueError(f"lr: must be positive, got {self.lr}")
+        if self.window_start not in ("example", "any"):
+            raise ValueError(f"window_start: must be 'example' or 'any', got {self.window_start!r}")
         self.data = [str(d) for d in self.data]
 
     def lora_config(self) -> dict[str, Any] | None:

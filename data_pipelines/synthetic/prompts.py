@@ -149,11 +149,18 @@ class PromptBuilder:
         )
 
 
+def instruct_lines(words: list[str], features: list[str] | tuple[str, ...]) -> str:
+    """TinyStories-Instruct's instruction lines ("Features: Dialogue, Twist" when any, then "Words: a, b, c"),
+    each ending in a newline. The words stand after a space, as they do in a story, so a byte-level BPE spells
+    them with the same tokens in the instruction and in the text."""
+    feats = ", ".join(INSTRUCT_NAMES[f] for f in features)
+    head = f"Features: {feats}\n" if feats else ""  # no empty Features line
+    return f"{head}Words: {', '.join(words)}\n"
+
+
 def instruct_header(req: StoryRequest) -> str:
     """The TinyStories-Instruct header without summary: what a self-generating model is given."""
-    feats = ", ".join(INSTRUCT_NAMES[f] for f in req.features)
-    head = f"Features: {feats}\n" if feats else ""  # no empty Features line
-    return f"{head}Words: {', '.join(req.words)}\n"
+    return instruct_lines(req.words, req.features)
 
 
 def instruct_text(req: StoryRequest, story: str, summary: str) -> str:

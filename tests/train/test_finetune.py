@@ -265,7 +265,7 @@ def test_instruct_dataset_from_synth(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from data_pipelines.chat import ChatEncoder, instruct_from_synth, read_jsonl
+    from data_pipelines.chat import instruct_from_synth, read_jsonl
 
     words = [["jump", "ball", "red"], ["sing", "tree", "happy"]] * 15
     rows = {"text": [f"Once upon a time a {w[2]} {w[1]} liked to {w[0]}. The end {i}." for i, w in enumerate(words)],
@@ -273,7 +273,7 @@ def test_instruct_dataset_from_synth(tmp_path: Path) -> None:
             "words": words, "features": [["dialogue"] if i % 2 else [] for i in range(30)]}
     (tmp_path / "synth").mkdir()
     pq.write_table(pa.table(rows), tmp_path / "synth" / "stories-00000.parquet")
-    info = instruct_from_synth(tmp_path / "synth", tmp_path / "instruct.jsonl", exclude_last=5)
+    info = instruct_from_synth(tmp_path / "synth", tmp_path / "instruct.jsonl", exclude_last=5, style="prompt")
     assert info["examples"] == 25 and len(info["held_out"]) == 5
     got = [obj for obj, _ in read_jsonl(tmp_path / "instruct.jsonl")]
     r = got[0]
@@ -281,4 +281,36 @@ def test_instruct_dataset_from_synth(tmp_path: Path) -> None:
     assert r["messages"][1] == {"role": "assistant", "content": rows["text"][0]} and r["words"] == words[0]
     assert not {h["prompt"] for h in info["held_out"]} & {x["messages"][0]["content"] for x in got}
     assert info["held_out"][-1]["features"] == ["dialogue"]
-    assert isinstance(ChatEncoder, type)
+
+    # the default: TinyStories-Instruct's lines, the words spelled as in the story (after a space)
+    info = instruct_from_synth(tmp_path / "synth", tmp_path / "words.jsonl", exclude_last=5)
+    got = [obj for obj, _ in read_jsonl(tmp_path / "words.jsonl")]
+    assert got[0]["messages"][0]["content"] == "Words: jump, ball, red"
+    assert got[1]["messages"][0]["content"] == "Features: Dialogue\nWords: sing, tree, happy"
+    assert info["held_out"][-1]["prompt"] == "Features: Dialogue\nWords: sing, tree, happy"
+    with pytest.raises(ValueError, match="style"):
+        instruct_from_synth(tmp_path / "synth", tmp_path / "x.jsonl", style="summary")
+
+
+def test_windows_start_at_example_starts(base_dir: Path, chat_jsonl: Path) -> None:
+    """window_start 'example': every training window begins with an example's first token (its prompt in view);
+    'any' keeps train's anywhere-starts. A pure function of the batch index either way (resume stays exact)."""
+    from train.finetune import MaskedDataModule, encode_files
+
+    splits = encode_files([str(chat_jsonl)], base_dir / "tokenizer.json", 0.1)
+    starts = splits["train"].starts.tolist()
+    assert len(starts) == splits["train"].num_examples and starts[0] == 0
+    ids = splits["train"].ids
+
+    def rows(mode: str, index: int) -> list[torch.Tensor]:
+        ds = MaskedDataModule(splits, 512, 2, 8, 64, seed=0, window_start=mode).train_dataloader().dataset
+        return list(ds.batch(index)[0])
+
+    def at_a_start(row: torch.Tensor) -> bool:
+        return any(torch.equal(row, torch.from_numpy(ids[s : s + 64])) for s in starts if s + 64 <= len(ids))
+
+    assert all(at_a_start(r) for i in range(4) for r in rows("example", i))
+    assert not all(at_a_start(r) for i in range(4) for r in rows("any", i))
+    assert all(torch.equal(a, b) for a, b in zip(rows("example", 3), rows("example", 3)))
+    with pytest.raises(ValueError, match="window_start"):
+        FinetuneConfig(window_start="middle")  # type: ignore[arg-type]
