@@ -152,11 +152,7 @@ def run_sequential(
 
             hooks.append(stage.stop.register_forward_hook(stop, with_kwargs=True))
             try:
-                for b in range(0, calib_NT.shape[0], batch_size):
-                    try:
-                        model(calib_NT[b : b + batch_size].to(device))
-                    except _StopForward:
-                        pass
+                _forward_batches(model, calib_NT, batch_size, device)
             finally:
                 for h in hooks:
                     h.remove()
@@ -164,6 +160,15 @@ def run_sequential(
             stage.stats, stage.records = {}, []
     finally:
         model.train(was_training)
+
+
+def _forward_batches(model: nn.Module, calib_NT: torch.Tensor, batch_size: int, device: torch.device) -> None:
+    """Run the calibration batches through `model`; a hook that raised _StopForward ends each one early."""
+    for b in range(0, calib_NT.shape[0], batch_size):
+        try:
+            model(calib_NT[b : b + batch_size].to(device))
+        except _StopForward:
+            pass
 
 
 def _detached(x: Any) -> Any:
@@ -194,11 +199,7 @@ def module_outputs(model: nn.Module, module: nn.Module, calib_NT: torch.Tensor, 
     device = next(model.parameters()).device
     h = module.register_forward_hook(stop)
     try:
-        for b in range(0, calib_NT.shape[0], batch_size):
-            try:
-                model(calib_NT[b : b + batch_size].to(device))
-            except _StopForward:
-                pass
+        _forward_batches(model, calib_NT, batch_size, device)
     finally:
         h.remove()
         model.train(was_training)
