@@ -88,7 +88,9 @@ def test_cpu_auto_short_run_probes_eager_only_and_touches_nothing() -> None:
 
 
 @pytest.mark.slow
-def test_cpu_auto_long_run_probes_a_compile_and_caches_it() -> None:
+def test_cpu_auto_long_run_probes_a_compile_and_caches_it(tmp_path, monkeypatch) -> None:
+    # an empty Inductor cache: on a machine that compiled this model before, the "cold" compile would be warm too
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     m = Transformer(TINY).train()
     rng = torch.get_rng_state()
     d = resolve_compile("auto", "cpu", m, 4, 32, "fp32", 10**9, 512)  # a long run: the probe is cheap in comparison
