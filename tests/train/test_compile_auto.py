@@ -89,15 +89,15 @@ def test_cpu_auto_short_run_probes_eager_only_and_touches_nothing() -> None:
 
 @pytest.mark.slow
 def test_cpu_auto_long_run_probes_a_compile_and_caches_it(tmp_path, monkeypatch) -> None:
-    # an empty Inductor cache: on a machine that compiled this model before, the "cold" compile would be warm too
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # an empty cache: a real cold compile
     m = Transformer(TINY).train()
     rng = torch.get_rng_state()
     d = resolve_compile("auto", "cpu", m, 4, 32, "fp32", 10**9, 512)  # a long run: the probe is cheap in comparison
     assert torch.equal(torch.get_rng_state(), rng)
     entry = next(iter(read_cache().values()))
     assert entry["compile_s"] > 0 and entry["compiled_s"] > 0 and entry["eager_s"] > 0 and entry["warm_s"] >= 0
-    assert entry["warm_s"] < entry["compile_s"]  # Inductor's kernels came from its cache the second time
+    # warm < cold is what a real model shows (LOG.md: 1-5 s vs 54-104 s); for this tiny model both are Dynamo's
+    # tracing and swap places under load (13.0 s cold vs 15.5 s warm in one CI run), so it is not asserted here
     assert d.measured["source"].startswith("probe") and d.measured["compile_cost_s"] == entry["warm_s"]
     assert d.compile == (10**9 * (entry["eager_s"] - entry["compiled_s"]) >= PAYBACK * entry["warm_s"])
     again = resolve_compile("auto", "cpu", m, 4, 32, "fp32", 10**9, 512)  # the next run reads the cache
