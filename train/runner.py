@@ -272,7 +272,7 @@ def _run_train(cfg: TrainConfig, model_cfg: ModelConfig | None, shards_dir: Path
     dm = p.idx if make_dm is not None else ShardDataModule(shards_dir, p.batch_size, p.seq_len, cfg.seed,  # type: ignore[arg-type]
                                                            cfg.data_order, cfg.num_val_tokens, cfg.num_workers)
     system = LMSystem(p.model_cfg.to_dict(), cfg.to_dict(), p.total_steps, bytes_per_token, lora_config=lora_config,
-                      init_model=init_model)
+                      init_model=init_model, tokenizer_sha256=getattr(p.idx, "tokenizer_sha256", "") or "")
     if teacher is not None:
         system.set_teacher(teacher)
     done = _ckpt_global_step(p.resume) if p.resume else 0

@@ -75,16 +75,19 @@ class LMSystem(L.LightningModule):
 
     def __init__(self, model_config: dict[str, Any], train_config: dict[str, Any], total_steps: int,
                  bytes_per_token: float = 0.0, lora_config: dict[str, Any] | None = None,
-                 init_model: Transformer | None = None) -> None:
+                 init_model: Transformer | None = None, tokenizer_sha256: str = "") -> None:
         """`init_model`: start from these weights (train.init_from, finetune) instead of a fresh init; a resumed run
         passes None and gets its weights from the checkpoint. `lora_config`: freeze the model and train LoRA /
-        QLoRA adapters (models/lora.py); kept in the hyperparameters so a resume rebuilds the same modules."""
+        QLoRA adapters (models/lora.py); kept in the hyperparameters so a resume rebuilds the same modules.
+        `tokenizer_sha256`: the tokenizer of the data's token ids, kept in the checkpoint so that a resume on data
+        written by another tokenizer is refused instead of training the old weights on ids that mean other text."""
         super().__init__()
         self.save_hyperparameters(ignore=["init_model"])
         self.model_cfg = ModelConfig.from_dict(model_config)
         self.cfg = TrainConfig.from_dict(train_config)
         self.total_steps = int(total_steps)
         self.bytes_per_token = float(bytes_per_token)
+        self.tokenizer_sha256 = tokenizer_sha256
         self.model = init_model if init_model is not None else Transformer(self.model_cfg)
         self.model.activation_checkpointing = self.cfg.activation_checkpointing
         self.lora_config = dict(lora_config) if lora_config else None
@@ -240,6 +243,13 @@ class LMSystem(L.LightningModule):
             raise ValueError(
                 "model: the checkpoint was trained with a different model config; resuming needs the same "
                 "model (use a new run directory)"
+            )
+        old_sha = checkpoint.get("hyper_parameters", {}).get("tokenizer_sha256") or ""
+        if old_sha and self.tokenizer_sha256 and old_sha != self.tokenizer_sha256:
+            raise ValueError(
+                f"tokenizer: the checkpoint was trained on ids of tokenizer sha256 {old_sha[:12]}, the data now comes "
+                f"from tokenizer sha256 {self.tokenizer_sha256[:12]}; resuming would train the old weights on ids "
+                "that mean other text (use a new run directory)"
             )
         rng = checkpoint.get("rng_states")
         if rng:

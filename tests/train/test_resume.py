@@ -162,3 +162,22 @@ def test_resume_with_dropout_continues_the_same_masks(tiny_shards: tuple[Path, P
     rng_before = torch.get_rng_state()
     measure_matmul_peak(torch.float32, seconds=0.001, shapes=((8, 8, 8),))
     assert torch.equal(torch.get_rng_state(), rng_before)
+
+
+def test_resume_on_data_of_another_tokenizer_is_refused(tiny_shards: tuple[Path, Path], tmp_path: Path) -> None:
+    """Shards rewritten by another tokenizer under a run with checkpoints: the run must not resume its weights
+    on ids that now mean other text (it used to, silently)."""
+    import shutil
+
+    shards, _ = tiny_shards
+    run_dir = tmp_path / "run"
+    cfg = TrainConfig(**{**CFG, "max_tokens": 4 * 32 * 4})
+    run_train(cfg, MODEL, shards, run_dir)
+    other = tmp_path / "other_shards"
+    shutil.copytree(shards, other)
+    index = json.loads((other / "index.json").read_text())
+    index["tokenizer_sha256"] = "f" * 64  # the same ids, as if written by another tokenizer
+    (other / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="tokenizer: the checkpoint was trained on ids of tokenizer sha256"):
+        run_train(cfg, MODEL, other, run_dir)
+    assert run_train(cfg, MODEL, shards, run_dir)["steps"] == 4  # the run's own data still resumes
