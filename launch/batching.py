@@ -85,6 +85,11 @@ def _logprob_entry(logits_V: torch.Tensor, token: int, k: int) -> TokenLogprob:
     return TokenLogprob(token, float(lp_V[token]), top)
 
 
+def _wants_prompt(req: Request) -> bool:
+    """Echo with log-probs: every prompt position's logits are needed, so the request is prefilled alone."""
+    return req.params.echo and req.params.logprobs is not None
+
+
 def prefill_groups(reqs: list[Request], max_padding: float = 0.5) -> list[list[Request]]:
     """Requests grouped by prompt length (shortest first) so that padding is at most `max_padding` of each
     group's positions: one long prompt does not make a batch of short ones pay for its length."""
@@ -162,7 +167,7 @@ class Engine:
                 break
             if not req.cancelled.is_set():
                 waiting.append(req)
-        alone = [r for r in waiting if r.params.echo and r.params.logprobs is not None]
+        alone = [r for r in waiting if _wants_prompt(r)]
         groups = prefill_groups([r for r in waiting if r not in alone])
         for group in [[r] for r in alone] + groups:
             try:
@@ -179,7 +184,7 @@ class Engine:
         idx_nT = torch.zeros(len(reqs), T, dtype=torch.long, device=self.device)
         for i, r in enumerate(reqs):
             idx_nT[i, : lens[i]] = torch.tensor(r.prompt_ids, dtype=torch.long)
-        want_prompt = len(reqs) == 1 and reqs[0].params.echo and reqs[0].params.logprobs is not None
+        want_prompt = len(reqs) == 1 and _wants_prompt(reqs[0])
         last = None if want_prompt else torch.tensor(lens, device=self.device) - 1
         logits_nTV = self.model(idx_nT, cache=self.cache.view(row0, len(reqs)), last_pos_B=last).logits
         self.num_prefills += 1
