@@ -121,3 +121,11 @@ def read_json_or_empty(path: str | Path) -> Any:
     except (OSError, json.JSONDecodeError):
         return {}
 
+
+def update_json_cache(path: str | Path, key: str, value: Any, sort_keys: bool = False) -> None:
+    """Set one entry of a JSON cache file (read, modify, then an atomic rename): the per-machine measurement caches."""
+    path = Path(path)
+    cache = read_json_or_empty(path)
+    cache[key] = value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, cache, sort_keys=sort_keys)

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.atomic import atomic_write_json, read_json_or_empty
+from models.atomic import read_json_or_empty, update_json_cache
 from train.peak_flops import cache_dir, cpu_cache_key
 
 PAYBACK = 2.0
@@ -100,10 +100,7 @@ def read_cache() -> dict[str, dict[str, Any]]:
 
 def write_cache(key: str, entry: dict[str, Any]) -> None:
     """Add one measurement (read-modify-write, then an atomic rename)."""
-    cache = read_cache()
-    cache[key] = entry
-    cache_path().parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(cache_path(), cache, sort_keys=True)
+    update_json_cache(cache_path(), key, entry, sort_keys=True)
 
 
 def expected_compile_s(cache: dict[str, dict[str, Any]]) -> tuple[float, str]:

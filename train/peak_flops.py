@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from models.atomic import atomic_write_json, read_json_or_empty
+from models.atomic import read_json_or_empty, update_json_cache
 
 
 @dataclass(frozen=True)
@@ -130,11 +130,7 @@ def read_peak_cache() -> dict[str, float]:
 
 def write_peak_cache(key: str, value: float) -> None:
     """Add one measurement to the per-machine cache (read-modify-write, then an atomic rename)."""
-    cache = read_peak_cache()
-    cache[key] = value
-    path = cache_dir() / "peak_flops.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, cache)
+    update_json_cache(cache_dir() / "peak_flops.json", key, value)
 
 
 _BUSY_PEAKS: dict[str, float] = {}
