@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from models.compress.lowrank import LowRank
+from models.compress.lowrank import LowRank, sym_round_rows
 from models.compress.quantize import FP16_TINY, QTensor
 
 
@@ -47,9 +47,8 @@ def fake_quant_rows(x_rN: torch.Tensor, bits: int) -> torch.Tensor:
         return x_rN
     if bits == 16:
         return _ste(x_rN, x_rN.half().float())
-    qmax = (1 << (bits - 1)) - 1
-    scale = (x_rN.detach().abs().amax(-1, keepdim=True) / qmax).clamp_min(1e-7).half().float()
-    return _ste(x_rN, torch.clamp(torch.round(x_rN / scale), -qmax, qmax) * scale)
+    q, scale = sym_round_rows(x_rN.detach(), bits)
+    return _ste(x_rN, q * scale[:, None])
 
 
 class _Tunable:

@@ -137,11 +137,17 @@ class LowRank:
                    raw.get(prefix + "lr_vs", empty), bits, (int(shape[0]), int(shape[1])))
 
 
-def _sym_rows(x_rN: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric codes per row (int8: [-127, 127]; int4: [-7, 7] packed +8 two per byte), fp16 scales."""
+def sym_round_rows(x_rN: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes as floats in [-qmax, qmax], fp16-valued scale (r,)) of the factors' storage rounding: one symmetric
+    scale per row. The one rule both storage and block-wise tuning's fake quantization use."""
     qmax = (1 << (bits - 1)) - 1
     scale = (x_rN.abs().amax(-1) / qmax).clamp_min(1e-7).half().float()
-    q = torch.clamp(torch.round(x_rN / scale[:, None]), -qmax, qmax)
+    return torch.clamp(torch.round(x_rN / scale[:, None]), -qmax, qmax), scale
+
+
+def _sym_rows(x_rN: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric codes per row (int8: [-127, 127]; int4: [-7, 7] packed +8 two per byte), fp16 scales."""
+    q, scale = sym_round_rows(x_rN, bits)
     if bits == 8:
         return q.to(torch.int8), scale.half()
     return pack_int4((q + 8).to(torch.uint8)), scale.half()
