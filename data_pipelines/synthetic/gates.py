@@ -87,7 +87,8 @@ def unknown_share(text: str, simple: frozenset[str], allowed: set[str] = frozens
 
 
 @lru_cache(maxsize=65536)
-def _lemma_forms(lemma: str) -> frozenset[str]:
+def lemma_forms(lemma: str) -> frozenset[str]:
+    """Every inflection of a required word (a lemma, possibly several words like "kick ball")."""
     return frozenset(f for part in lemma.split() for f in forms(part))
 
 
@@ -177,7 +178,7 @@ class QualityGates:
         present = set(words)
         allowed: set[str] = set()
         for lemma in (req.verb.text, req.noun.text, req.adjective.text):
-            fs = _lemma_forms(lemma)
+            fs = lemma_forms(lemma)
             allowed |= fs
             if self.cfg.require_words and not (fs & present):
                 return "missing_words"

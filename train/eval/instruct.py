@@ -43,16 +43,17 @@ def is_story(text: str) -> bool:
     ws = reply_words(text)
     if len(ws) < MIN_WORDS or len(_SENTENCE_END.findall(text)) < MIN_SENTENCES or _ECHO.search(text):
         return False
-    grams = [tuple(ws[i : i + 3]) for i in range(len(ws) - 2)]
-    return len(set(grams)) / len(grams) >= MIN_DISTINCT3
+    from data_pipelines.synthetic.gates import repeated_trigram_share
+
+    return 1.0 - repeated_trigram_share(ws) >= MIN_DISTINCT3
 
 
 def uses_all(text: str, words: Sequence[str]) -> bool:
     """Every required word (a lemma, possibly several words like "kick ball") appears in some inflection."""
-    from data_pipelines.synthetic.vocab import forms
+    from data_pipelines.synthetic.gates import lemma_forms
 
     present = set(reply_words(text))
-    return bool(words) and all(any(f in present for part in w.split() for f in forms(part)) for w in words)
+    return bool(words) and all(lemma_forms(w) & present for w in words)
 
 
 def score(replies: Sequence[str], held: Sequence[dict[str, Any]]) -> dict[str, float]:
