@@ -311,7 +311,12 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=0, help="override the planner's width (e.g. 256 for TQ-sized rows)")
     ap.add_argument("--hidden", type=int, default=0, help="override the planner's MLP width (e.g. 512)")
     ap.add_argument("--skip-extra", action="store_true", help="skip the lowbit_ptq / distill-recovery rows")
+    ap.add_argument("--train-only", default="", help="comma list of arms to train, then stop (no scoring): runs split "
+                    f"over processes ({', '.join(ARMS)}); a last run without it reuses them and scores")
     args = ap.parse_args()
+    only = [a for a in args.train_only.split(",") if a]
+    if unknown := sorted(set(only) - set(ARMS)):
+        raise SystemExit(f"--train-only: unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
     if args.quick:
         args.flops, args.eval_tokens = min(args.flops, 3e11), 4096
     torch.set_num_threads(args.threads)
@@ -322,11 +327,16 @@ def main() -> None:
     plan = get_plan(args.out, shards, args.flops, args.seq_len)
     arms = {}
     for name, (mcfg, over) in arm_configs(plan, args).items():
+        if only and name not in only:
+            continue
         print(f"[{name}] dim {mcfg.dim} x {mcfg.num_layers}" + (f" x{mcfg.share_blocks}" if mcfg.share_blocks > 1
               else "") + f", hidden {mcfg.hidden_dim}, {count_params(mcfg)['total']:,} params, "
               f"{over['max_tokens']:,} tokens, {flops_per_token(mcfg, int(plan['seq_len'])) * over['max_tokens']:.3g} "
               "FLOPs", flush=True)
         arms[name] = train_arm(name, mcfg, over, plan, shards, tok, out, args.threads)
+    if only:
+        print(f"trained {', '.join(only)} in {time.perf_counter() - t0:.0f}s; score with a run without --train-only")
+        return
     val, bpt = val_tokens(shards, args.eval_tokens)
     seq = int(plan["seq_len"])
     rows = score_all(arms, out, tok, val, bpt, seq, args.threads)

@@ -35,18 +35,21 @@ import bench_vs_llama2c as b  # noqa: E402
 
 
 def run_recipe(config: Path, train_docs: list[str], val_docs: list[str], flops: float, work: Path, threads: int,
-               seed: int) -> dict:
-    """`tinyfoundry run` on the recipe, the exported model scored on the held-out stories; a bench_vs_llama2c row."""
+               seed: int, precision: str = "") -> dict:
+    """`tinyfoundry run` on the recipe, the exported model scored on the held-out stories; a bench_vs_llama2c row.
+    `precision` ("" = the recipe's own) overrides `train.precision`; the row records what the run resolved it to."""
     from tokenizers import Tokenizer
 
     from models import load_model
 
     data = work / "train_stories.txt"
     data.write_text("\n<|endoftext|>\n".join(train_docs) + "\n")
-    rd = work / "recipe"
+    rd = work / f"recipe-{precision or 'own'}"
     cmd = [sys.executable, "-m", "launch.cli", "run", "--config", str(config), "--run-dir", str(rd),
            f"--curate.inputs=[\"{data}\"]", "--curate.hf_split=train", "--plan.hours=0", f"--plan.flops={flops:g}",
            f"--train.num_threads={threads}", "--train.progress_bar=false", "--tokenize.progress=false"]
+    if precision:
+        cmd.append(f"--train.precision={precision}")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads or os.cpu_count())}
     t0 = time.time()
     subprocess.run(cmd, cwd=ROOT, env=env, check=True)
@@ -62,15 +65,37 @@ def run_recipe(config: Path, train_docs: list[str], val_docs: list[str], flops: 
     n = b.num_params(model)
     tokens = int(summary["tokens"])
     m = model.cfg
-    return {"run": f"recipe {config.stem} (tinyfoundry run)", "params": n, "vocab": tok.get_vocab_size(),
+    label = f"recipe {config.stem} (tinyfoundry run{', ' + precision if precision else ''})"
+    return {"run": label, "params": n, "vocab": tok.get_vocab_size(),
             "steps": int(summary.get("steps", 0)), "tokens": tokens, "flops": 6 * n * tokens, "lr": None,
             "train_loss": summary.get("final_train_loss"), "bpb": b.heldout_bpb(model, va, va_bytes, seq_len),
             "train_bpb": b.heldout_bpb(model, trs, sum(len(d.encode()) for d in train_docs[: len(val_docs)]),
                                        seq_len),
-            "epochs": tokens / tr.numel(), "wall_s": wall,
+            "epochs": tokens / tr.numel(), "wall_s": wall, "train_wall_s": summary.get("wall_s"),
+            "precision": summary.get("precision"), "tokens_per_s": summary.get("tokens_per_s"),
             "shape": f"dim {m.dim}, {m.num_layers} layers, {m.num_heads} heads, batch {plan['batch_size']}x{seq_len}",
             "used": {"pipeline": "tinyfoundry run"},
             "train_bytes_per_token": sum(len(d.encode()) for d in train_docs) / tr.numel()}
+
+
+def pair_precisions(recipes: list[dict]) -> None:
+    """Recipe runs that differ in the precision they resolved to (issue 22: bf16-mixed within 0.5% of fp32's
+    held-out bpb): their bpb, whole-pipeline and train wall, and ratios against the fp32 run."""
+    fp32 = [r for r in recipes if r.get("precision") == "fp32"]
+    others = [r for r in recipes if r.get("precision") not in (None, "fp32")]
+    if not fp32 or not others:
+        return
+    f = fp32[-1]
+    print(f"\n| {'run':<52} | {'precision':>10} | {'held-out bpb':>12} | {'vs fp32':>8} | {'pipeline s':>10} | "
+          f"{'train s':>8} | {'train tok/s':>11} | {'wall vs fp32':>12} |")
+    print("|" + "|".join("-" * (w + 2) for w in (52, 10, 12, 8, 10, 8, 11, 12)) + "|")
+    for r in [f, *others]:
+        print(f"| {r['run']:<52} | {r['precision']:>10} | {r['bpb']:>12.4f} | {r['bpb'] / f['bpb']:>7.4f}x | "
+              f"{r['wall_s']:>10.0f} | {r['train_wall_s']:>8.0f} | {r['tokens_per_s']:>11.0f} | "
+              f"{r['wall_s'] / f['wall_s']:>11.3f}x |")
+    for r in others:
+        d = r["bpb"] / f["bpb"] - 1
+        print(f"{r['precision']} vs fp32 held-out bpb: {d:+.2%} (target within 0.5%: {'MET' if abs(d) <= 0.005 else 'NOT met'})")
 
 
 def main() -> None:
@@ -80,6 +105,8 @@ def main() -> None:
     ap.add_argument("--lrs", type=str, default="6e-3", help="baseline learning rates ('' skips the baseline)")
     ap.add_argument("--skip-default", action="store_true", help="do not train bench_vs_llama2c's default recipe")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--precision", default="", help="train.precision for the recipe run (fp32, bf16-mixed, auto; "
+                    "'' = the recipe's own); run two processes with --json and join them with --merge to pair them")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-recipe", action="store_true",
                     help="train only the other rows, at --bench-flops (runs split over processes, joined by --merge)")
@@ -99,9 +126,11 @@ def main() -> None:
         if args.skip_recipe:
             flops = args.bench_flops
         else:
-            rec = run_recipe(args.config, train_docs, val_docs, args.flops, work, args.threads, args.seed)
+            rec = run_recipe(args.config, train_docs, val_docs, args.flops, work, args.threads, args.seed,
+                             args.precision)
             print(f"  {rec['run']}: bpb {rec['bpb']:.4f}, {rec['flops']:.6g} FLOPs ({rec['wall_s']:.0f}s, the whole "
-                  f"pipeline), {rec['shape']}", flush=True)
+                  f"pipeline; train {rec['train_wall_s']:.0f}s at {rec['tokens_per_s']:.0f} tok/s in "
+                  f"{rec['precision']}), {rec['shape']}", flush=True)
             flops = rec["flops"]  # the other rows train at the recipe's measured FLOPs
         lrs = [float(x) for x in args.lrs.split(",") if x]
         if lrs:
@@ -117,6 +146,7 @@ def main() -> None:
     if default and recipe:
         ratio = recipe[-1]["bpb"] / default[-1]["bpb"]
         print(f"\nrecipe / default recipe = {ratio:.4f}  (target <= 1.01: {'MET' if ratio <= 1.01 else 'NOT met'})")
+    pair_precisions([r for r in rows if r["run"].startswith("recipe")])
     if args.json:
         args.json.write_text(json.dumps(rows[n_merged:], indent=2, default=str))
 

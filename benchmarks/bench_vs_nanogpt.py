@@ -36,6 +36,7 @@ from bench_model import alternate  # noqa: E402
 
 from models import ModelConfig, Transformer  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
+from train.optim import NS_STEPS, newton_schulz  # noqa: E402
 from train.system import make_optimizer  # noqa: E402
 
 B, T, DIM, LAYERS, HEADS, VOCAB = 8, 256, 288, 6, 6, 4096
@@ -69,6 +70,31 @@ def make_step(model: nn.Module, opt: torch.optim.Optimizer, idx_BT: torch.Tensor
     return step
 
 
+def newton_schulz_cost(opt: torch.optim.Optimizer) -> tuple[Callable[[], None], float]:
+    """Muon's extra work per step, alone: Newton-Schulz on every Muon matrix (fresh gradients of the same shapes),
+    and its FLOPs: per iteration on an m x n matrix (m <= n) X X^T (2 m^2 n), the square (2 m^3) and the product
+    with X (2 m^2 n)."""
+    mats = [torch.randn_like(p) for g in opt.param_groups if g["kind"] == "muon" for p in g["params"]]
+    flops = 0.0
+    for w in mats:
+        m, n = sorted(w.shape[-2:])
+        flops += NS_STEPS * (4 * m * m * n + 2 * m**3) * (w.numel() // (m * n))
+
+    def run() -> None:
+        for w in mats:
+            newton_schulz(w)
+
+    return run, flops
+
+
+def step_flops(model: Transformer) -> float:
+    """Forward + backward matmul FLOPs of one step: 6 x (all matrices, head included) x tokens + attention."""
+    mats = sum(p.numel() for n, p in model.named_parameters() if p.dim() >= 2 and "tok_emb" not in n)
+    if model.cfg.tie_embeddings:
+        mats += model.cfg.vocab_size * model.cfg.dim
+    return 6.0 * mats * B * T + 12.0 * LAYERS * T * DIM * B * T / 2  # causal: half the score matrix
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nanogpt", type=Path, required=True, help="folder holding nanoGPT's model.py")
@@ -97,7 +123,8 @@ def main() -> None:
           f"median of {args.repeats} interleaved steps")
     print(f"ours default optimizer: {type(opt_ours).__name__}; nanoGPT: {type(opt_nano).__name__} "
           f"(configure_optimizers)")
-    rows, first = [], {}
+    rows, first, bound = [], {}, {}
+    ns_run, ns_flops = newton_schulz_cost(opt_ours)
     if args.compiled:
         from torch._inductor.utils import fresh_cache
 
@@ -116,7 +143,11 @@ def main() -> None:
                     t0 = time.perf_counter()
                     fns[name]()
                     first[prec, name] = time.perf_counter() - t0
+        fns["Newton-Schulz alone"] = ns_run
         t = alternate(fns, args.repeats, warmup=2)
+        ns_s = t.pop("Newton-Schulz alone")
+        fastest = min(v for k, v in t.items() if "AdamW)" in k)
+        bound[prec] = (ns_s, fastest, t["nanoGPT"] / (fastest + ns_s))
         for k, v in t.items():
             same = t["nanoGPT compiled"] / v if "compiled" in k else None
             rows.append((prec, k, B * T / v, t["nanoGPT"] / v, same))
@@ -126,6 +157,13 @@ def main() -> None:
     print("\n| precision | model | tok/s | vs nanoGPT eager | vs nanoGPT compiled |\n|---|---|---|---|---|")
     for prec, k, tps, r, same in rows:
         print(f"| {prec} | {k} | {tps:,.0f} | {r:.2f}x | {'' if same is None else f'{same:.2f}x'} |")
+    fl = step_flops(ours)
+    print(f"\nMuon's Newton-Schulz: {ns_flops / 1e9:.1f} GFLOP per step (bf16) = {ns_flops / fl:.0%} of the step's "
+          f"forward + backward matmul FLOPs ({fl / 1e9:.1f} GFLOP at batch {B} x {T}); it does not shrink with the "
+          f"batch, so at this batch the default optimizer adds that much matmul work to a step nanoGPT's AdamW skips.")
+    for prec, (ns_s, fastest, best) in bound.items():
+        print(f"{prec}: Newton-Schulz alone {ns_s * 1e3:.0f} ms per step; our fastest AdamW step {fastest * 1e3:.0f} ms; "
+              f"a default-optimizer step can be no faster than their sum: <= {best:.2f}x nanoGPT eager")
 
 
 if __name__ == "__main__":
