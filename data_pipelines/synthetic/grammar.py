@@ -24,6 +24,11 @@ Design
   fit the quote's mark; connectives before some sentences). A student trained on the corpus is
   scored on real stories by benchmarks/bench_synth_transfer.py; benchmarks/bench_synth.py compares
   the distinct 4-gram ratio and word types with real stories.
+- What transfers to real stories is the word and character distribution, so the grammar leans toward it:
+  40% of the asides' words come from short lists of the words real stories name most (birds, parks, trees),
+  stories with quoted speech get 2-4 extra quoted exchanges (`chats`: real stories quote twice as much
+  and ask more), and a few stories use curly punctuation (“...”, ’) as some real ones do: a student that
+  never saw those bytes pays dearly for each one in real text.
 - Invariants: the sampled noun, verb and adjective appear in the text in a form the
   required-word gate accepts; with a fixed `random.Random` the output is deterministic.
 """
@@ -74,6 +79,8 @@ EDIBLE_STUFF = frozenset(_STORY["edible_stuff"])
 SCENES: dict[str, str] = _STORY["scenes"]
 SAFETY_NET: dict[str, str] = _STORY["safety_net"]
 QUOTES_WITHOUT_DIALOGUE = float(_STORY["quotes_without_dialogue"])
+TYPOGRAPHIC: dict[str, float] = {k: float(v) for k, v in _STORY["typographic"].items()}
+_OPEN_QUOTE = re.compile(r'(^|(?<=[\s(]))"')
 
 _CHOICE = re.compile(r"\[([^\[\]]*)\]")
 _SENTENCE_START = re.compile(r"(^|[.!?]\s+)([\"“]?)([a-z])")
@@ -128,6 +135,10 @@ ASIDES: tuple[str, ...] = tuple(_PARTS["asides"])
 ASIDE_COUNTS: tuple[int, ...] = tuple(_PARTS["aside_counts"])
 ASIDE_NEW_WORDS = float(_PARTS["aside_new_words"])
 ASIDE_ADJECTIVE_SKIP = frozenset(_PARTS["aside_adjective_skip"])
+ASIDE_COMMON: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in _PARTS["aside_common"].items()}
+ASIDE_COMMON_SHARE = float(_PARTS["aside_common_share"])
+CHATS: tuple[str, ...] = tuple(_PARTS["chats"])
+CHAT_COUNTS: tuple[int, ...] = tuple(_PARTS["chat_counts"])
 
 # Phrase-level variety applied after the plot is written (templates/parts.yaml `swaps`).
 SWAPS: tuple[tuple[str, tuple[str, ...]], ...] = tuple((p, tuple(o)) for p, o in _PARTS["swaps"])
@@ -182,6 +193,8 @@ def register(text: str, rng: random.Random, keep: set[str]) -> str:
     text = _PARENT_RE.sub(parent, text)
     if rng.random() < 0.6:
         text = _CONTRACT_RE.sub(lambda m: _CONTRACT[m.group(1)] if rng.random() < 0.85 else m.group(1), text)
+    if rng.random() < TYPOGRAPHIC["quotes" if '"' in text else "plain"]:  # curly marks, as some real stories
+        text = _OPEN_QUOTE.sub("“", text).replace('"', "”").replace("'", "’")
     return text
 
 
@@ -230,6 +243,9 @@ def _lexicon() -> dict[str, list[Word]]:
         if w.text not in ASIDE_ADJECTIVE_SKIP:
             out.setdefault(f"adj_{w.kind}", []).append(w)
     out["verb"] = [w for w in v.verbs if w.kind != "other"]
+    for kind, words in ASIDE_COMMON.items():  # the common words, as Words of their kind (each must be listed there)
+        by_text = {w.text: w for w in out[kind]}
+        out[f"common_{kind}"] = [by_text[t] for t in words]
     return out
 
 
@@ -238,6 +254,8 @@ def _aside_slots(rng: random.Random, avoid: set[str]) -> dict[str, str]:
 
     def one(kind: str) -> Word:
         pool = lex.get(kind) or lex["thing"]
+        if rng.random() < ASIDE_COMMON_SHARE:
+            pool = lex.get(f"common_{kind}", pool)
         w = rng.choice(pool)
         return w if w.text not in avoid else rng.choice(pool)
 
@@ -276,7 +294,7 @@ def _person_name(he: str, rng: random.Random, avoid: str = "") -> str:
     common = COMMON_BOY_NAMES if he == "he" else COMMON_GIRL_NAMES
     pool = BOY_NAMES if he == "he" else GIRL_NAMES
     while True:
-        name = rng.choice(common if rng.random() < 0.6 else pool)
+        name = rng.choice(common if rng.random() < 0.7 else pool)
         if name != avoid:
             return name
 
@@ -443,7 +461,10 @@ class _StoryWriter:
         if "moral value" in feats:
             p5.append(pick("moral"))
         asides = [a for a in ASIDES if dialogue or '"' not in a]
-        for template in rng.sample(asides, rng.choice(ASIDE_COUNTS)):  # no aside twice in a story
+        chosen = rng.sample(asides, rng.choice(ASIDE_COUNTS))  # no aside twice in a story
+        if dialogue:  # quoted exchanges, as many as real stories that quote speech have
+            chosen += rng.sample(CHATS, rng.choice(CHAT_COUNTS))
+        for template in chosen:
             # never inside the trouble beat, and never the story's last sentence
             para = rng.choice((p1, p2, p4, p5) if len(p5) > 1 else (p1, p2, p4))
             para.insert(rng.randint(1, len(para) - (para is p5)), self.aside(template))

@@ -127,7 +127,8 @@ def test_grammar_uses_the_words_and_honours_features(vocab: Vocabulary) -> None:
             req2 = type(req)(req.id, req.index, noun, req.verb, req.adjective, feats, req.prompt, req.seed)
             # every word in the simple vocabulary (max_unknown_share=0) and all three sampled words present
             assert gates.check_text(req2, text) is None, (gates.check_text(req2, text), feats, text)
-            assert ('"' in text) == ("dialogue" in feats), (feats, text)
+            # quotes exactly in dialogue stories, straight or curly (the typographic register writes “...”)
+            assert ('"' in text or '“' in text) == ("dialogue" in feats), (feats, text)
             if "moral value" in feats:
                 assert "learned" in text
             if "conflict" in feats:
