@@ -270,7 +270,8 @@ def part_instruct(args: argparse.Namespace) -> list[str]:
     t0 = time.time()
     ft = FinetuneConfig(base=str(base_dir), method="full", data=[str(work / "instruct.jsonl")], val_fraction=0.02,
                         max_tokens=args.instruct_tokens, batch_size=16, seq_len=args.instruct_seq,
-                        lr=args.instruct_lr, warmup_frac=0.05, window_start=args.instruct_windows)
+                        lr=args.instruct_lr, warmup_frac=0.05, window_start=args.instruct_windows,
+                        word_weight=args.instruct_word_weight)
     s = run_finetune(ft, TrainConfig(num_threads=args.threads, num_val_tokens=16384, num_sample_tokens=0,
                                      progress_bar=False, seed=0), work / "finetune")
     t_ft = time.time() - t0
@@ -285,7 +286,8 @@ def part_instruct(args: argparse.Namespace) -> list[str]:
         f"story), {len(held)} held-out instructions, greedy replies of <= {args.probe_tokens} tokens; model "
         f"{pre['num_params'] / 1e6:.2f}M params, {args.instruct_vocab}-token BPE, pretrained on {pre['tokens']} "
         f"tokens ({t_pre:.0f}s), instruction-tuned (full, loss on the story, windows from "
-        f"{args.instruct_windows!r} starts, seq {args.instruct_seq}, lr {args.instruct_lr:g}) on {s['tokens']} "
+        f"{args.instruct_windows!r} starts, seq {args.instruct_seq}, lr {args.instruct_lr:g}, word weight "
+        f"{args.instruct_word_weight:g}) on {s['tokens']} "
         f"tokens ({t_ft:.0f}s); data {t_data:.0f}s, probe {t_probe:.0f}s; {args.threads} thread(s), load average "
         f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} at the end",
         "| model | replies that are stories | all required words used (in a story) | control: another "
@@ -347,6 +349,8 @@ def main() -> None:
     ap.add_argument("--instruct-windows", choices=["example", "any"], default="example",
                     help="fine-tuning windows start at an example's first token, or anywhere")
     ap.add_argument("--instruct-seq", type=int, default=384)
+    ap.add_argument("--instruct-word-weight", type=float, default=1.0,
+                    help="loss weight on each required word's first use in a story (finetune.word_weight)")
     ap.add_argument("--instruct-lr", type=float, default=3e-3)
     ap.add_argument("--instruct-vocab", type=int, default=1024)
     ap.add_argument("--instruct-dim", type=int, default=128)

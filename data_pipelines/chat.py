@@ -14,6 +14,9 @@ Design and invariants
   template markup, where tokenizing the whole string gives the same ids); special tokens in the markup map to
   their ids. Each example ends with the tokenizer's EOS (trained when the last message is the assistant's), so
   examples packed back to back stay delimited.
+- Examples that carry a `words` list (instruct_from_synth writes them) also get `first_use`: the reply tokens of
+  each word's first use, the only spots where the reply depends on the instruction (finetune.word_weight
+  weights their loss).
 - bytes_per_token counts the UTF-8 bytes of the trained text over the trained tokens, so bits-per-byte of a masked
   validation split measures the replies alone.
 """
@@ -95,11 +98,32 @@ def render_segments(messages: list[dict[str, str]], template: Any, bos: str, eos
 
 @dataclass
 class Encoded:
-    """Token ids and a same-length 0/1 mask: mask[j] = 1 when token j is a target the loss sees."""
+    """Token ids and a same-length 0/1 mask: mask[j] = 1 when token j is a target the loss sees. `first_use` (0/1,
+    same length) marks the reply tokens of each required word's first use (`first_uses`), for examples that carry
+    a `words` list; all zeros otherwise."""
 
     ids: np.ndarray
     mask: np.ndarray
     trained_bytes: int
+    first_use: np.ndarray | None = None
+
+
+def first_uses(text: str, words: list[str]) -> list[tuple[int, int]]:
+    """Character spans of each required word's first use in `text`, in any inflection synth's required-word gate
+    accepts (`gates.lemma_forms`); a word not used has none. Only these spots of a story depend on its instruction:
+    later uses are copies of the story's own text."""
+    import re
+
+    from data_pipelines.synthetic.gates import lemma_forms
+
+    tokens = list(re.finditer(r"[A-Za-z']+", text))
+    spans = []
+    for w in words:
+        forms = lemma_forms(w)
+        hit = next((m.span() for m in tokens if m.group().lower() in forms), None)
+        if hit is not None:
+            spans.append(hit)
+    return spans
 
 
 class ChatEncoder:
@@ -132,18 +156,29 @@ class ChatEncoder:
             segments = [(obj["text"], True)]
         else:
             segments = render_segments(messages, self.template, self.bos, self.eos)
+        words = obj.get("words") if isinstance(obj, dict) else None
+        words = [w for w in words if isinstance(w, str)] if isinstance(words, list) else []
         ids: list[int] = []
         mask: list[int] = []
+        first: list[int] = []
         nbytes = 0
         for text, trained in segments:
-            seg = self._ids(text)
+            if trained and words:
+                e = self.tok.encode(text, add_special_tokens=False)
+                seg, spans = e.ids, first_uses(text, words)
+                first += [int(any(a < y and b > x for x, y in spans)) for a, b in e.offsets]
+            else:
+                seg = self._ids(text)
+                first += [0] * len(seg)
             ids += seg
             mask += [int(trained)] * len(seg)
             nbytes += len(text.encode("utf-8")) if trained else 0
         last_trained = bool(mask[-1]) if mask else False
         ids.append(self.eos_id)
         mask.append(int(last_trained))
-        return Encoded(np.asarray(ids, dtype=np.int64), np.asarray(mask, dtype=np.uint8), nbytes)
+        first.append(0)
+        return Encoded(np.asarray(ids, dtype=np.int64), np.asarray(mask, dtype=np.uint8), nbytes,
+                       np.asarray(first, dtype=np.uint8))
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[Any, str]]:

@@ -17,7 +17,9 @@ Design and invariants
   is exact. With `window_start: example` (the default) each drawn start moves back to the first token of the
   example it falls in, so every reply is trained with its prompt in view (a window cut mid-example would
   teach the reply's second half without the instruction); `any` keeps the drawn
-  start. A window whose targets are all masked is moved onto the nearest trained token.
+  start. A window whose targets are all masked is moved onto the nearest trained token. `word_weight` weights the
+  loss of each required word's first use in a reply (examples with a `words` list); its batches carry the
+  weights as a fourth tensor, which LMSystem.training_step applies.
 - The tokenizer is the base model's own when it has one (a model dir's or HF folder's tokenizer.json, a GGUF's
   metadata), else the run's tokenizer/.
 """
@@ -55,6 +57,8 @@ class MaskedSplit:
     num_examples: int
     starts: np.ndarray | None = None
     """Offset of each example's first token in `ids` (ascending)."""
+    first_use: np.ndarray | None = None
+    """0/1 per token: a required word's first use in a reply (data_pipelines/chat.py `first_uses`)."""
 
     @property
     def bytes_per_token(self) -> float:
@@ -81,11 +85,13 @@ def encode_files(files: list[str], tokenizer_file: Path, val_fraction: float) ->
     out = {}
     for split, es in parts.items():
         if not es:
-            out[split] = MaskedSplit(np.zeros(0, np.int64), np.zeros(0, np.uint8), 0, 0, np.zeros(0, np.int64))
+            out[split] = MaskedSplit(np.zeros(0, np.int64), np.zeros(0, np.uint8), 0, 0, np.zeros(0, np.int64),
+                                     np.zeros(0, np.uint8))
             continue
         starts = np.concatenate([[0], np.cumsum([len(e.ids) for e in es])[:-1]]).astype(np.int64)
         out[split] = MaskedSplit(np.concatenate([e.ids for e in es]), np.concatenate([e.mask for e in es]),
-                                 sum(e.trained_bytes for e in es), len(es), starts)
+                                 sum(e.trained_bytes for e in es), len(es), starts,
+                                 np.concatenate([e.first_use for e in es]))
     if int(out["train"].mask.sum()) == 0:
         raise ValueError(f"data: no trained (assistant or text) tokens in {', '.join(files)}")
     return out
@@ -114,16 +120,19 @@ def _snap_to_examples(starts: np.ndarray, example_starts: np.ndarray, usable: in
 
 class MaskedTrainWindows(TrainWindows):
     """TrainWindows over a token stream with a parallel mask: masked targets become -100. With `example_starts`
-    each window begins at an example's first token."""
+    each window begins at an example's first token. With `first_use` and a `word_weight` other than 1 a batch
+    carries a fourth tensor, the targets' loss weights (`word_weight` on first uses, 1 elsewhere)."""
 
     def __init__(self, stream: TokenStream, mask: TokenStream, *args: Any, example_starts: np.ndarray | None = None,
-                 **kw: Any) -> None:
+                 first_use: TokenStream | None = None, word_weight: float = 1.0, **kw: Any) -> None:
         super().__init__(stream, *args, **kw)
         self.mask = mask
         self.trained_pos = np.flatnonzero(mask.arrays[0]) if mask.arrays else np.zeros(0, np.int64)
         self.example_starts = example_starts
+        self.first_use = first_use if word_weight != 1.0 else None
+        self.word_weight = word_weight
 
-    def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def batch(self, index: int) -> tuple[torch.Tensor, ...]:
         G = self.batch_size * self.world_size
         usable = self.stream.num_tokens - (self.seq_len + 1)
         starts = global_batch_windows(self.stream, index, G, self.seq_len, self.seed, self.order)
@@ -135,7 +144,11 @@ class MaskedTrainWindows(TrainWindows):
         m = torch.from_numpy(np.stack([self.mask.read(int(s), self.seq_len + 1) for s in mine]).astype(bool))
         y = win[:, 1:].clone()
         y[~m[:, 1:]] = -100
-        return win[:, :-1].contiguous(), y, index
+        if self.first_use is None:
+            return win[:, :-1].contiguous(), y, index
+        f = np.stack([self.first_use.read(int(s) + 1, self.seq_len) for s in mine]).astype(np.float32)
+        w = torch.from_numpy(1.0 + (self.word_weight - 1.0) * f)
+        return win[:, :-1].contiguous(), y, index, w
 
 
 class MaskedValWindows(ValWindows):
@@ -156,11 +169,12 @@ class MaskedDataModule(CheckpointedPosition, L.LightningDataModule):
 
     def __init__(self, splits: dict[str, MaskedSplit], vocab_size: int, eos_id: int, batch_size: int, seq_len: int,
                  seed: int, order: str = "random", num_val_tokens: int = 65536,
-                 window_start: str = "example") -> None:
+                 window_start: str = "example", word_weight: float = 1.0) -> None:
         super().__init__()
         if window_start not in ("example", "any"):
             raise ValueError(f"window_start: must be 'example' or 'any', got {window_start!r}")
         self.window_start = window_start
+        self.word_weight = word_weight
         self.splits, self.vocab_size, self.eos_id = splits, vocab_size, eos_id
         self.tokenizer_sha256 = ""
         self.batch_size, self.seq_len, self.seed, self.order = batch_size, seq_len, seed, order
@@ -172,6 +186,7 @@ class MaskedDataModule(CheckpointedPosition, L.LightningDataModule):
                              f"seq_len + 1 = {seq_len + 1}")
         self.train_stream, self.train_mask = TokenStream([tr.ids]), TokenStream([tr.mask])
         self.val_stream, self.val_mask = TokenStream([va.ids]), TokenStream([va.mask])
+        self.train_first = TokenStream([tr.first_use]) if tr.first_use is not None else None
 
     def bytes_per_token(self, split: str = "val") -> float:
         return self.splits[split].bytes_per_token
@@ -182,7 +197,8 @@ class MaskedDataModule(CheckpointedPosition, L.LightningDataModule):
             rank, world = self.trainer.global_rank, self.trainer.world_size
         starts = self.splits["train"].starts if self.window_start == "example" else None
         ds = MaskedTrainWindows(self.train_stream, self.train_mask, self.batch_size, self.seq_len, self.seed,
-                                self.order, start=self.next_index, rank=rank, world_size=world, example_starts=starts)
+                                self.order, start=self.next_index, rank=rank, world_size=world, example_starts=starts,
+                                first_use=self.train_first, word_weight=self.word_weight)
         # an own generator: a DataLoader iterator draws its base seed from the global RNG otherwise (training's dropout
         # is kept apart from such draws anyway: train/step_rng.py)
         return DataLoader(ds, batch_size=None, num_workers=0, generator=torch.Generator().manual_seed(self.seed))
@@ -283,7 +299,7 @@ def run_finetune(cfg: FinetuneConfig, train: TrainConfig, out_dir: Path, *, defa
 
             vocab = Tokenizer.from_file(str(tokenizer_file)).get_vocab_size()
             return MaskedDataModule(splits, vocab, ids["eos_id"], batch_size, seq_len, tcfg.seed, tcfg.data_order,
-                                    tcfg.num_val_tokens, cfg.window_start)
+                                    tcfg.num_val_tokens, cfg.window_start, cfg.word_weight)
     elif shards_dir is None:
         raise ValueError("finetune.data: no data files given and the run has no token shards")
 

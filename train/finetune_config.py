@@ -45,6 +45,11 @@ class FinetuneConfig:
     """Where training windows over JSONL data begin: 'example' = at an example's first token (each reply
     trained with its prompt in view when seq_len covers an example), 'any' = anywhere, as pretraining cuts
     shards. Token shards (no data files) are always cut anywhere."""
+    word_weight: float = 1.0
+    """Loss weight on the reply tokens of each required word's first use, for examples that carry a `words` list
+    (data_pipelines/chat.py `instruct_from_synth`); 1 = every trained token alike. Those few tokens (~2.5% of a
+    grammar story's) are the only ones whose loss depends on the instruction, so at weight 1 learning to read it
+    is a faint signal under the story's own language modelling."""
     lr: float = 2e-4
     """Peak learning rate (AdamW; LoRA usually wants ~1e-3, full fine-tuning ~1e-4)."""
     optimizer: Literal["adamw", "muon", "auto"] = "adamw"
@@ -65,6 +70,8 @@ class FinetuneConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name}: must be a positive integer, got {v!r}")
+        if not self.word_weight > 0:
+            raise ValueError(f"word_weight: must be positive, got {self.word_weight}")
         if not self.lr > 0:
             raise ValueError(f"lr: must be positive, got {self.lr}")
         if self.window_start not in ("example", "any"):

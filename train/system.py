@@ -168,10 +168,17 @@ class LMSystem(L.LightningModule):
     def forward(self, idx_BT: torch.Tensor, targets_BT: torch.Tensor | None = None) -> Any:
         return self.model(idx_BT, targets_BT=targets_BT)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor, int], batch_idx: int) -> torch.Tensor:
-        x_BT, y_BT, index = batch
+    def training_step(self, batch: tuple[Any, ...], batch_idx: int) -> torch.Tensor:
+        x_BT, y_BT, index, *weights = batch  # fine-tuning's word_weight adds per-target loss weights
         out = (self._compiled[0] if self._compiled else self.model)(x_BT, targets_BT=y_BT)
-        if self.teacher is not None:
+        if weights and self.teacher is None:
+            w_BT = weights[0].to(torch.float32) * (y_BT != -100)
+            ce_BT = F.cross_entropy(out.logits.float().reshape(-1, out.logits.shape[-1]), y_BT.reshape(-1),
+                                    ignore_index=-100, reduction="none")
+            loss = (ce_BT * w_BT.reshape(-1)).sum() / w_BT.sum().clamp_min(1e-9)
+            if out.aux_loss is not None:
+                loss = loss + out.aux_loss
+        elif self.teacher is not None:
             with torch.no_grad():
                 t_logits_BTV = self.teacher(x_BT).logits
             loss, ce, _ = distill_loss(out.logits, t_logits_BTV, y_BT, self.cfg.distill_alpha,

@@ -314,3 +314,44 @@ def test_windows_start_at_example_starts(base_dir: Path, chat_jsonl: Path) -> No
     assert all(torch.equal(a, b) for a, b in zip(rows("example", 3), rows("example", 3)))
     with pytest.raises(ValueError, match="window_start"):
         FinetuneConfig(window_start="middle")  # type: ignore[arg-type]
+
+
+def test_word_weight_weights_first_uses_of_the_required_words(base_dir: Path, tmp_path: Path) -> None:
+    """Examples with a `words` list mark the reply tokens of each word's first use (any inflection, later uses not);
+    word_weight puts that weight on their loss (a 4th batch tensor), weight 1 keeps the 3-tensor batch, and the
+    system's weighted loss with all weights 1 is the plain loss."""
+    from data_pipelines.chat import ChatEncoder
+    from train.finetune import MaskedDataModule, encode_files
+    from train.system import LMSystem
+
+    tok = base_dir / "tokenizer.json"
+    story = "Tom saw a pond. He jumped into the pond. The ponds were red. Tom liked the red ball."
+    row = {"messages": [{"role": "user", "content": "Words: pond, jump, red"},
+                        {"role": "assistant", "content": story}], "words": ["pond", "jump", "red"]}
+    enc = ChatEncoder(tok)
+    e = enc.encode(row)
+    marked = [int(i) for i, f in zip(e.ids, e.first_use) if f]
+    assert enc.tok.decode(marked).split() == ["pond", "jumped", "red"]
+    assert not (e.first_use.astype(bool) & ~e.mask.astype(bool)).any()  # only reply tokens
+    assert not enc.encode({"messages": row["messages"]}).first_use.any()  # no words: nothing marked
+
+    path = tmp_path / "w.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for _ in range(40)))
+    splits = encode_files([str(path)], tok, 0.1)
+    assert len(splits["train"].first_use) == len(splits["train"].ids)
+    b = MaskedDataModule(splits, 512, 2, 4, 48, seed=0, word_weight=5.0).train_dataloader().dataset.batch(0)
+    x, y, _, w = b
+    ids, first = splits["train"].ids, splits["train"].first_use
+    assert set(w.unique().tolist()) == {1.0, 5.0}
+    for row, wr in zip(x, w):  # each window's weights sit on its own targets' first uses
+        s = next(s for s in range(len(ids) - 48) if (ids[s : s + 48] == row.numpy()).all())
+        assert torch.equal(wr, 1.0 + 4.0 * torch.from_numpy(first[s + 1 : s + 49].astype("float32")))
+    assert len(MaskedDataModule(splits, 512, 2, 4, 48, seed=0).train_dataloader().dataset.batch(0)) == 3
+    with pytest.raises(ValueError, match="word_weight"):
+        FinetuneConfig(word_weight=0.0)
+
+    model = load_model(base_dir)[0]
+    system = LMSystem(model.cfg.to_dict(), TRAIN.to_dict(), total_steps=1, init_model=model)
+    plain = system.training_step((x, y, 0), 0)
+    assert torch.allclose(system.training_step((x, y, 0, torch.ones_like(w)), 0), plain, atol=1e-6)
+    assert not torch.allclose(system.training_step((x, y, 0, w), 0), plain, atol=1e-4)
