@@ -44,6 +44,7 @@ from typing import Any
 from launch.batching import Engine, Request, SamplingParams, TokenLogprob
 from launch.chat import ChatTemplate, load_chat_template
 from launch.generation import encode_prompt, eos_token_id, fit_to_context
+from launch.token_text import TokenText
 
 MAX_BODY_BYTES = 4 << 20
 API_KEY_ENV = "TINYFOUNDRY_API_KEY"
@@ -213,7 +214,7 @@ class ModelServer(ThreadingHTTPServer):
         self.vocab = int(engine.model.cfg.vocab_size)
         self.created = int(time.time())
         self.chat_stop_ids = frozenset(i for s in chat.stop_strings if (i := tokenizer.token_to_id(s)) is not None)
-        self._token_str: dict[int, str] = {}
+        self.token_text = TokenText(tokenizer)
 
     @property
     def url(self) -> str:
@@ -226,10 +227,8 @@ class ModelServer(ThreadingHTTPServer):
         return self.engine.num_finished
 
     def token_str(self, t: int) -> str:
-        s = self._token_str.get(t)
-        if s is None:
-            s = self._token_str[t] = self.tokenizer.decode([t], skip_special_tokens=False)
-        return s
+        """A token as log-probs show it (launch/token_text.py: partial UTF-8 pieces read `bytes:\\xNN`)."""
+        return self.token_text.display(t)
 
     def server_close(self) -> None:
         super().server_close()
@@ -435,16 +434,13 @@ class Handler(BaseHTTPRequestHandler):
         return {"prompt_tokens": prompt_tokens, "completion_tokens": done, "total_tokens": prompt_tokens + done}
 
     def _logprobs_obj(self, chat: bool, lps: list[TokenLogprob], offset0: int = 0) -> dict[str, Any]:
-        ts = self.server.token_str
+        ts, tb = self.server.token_str, self.server.token_text.bytes_of
         if chat:
             return {"content": [
-                {"token": ts(lp.token), "logprob": lp.logprob, "bytes": list(ts(lp.token).encode()),
-                 "top_logprobs": [{"token": ts(t), "logprob": v, "bytes": list(ts(t).encode())}
+                {"token": ts(lp.token), "logprob": lp.logprob, "bytes": list(tb(lp.token)),
+                 "top_logprobs": [{"token": ts(t), "logprob": v, "bytes": list(tb(t))}
                                   for t, v in (lp.top or [])]} for lp in lps]}
-        offsets, off = [], offset0
-        for lp in lps:
-            offsets.append(off)
-            off += len(ts(lp.token))
+        offsets = self.server.token_text.offsets([lp.token for lp in lps], offset0)
         return {"tokens": [ts(lp.token) for lp in lps], "token_logprobs": [lp.logprob for lp in lps],
                 "top_logprobs": [None if lp.top is None else {ts(t): v for t, v in lp.top} for lp in lps],
                 "text_offset": offsets}

@@ -32,8 +32,10 @@ def test_tiny_run_losses_are_pinned_and_logged_to_csv(tiny_shards: tuple[Path, P
     s = run_train(_tiny_cfg(logger="csv"), TINY, shards, tmp_path / "run")
     rows = list(csv.DictReader((tmp_path / "run" / "csv" / "metrics.csv").open()))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
-    assert losses == pytest.approx(PINNED, rel=2e-6, abs=0)  # CPU kernels may differ in the last bits elsewhere
-    assert s["final_val_loss"] == pytest.approx(PINNED_VAL, rel=2e-6)
+    # fp32 CPU kernels differ in the last bits between machines (the recording machine vs an AVX-512/AMX EPYC: up to
+    # 1.2e-5 relative by step 8); a change to the recipe itself (data order, init, optimizer) moves them by >1e-3
+    assert losses == pytest.approx(PINNED, rel=3e-5, abs=0)
+    assert s["final_val_loss"] == pytest.approx(PINNED_VAL, rel=3e-5)
     assert s["logger"] == "csv" and not (tmp_path / "run" / "tb").exists()
 
 
