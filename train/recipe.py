@@ -33,7 +33,7 @@ from models import ModelConfig
 from train.compile_auto import CompileDecision, resolve_compile
 from train.config import TrainConfig
 from train.ema import WeightEMA
-from train.precision import resolve_precision
+from train.precision import choose_cpu_precision, resolve_precision
 from train.system import LMSystem
 
 PRECISION = {"fp32": "32-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed"}
@@ -72,6 +72,25 @@ def prepare(cfg: TrainConfig, quiet: bool = False) -> tuple[TrainConfig, str]:
     if cfg.precision == "auto" and not quiet:
         print(f"[train] precision auto -> {precision} ({why})", file=sys.stderr)
     return dataclasses.replace(cfg, precision=precision), accel  # type: ignore[arg-type]
+
+
+def choose_precision(asked: str, cfg: TrainConfig, accel: str, system: LMSystem, batch_size: int, seq_len: int,
+                     quiet: bool = False) -> tuple[TrainConfig, dict[str, Any]]:
+    """(cfg, decision) after the system is built: where `precision: auto` on a CPU came out bf16 from the matmul
+    peaks, time the model's own micro-batch in both precisions and keep bf16 only where it pays
+    (train/precision.py `choose_cpu_precision`); the system is switched to the result. Elsewhere cfg is returned
+    as `prepare` resolved it."""
+    if asked != "auto":
+        return cfg, {"precision": cfg.precision, "why": "set in the config"}
+    if accel != "cpu" or cfg.precision != "bf16-mixed":
+        return cfg, {"precision": cfg.precision, "why": "device capability (train/precision.py)"}
+    precision, why, measured = choose_cpu_precision(system.model, batch_size, seq_len, system.model_cfg.vocab_size,
+                                                    cfg.devices * cfg.num_nodes)
+    if not quiet:
+        print(f"[train] precision auto at this model's shape -> {precision} ({why})", file=sys.stderr)
+    system.use_precision(precision)
+    return (dataclasses.replace(cfg, precision=precision),  # type: ignore[arg-type]
+            {"precision": precision, "why": why, **({"measured": measured} if measured else {})})
 
 
 def choose_compile(cfg: TrainConfig, accel: str, system: LMSystem, batch_size: int, seq_len: int,
@@ -180,6 +199,7 @@ def train_in_memory(cfg: TrainConfig, dm: Any, max_tokens: int, *, model_cfg: Mo
             raise ValueError("model: give a model config or a model to start from")
         model_cfg = init_model.cfg  # type: ignore[assignment]
     threads = torch.get_num_threads()
+    asked = cfg.precision
     try:
         cfg, accel = prepare(cfg, quiet=True)
         tps = tokens_per_step(cfg, dm.batch_size, dm.seq_len)
@@ -189,6 +209,7 @@ def train_in_memory(cfg: TrainConfig, dm: Any, max_tokens: int, *, model_cfg: Mo
                           init_model=init_model)
         if teacher is not None:
             system.set_teacher(teacher)
+        cfg, _ = choose_precision(asked, cfg, accel, system, dm.batch_size, dm.seq_len, quiet=True)
         choose_compile(cfg, accel, system, dm.batch_size, dm.seq_len, total_steps, quiet=True)
         ema = make_ema(cfg)
         trainer = make_trainer(cfg, accel, total_steps, total_steps + 1, [*callbacks, *([ema] if ema else [])])

@@ -265,6 +265,7 @@ def _run_train(cfg: TrainConfig, model_cfg: ModelConfig | None, shards_dir: Path
 
     t_start = time.time()
     run_dir = Path(run_dir)
+    asked_precision = cfg.precision
     p, init_model, teacher = _prepare(cfg, model_cfg, shards_dir, run_dir, plan, tokenizer_file, make_dm)
     cfg = p.cfg
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -276,6 +277,8 @@ def _run_train(cfg: TrainConfig, model_cfg: ModelConfig | None, shards_dir: Path
     if teacher is not None:
         system.set_teacher(teacher)
     done = _ckpt_global_step(p.resume) if p.resume else 0
+    cfg, precision = recipe.choose_precision(asked_precision, cfg, p.accel, system, p.batch_size, p.seq_len)
+    p = dataclasses.replace(p, cfg=cfg)
     compiled = recipe.choose_compile(cfg, p.accel, system, p.batch_size, p.seq_len, p.total_steps - done)
     cbs = _callbacks(p, run_dir / "checkpoints")
     plugins = [] if cfg.strategy.startswith("deepspeed") else [AtomicCheckpointIO()]
@@ -299,6 +302,7 @@ def _run_train(cfg: TrainConfig, model_cfg: ModelConfig | None, shards_dir: Path
     summary.update(_final_summary(p, cbs, trainer, system, metrics, run_dir, time.time() - t_start))
     summary["compile"] = compiled.compile
     summary["compile_decision"] = compiled.to_dict()
+    summary["precision_decision"] = precision
     if trainer.is_global_zero:
         _save_final(p, system, summary, run_dir)
     return summary

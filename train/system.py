@@ -122,6 +122,12 @@ class LMSystem(L.LightningModule):
         self.cfg = dataclasses.replace(self.cfg, compile=on)
         self.hparams["train_config"]["compile"] = on
 
+    def use_precision(self, precision: str) -> None:
+        """Train in `precision` (what `precision: auto` settled on at this model's shape, train/recipe.py); before
+        the Trainer is made, which takes the same value."""
+        self.cfg = dataclasses.replace(self.cfg, precision=precision)  # type: ignore[arg-type]
+        self.hparams["train_config"]["precision"] = precision
+
     @property
     def compiled(self) -> bool:
         return bool(self._compiled)

@@ -10,7 +10,13 @@ import torch
 
 from models import ModelConfig
 from train import TrainConfig, peak_flops, run_train
-from train.precision import CPU_BF16_MIN_GAIN, cpu_bf16_flags, resolve_precision
+from train.precision import (
+    CPU_BF16_MIN_GAIN,
+    CPU_BF16_MIN_STEP_GAIN,
+    choose_cpu_precision,
+    cpu_bf16_flags,
+    resolve_precision,
+)
 
 SAPPHIRE = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
 ZEN3 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
@@ -97,6 +103,40 @@ def test_default_is_auto_and_the_summary_records_the_choice(tiny_shards, tmp_pat
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the run's thread count: its cached measurement, not a new one at another count
     try:
-        assert summary["precision"] == resolve_precision("auto", "cpu")[0]
+        by_peaks = resolve_precision("auto", "cpu")[0]
     finally:
         torch.set_num_threads(threads)
+    decision = summary["precision_decision"]
+    assert decision["precision"] == summary["precision"]
+    if by_peaks == "fp32":
+        assert summary["precision"] == "fp32"
+    else:  # the peaks favour bf16: the model's own micro-batch decided
+        gain = decision["measured"]["gain"]
+        assert summary["precision"] == ("bf16-mixed" if gain >= CPU_BF16_MIN_STEP_GAIN else "fp32"), decision
+
+
+def test_the_models_own_step_decides_where_the_peaks_favour_bf16(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """A real probe of a tiny model writes both timings to the cache; the cached ratio then decides each way, and
+    several processes without a cached answer never probe."""
+    import json
+
+    monkeypatch.setenv("TINYFOUNDRY_CACHE_DIR", str(tmp_path / "cache"))
+    from models import Transformer
+
+    model = Transformer(ModelConfig(vocab_size=128, dim=32, num_layers=1, num_heads=2, max_seq_len=32))
+    before = [p.detach().clone() for p in model.parameters()]
+    prec, why, measured = choose_cpu_precision(model, 2, 16, 128)
+    assert measured["source"].startswith("probe") and measured["fp32_s"] > 0 and measured["bf16_s"] > 0
+    assert prec == ("bf16-mixed" if measured["gain"] >= CPU_BF16_MIN_STEP_GAIN else "fp32"), why
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # a copy was timed
+    path = tmp_path / "cache" / "precision.json"
+    cache = json.loads(path.read_text())
+    (key,) = cache
+    for fp32_s, bf16_s, want in [(1.0, 0.5, "bf16-mixed"), (1.0, 0.95, "fp32"), (1.0, 1.2, "fp32")]:
+        path.write_text(json.dumps({key: {**cache[key], "fp32_s": fp32_s, "bf16_s": bf16_s}}))
+        prec, why, measured = choose_cpu_precision(model, 2, 16, 128)
+        assert prec == want and measured["source"] == "cached measurement" and f"{fp32_s / bf16_s:.2f}x" in why
+    other = Transformer(ModelConfig(vocab_size=128, dim=64, num_layers=1, num_heads=2, max_seq_len=32))
+    prec, why, measured = choose_cpu_precision(other, 2, 16, 128, world_size=2)  # another shape, not cached
+    assert prec == "bf16-mixed" and "do not probe" in why and measured == {}
+    assert len(json.loads(path.read_text())) == 1
