@@ -11,6 +11,10 @@ steps, so every run gets the whole schedule in its budget. The contenders take t
 always the one with the least training time so far (the machine is shared: load hits every contender alike);
 evaluation is outside the clock. The MoE variants below are dispatch / granularity choices of `models.moe`.
 
+`--steps N` trains every contender for the same N steps (equal tokens) instead: the bpb each reaches per token,
+which with the step times says whether a MoE could win on the clock at all (its per-token gain must exceed the
+time it loses per token).
+
     .venv/bin/python benchmarks/bench_moe_clock.py [--seconds 120] [--threads 1] [--contenders 1m,moe-2m-a1m]
 """
 
@@ -33,6 +37,7 @@ from train.system import make_optimizer  # noqa: E402
 VARIANTS = {
     "moe-e4": dict(num_experts=4, num_experts_per_tok=1, moe_hidden_dim=256),  # coarse: 4 x dense width, top-1
     "moe-e8-top1": dict(num_experts=8, num_experts_per_tok=1, moe_hidden_dim=256),
+    "moe-e8-top2-h128": dict(num_experts=8, num_experts_per_tok=2, moe_hidden_dim=128),  # fine, dense's active FLOPs
 }
 """Extra MoE shapes on the 1m dense model's trunk (name -> overrides of the '1m' preset)."""
 
@@ -50,6 +55,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=120.0, help="training seconds per contender")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--contenders", default="1m,moe-2m-a1m,moe-e4", help=f"presets or {', '.join(VARIANTS)}")
+    ap.add_argument("--steps", type=int, default=0, help="equal steps (tokens) per contender instead of equal seconds")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
@@ -76,8 +82,13 @@ def main() -> None:
         runs.append({"name": name, "model": model, "opt": opt, "elapsed": 0.0, "steps": 0, "loss": float("nan"),
                      "gen": torch.Generator().manual_seed(args.seed), "params": p,
                      "fpt": flops_per_token(model.cfg, T)})
+    budget = f"{args.steps} steps" if args.steps else f"{args.seconds:.0f} s of training"
     print(f"{len(tr):,} train tokens, {len(va):,} held-out; batch {B} x {T}, {args.threads} threads, "
-          f"{args.seconds:.0f} s of training each, {args.precision}, contenders take turns step by step")
+          f"{budget} each, {args.precision}, contenders take turns step by step")
+
+    def progress(r: dict) -> float:
+        """Share of the contender's budget spent: its schedule position, and who steps next (the least)."""
+        return r["steps"] / args.steps if args.steps else r["elapsed"] / args.seconds
 
     def lr_mult(frac: float) -> float:
         if frac < tc.warmup_frac:
@@ -91,13 +102,13 @@ def main() -> None:
         r["opt"].zero_grad(set_to_none=True)
     t_wall = time.time()
     while True:
-        live = [r for r in runs if r["elapsed"] < args.seconds]
+        live = [r for r in runs if progress(r) < 1.0]
         if not live:
             break
-        r = min(live, key=lambda r: r["elapsed"])
+        r = min(live, key=progress)
         model, opt = r["model"], r["opt"]
         model.train()
-        m = lr_mult(r["elapsed"] / args.seconds)
+        m = lr_mult(progress(r))
         for g in opt.param_groups:
             g["lr"] = g["peak_lr"] * m
         starts = torch.randint(0, len(tr) - T - 1, (B,), generator=r["gen"])
@@ -114,17 +125,22 @@ def main() -> None:
         r["loss"] = float(loss.detach())
     print(f"(wall {time.time() - t_wall:.0f} s for all contenders)")
     base = None
-    print("\n| model | params total / active | steps | tokens | tokens/s | train FLOPs | held-out bpb | vs dense |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| model | params total / active | steps | tokens | tokens/s | time per token vs dense | train FLOPs | "
+          "held-out bpb | vs dense |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    base_tps = None
     for r in runs:
         with torch.no_grad():
             bpb = heldout_bpb(r["model"], va, va_bytes, T)
         base = base or bpb
         tokens = r["steps"] * B * T
         p = r["params"]
+        tps = tokens / r["elapsed"]
+        base_tps = base_tps or tps
         print(f"| {r['name']} | {p['total'] / 1e6:.2f}M / {p.get('active', p['total']) / 1e6:.2f}M | {r['steps']} | "
-              f"{tokens:,} | {tokens / r['elapsed']:,.0f} | {r['fpt'] * tokens:.2e} | {bpb:.4f} | {bpb / base:.3f}x |")
-    print("goal: MoE <= 0.97x dense at equal wall time")
+              f"{tokens:,} | {tps:,.0f} | {base_tps / tps:.3f}x | {r['fpt'] * tokens:.2e} | {bpb:.4f} | "
+              f"{bpb / base:.3f}x |")
+    print("goal: MoE <= 0.97x dense at equal wall time" + (" (this run: equal tokens)" if args.steps else ""))
 
 
 if __name__ == "__main__":
