@@ -16,7 +16,9 @@ Part `instruct`: offline-grammar stories from synth (each with its required word
   (train/eval/instruct.py) asks both models for stories from held-out instructions rendered with the chat
   template and counts the share of replies that are stories using all required words, the same against another
   instruction's words (the control: what a model that ignores its instruction scores), the share with dialogue
-  when asked, plus held-out bpb on plain stories.
+  when asked, plus held-out bpb on plain stories. `--instruct-base DIR` (an earlier instruct run's `--out`) reuses
+  that run's stories, tokenizer, shards and pretrained base (refused unless its shape and pretraining tokens match),
+  so a tuning setting is compared on the same base without the pretraining's wall time.
 
     .venv/bin/python benchmarks/bench_finetune.py [--part smol|instruct|all] [--steps N] [--threads T] [--out DIR]
 
@@ -243,29 +245,47 @@ def part_instruct(args: argparse.Namespace) -> list[str]:
     torch.set_num_threads(args.threads)
     work = args.out / "instruct"
     work.mkdir(parents=True, exist_ok=True)
+    model = ModelConfig(vocab_size=args.instruct_vocab, dim=args.instruct_dim, num_layers=args.instruct_layers,
+                        num_heads=args.instruct_heads, max_seq_len=512)
+    # data, tokenizer and pretrained base: built here, or an earlier run's (--instruct-base) when only the tuning
+    # changes (the base is ~2/3 of the bench's wall time)
+    src = args.instruct_base / "instruct" if args.instruct_base else work
     t0 = time.time()
-    run_synth(SynthConfig(num_stories=args.instruct_stories), work / "synth", seed=0)
-    info = instruct_from_synth(work / "synth", work / "instruct.jsonl", exclude_last=args.probe_prompts,
+    if not args.instruct_base:
+        run_synth(SynthConfig(num_stories=args.instruct_stories), work / "synth", seed=0)
+    info = instruct_from_synth(src / "synth", work / "instruct.jsonl", exclude_last=args.probe_prompts,
                                style=args.instruct_style)
-    texts = [r["messages"][1]["content"] for r in map(json.loads, (work / "instruct.jsonl").read_text().splitlines())]
-    pq.write_table(pa.table({"text": texts, "id": [f"s{i}" for i in range(len(texts))]}), work / "docs.parquet")
-    run_tokenize(TokenizeConfig(vocab_size=args.instruct_vocab, val_fraction=0.05, progress=False),
-                 [work / "docs.parquet"], work / "tokenizer", work / "shards", seed=0)
+    if not args.instruct_base:
+        texts = [r["messages"][1]["content"]
+                 for r in map(json.loads, (work / "instruct.jsonl").read_text().splitlines())]
+        pq.write_table(pa.table({"text": texts, "id": [f"s{i}" for i in range(len(texts))]}), work / "docs.parquet")
+        run_tokenize(TokenizeConfig(vocab_size=args.instruct_vocab, val_fraction=0.05, progress=False),
+                     [work / "docs.parquet"], work / "tokenizer", work / "shards", seed=0)
     t_data = time.time() - t0
     t0 = time.time()
-    model = ModelConfig(vocab_size=args.instruct_vocab, dim=args.instruct_dim, num_layers=args.instruct_layers,
-                        num_heads=4, max_seq_len=512)
-    tr = TrainConfig(max_tokens=args.pretrain_tokens, batch_size=16, seq_len=256, lr=3e-3, num_threads=args.threads,
-                     num_val_tokens=16384, num_sample_tokens=0, progress_bar=False, seed=0)
-    pre = run_train(tr, model, work / "shards", work / "pretrain", tokenizer_file=work / "tokenizer" / "tokenizer.json")
-    t_pre = time.time() - t0
-    base_dir = work / "pretrain" / "checkpoints" / "final"
-    tok = work / "tokenizer" / "tokenizer.json"
+    if args.instruct_base:
+        pre = json.loads((src / "pretrain" / "train" / "summary.json").read_text())
+        t_pre = float(pre["wall_s"])  # the earlier run's
+        saved = json.loads((src / "pretrain" / "checkpoints" / "final" / "model_config.json").read_text())
+        want = {k: getattr(model, k) for k in ("vocab_size", "dim", "num_layers", "num_heads")}
+        have = {k: saved.get(k) for k in want}
+        if have != want or pre["tokens"] < args.pretrain_tokens:
+            raise SystemExit(f"--instruct-base {args.instruct_base}: its base ({have}, {pre['tokens']} tokens) is not "
+                             f"the one asked for ({want}, {args.pretrain_tokens} tokens)")
+    else:
+        tr = TrainConfig(max_tokens=args.pretrain_tokens, batch_size=16, seq_len=256, lr=3e-3,
+                         num_threads=args.threads, num_val_tokens=16384, num_sample_tokens=0, progress_bar=False,
+                         seed=0)
+        pre = run_train(tr, model, work / "shards", work / "pretrain",
+                        tokenizer_file=work / "tokenizer" / "tokenizer.json")
+        t_pre = time.time() - t0
+    base_dir = src / "pretrain" / "checkpoints" / "final"
+    tok = src / "tokenizer" / "tokenizer.json"
     base, _ = load_model(base_dir)
     held = info["held_out"]
     t0 = time.time()
     before = instruct_probe(base, tok, held, args.probe_tokens) | conditioning_gap(base, tok, held)
-    bpb_before = heldout_bpb(base, work / "shards", 256, 16384)
+    bpb_before = heldout_bpb(base, src / "shards", 256, 16384)
     t_probe = time.time() - t0
     t0 = time.time()
     ft = FinetuneConfig(base=str(base_dir), method="full", data=[str(work / "instruct.jsonl")], val_fraction=0.02,
@@ -277,15 +297,17 @@ def part_instruct(args: argparse.Namespace) -> list[str]:
     t_ft = time.time() - t0
     tuned, _ = load_model(work / "finetune" / "merged")
     after = instruct_probe(tuned, tok, held, args.probe_tokens) | conditioning_gap(tuned, tok, held)
-    bpb_after = heldout_bpb(tuned, work / "shards", 256, 16384)
+    bpb_after = heldout_bpb(tuned, src / "shards", 256, 16384)
     (work / "replies.json").write_text(json.dumps(
         [{**h, "before": b, "after": a} for h, b, a in zip(held, before["replies"], after["replies"])], indent=1))
     load = os.getloadavg()
     return [
         f"TinyStories-Instruct: {info['examples']} grammar stories (instruction style {args.instruct_style!r} -> "
         f"story), {len(held)} held-out instructions, greedy replies of <= {args.probe_tokens} tokens; model "
-        f"{pre['num_params'] / 1e6:.2f}M params, {args.instruct_vocab}-token BPE, pretrained on {pre['tokens']} "
-        f"tokens ({t_pre:.0f}s), instruction-tuned (full, loss on the story, windows from "
+        f"{pre['num_params'] / 1e6:.2f}M params (dim {args.instruct_dim} x {args.instruct_layers} layers, "
+        f"{args.instruct_heads} heads), {args.instruct_vocab}-token BPE, pretrained on {pre['tokens']} "
+        f"tokens ({t_pre:.0f}s{', reused from ' + str(args.instruct_base) if args.instruct_base else ''}), "
+        f"instruction-tuned (full, loss on the story, windows from "
         f"{args.instruct_windows!r} starts, seq {args.instruct_seq}, lr {args.instruct_lr:g}, word weight "
         f"{args.instruct_word_weight:g}) on {s['tokens']} "
         f"tokens ({t_ft:.0f}s); data {t_data:.0f}s, probe {t_probe:.0f}s; {args.threads} thread(s), load average "
@@ -349,12 +371,18 @@ def main() -> None:
     ap.add_argument("--instruct-windows", choices=["example", "any"], default="example",
                     help="fine-tuning windows start at an example's first token, or anywhere")
     ap.add_argument("--instruct-seq", type=int, default=384)
-    ap.add_argument("--instruct-word-weight", type=float, default=1.0,
-                    help="loss weight on each required word's first use in a story (finetune.word_weight)")
+    ap.add_argument("--instruct-word-weight", type=float, default=10.0,
+                    help="loss weight on each required word's first use in a story (finetune.word_weight); 10 took "
+                         "the all-words share from 0%% to 84%% at 6M tuning tokens, 30 overshot plain-story bpb "
+                         "(LOG.md, Session 9: TinyStories-Instruct)")
     ap.add_argument("--instruct-lr", type=float, default=3e-3)
     ap.add_argument("--instruct-vocab", type=int, default=1024)
     ap.add_argument("--instruct-dim", type=int, default=128)
     ap.add_argument("--instruct-layers", type=int, default=4)
+    ap.add_argument("--instruct-heads", type=int, default=4)
+    ap.add_argument("--instruct-base", type=Path, default=None,
+                    help="an earlier --part instruct run's --out: reuse its stories, tokenizer, shards and pretrained "
+                         "base (same shape and pretrain tokens), tune and probe only")
     ap.add_argument("--probe-prompts", type=int, default=100)
     ap.add_argument("--probe-tokens", type=int, default=400)
     ap.add_argument("--pretrain-tokens", type=int, default=2_000_000)
