@@ -82,6 +82,17 @@ def test_teacher_shards_add_up(tmp_path: Path) -> None:
     assert "2.0 candidates" in out and "accepted stories/s = 0.0300" in out, out
 
 
+def test_cut_to_bytes_never_passes_the_budget() -> None:
+    bench = _bench()
+    docs = ["one two three four", "five six seven eight nine", "ten"]
+    assert bench.cut_to_bytes(docs, 100) == docs
+    assert bench.cut_to_bytes(docs, 19) == ["one two three four"]  # 18 bytes + 1 separator
+    cut = bench.cut_to_bytes(docs, 30)  # 19 + "five six" (8) + 1 <= 30: the second story cut at a space
+    assert cut == ["one two three four", "five six"]
+    assert sum(len(d.encode()) + 1 for d in cut) <= 30
+    assert bench.cut_to_bytes(docs, 5) == ["one"]
+
+
 @pytest.mark.slow
 def test_bench_synth_transfer_plumbing(tmp_path: Path) -> None:
     if not REAL.is_file():
