@@ -15,6 +15,11 @@ The teacher corpus is slow to make on a shared CPU (one request at a time throug
 in --work: `--stage teacher` makes (or resumes) it alone, in the background; a later full run reuses it.
 
     .venv/bin/python benchmarks/bench_synth_transfer.py --work runs/bench-synth --stage teacher --teacher-stories 300
+    # or one process (own session) per server and shard: the kernel shares a CPU per session
+    setsid .venv/bin/python benchmarks/bench_synth_transfer.py --work runs/bench-synth --stage teacher \
+        --teacher-stories 400 --teacher-threads 1 --teacher-shards 2 --teacher-shard 0   # and --teacher-shard 1
+    .venv/bin/python benchmarks/bench_synth_transfer.py --work runs/bench-synth --teacher-stories 0 --teacher-shards 2 \
+        --corpora teacher,real@teacher --threads 1    # the journals as they are, cut short
     .venv/bin/python benchmarks/bench_synth_transfer.py --work runs/bench-synth --threads 1
     .venv/bin/python benchmarks/bench_synth_transfer.py --quick            # tiny budget, no teacher: plumbing only
 """
@@ -86,8 +91,17 @@ def teacher_config(num_stories: int, base_url: str, journaled: bool = False) -> 
     return build_dataclass(SynthConfig, raw, "synth")  # the run-config loader: nested sections, coercion
 
 
-def teacher_corpus(work: Path, num_stories: int, seed: int, threads: int) -> tuple[list[str], dict]:
-    """Start llama.cpp's server with SmolLM2 on 127.0.0.1, run synth against it (journaled in work/teacher)."""
+def teacher_corpus(work: Path, num_stories: int, seed: int, threads: int, shards: int = 1,
+                   only: int | None = None) -> tuple[list[str], dict]:
+    """Start llama.cpp's server with SmolLM2 on 127.0.0.1, run synth against it (journaled in work/teacher).
+
+    shards > 1 starts that many servers (`threads` each) and runs synth's shard i of n against server i, in threads:
+    the server answers one request at a time, so on a shared CPU two one-thread servers make about twice the stories
+    of one (each shard journals to journal-0000i.jsonl; shard i asks the prompts i, i + n, ...). `only` runs shard
+    `only` alone: started as separate processes in their own sessions, the servers get their own share of a CPU
+    that the kernel divides per session (sched autogroup)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from data_pipelines.synthetic.llama_server import LlamaCppServer, server_available, smollm2_gguf
 
     gguf = smollm2_gguf()
@@ -96,40 +110,92 @@ def teacher_corpus(work: Path, num_stories: int, seed: int, threads: int) -> tup
         raise SystemExit(f"teacher: {why}")
     out = work / "teacher"
     out.mkdir(parents=True, exist_ok=True)
-    journal = out / "journal.jsonl"
+    journals = [out / ("journal.jsonl" if shards == 1 else f"journal-{i:05d}.jsonl") for i in range(shards)]
     journaled = num_stories == 0
-    if journaled:  # --teacher-stories 0: the prompts the journal answered (a long background run, cut short)
-        num_stories = sum(1 for _ in journal.open()) if journal.is_file() else 0
-        if not num_stories:
-            raise SystemExit(f"teacher: --teacher-stories 0 needs a journal, none at {journal}")
+    if journaled:  # --teacher-stories 0: the prompts the journals answered (a long background run, cut short)
+        counts = [sum(1 for _ in j.open()) if j.is_file() else 0 for j in journals]
+        if not sum(counts):
+            raise SystemExit(f"teacher: --teacher-stories 0 needs a journal, none at {journals[0]}")
+        # shard i's target is num_stories // n (+1 for the first num_stories % n): n * count_i gives it count_i
+        targets = [shards * c for c in counts]
+    else:
+        targets = [num_stories] * shards
     t0 = time.time()
-    with LlamaCppServer(gguf, n_threads=threads, log=out / "server.log") as srv:
-        stats = run_synth(teacher_config(num_stories, srv.base_url, journaled), out, seed=seed)
-    stats["throughput"] = throughput(journal, stats, time.time() - t0)
+
+    def one(i: int) -> dict:
+        if not targets[i]:
+            return {}  # a shard whose journal is empty: nothing to replay
+        with LlamaCppServer(gguf, n_threads=threads, log=out / f"server-{i}.log") as srv:
+            cfg = teacher_config(targets[i], srv.base_url, journaled)
+            return run_synth(cfg, out, seed=seed, shard=(i, shards) if shards > 1 else None)
+
+    mine = range(shards) if only is None else [only]
+    with ThreadPoolExecutor(len(mine)) as pool:
+        parts = [p for p in pool.map(one, mine) if p]
+    stats = merge_stats(parts)
+    stats["throughput"] = throughput([journals[i] for i in mine], stats, time.time() - t0)
     return read_corpus(out), stats
 
 
-def throughput(journal: Path, stats: dict, wall_s: float) -> str:
-    """Teacher speed from the journal's own clock: answers (all candidates) per second while generating."""
-    rows = [json.loads(x) for x in journal.read_text().splitlines() if x.strip()]
-    stamps = sorted(r["t"] for r in rows if "t" in r)
-    n_cand = sum(max(1, len(r.get("candidates", ()))) for r in rows)
-    if len(stamps) >= 2 and stamps[-1] > stamps[0]:
-        span = stamps[-1] - stamps[0]
-        per_prompt = span / (len(stamps) - 1)
-        return (f"{(len(stamps) - 1) / span:.4f} prompts/s = {per_prompt:.1f} s per prompt of "
-                f"{n_cand / max(1, len(rows)):.1f} candidates ({len(rows)} journaled prompts; accepted stories/s = "
-                f"{stats['acceptance'] / per_prompt:.4f})")
+def merge_stats(parts: list[dict]) -> dict:
+    """One stats dict for the shards: counts summed, the acceptance recomputed, the rest from shard 0."""
+    if len(parts) == 1:
+        return parts[0]
+    st = dict(parts[0])
+    for k in ("num_prompts", "num_accepted", "num_rejected", "num_replayed_from_journal", "num_retries"):
+        st[k] = sum(p[k] for p in parts)
+    st["acceptance"] = st["num_accepted"] / st["num_prompts"] if st["num_prompts"] else 0.0
+    st["rejected"] = {r: sum(p["rejected"].get(r, 0) for p in parts) for r in {r for p in parts for r in p["rejected"]}}
+    if all(p.get("candidates") for p in parts):
+        c = [p["candidates"] for p in parts]
+        st["candidates"] = {"asked": sum(x["asked"] for x in c), "passed": sum(x["passed"] for x in c),
+                            "rejected": {r: sum(x["rejected"].get(r, 0) for x in c)
+                                         for r in {r for x in c for r in x["rejected"]}}}
+    st["wall_s"] = max(p["wall_s"] for p in parts)
+    st["stories_per_s"] = st["num_accepted"] / st["wall_s"] if st["wall_s"] > 0 else 0.0
+    st["shards"] = len(parts)
+    return st
+
+
+def throughput(journals: list[Path], stats: dict, wall_s: float) -> str:
+    """Teacher speed from the journals' own clocks: prompts (all candidates) per second while generating, each
+    server's span measured on its own journal and the rates added (the servers ran side by side)."""
+    rates, n_rows, n_cand = [], 0, 0
+    for journal in journals:
+        if not journal.is_file():
+            continue
+        rows = [json.loads(x) for x in journal.read_text().splitlines() if x.strip()]
+        stamps = sorted(r["t"] for r in rows if "t" in r)
+        n_rows += len(rows)
+        n_cand += sum(max(1, len(r.get("candidates", ()))) for r in rows)
+        if len(stamps) >= 2 and stamps[-1] > stamps[0]:
+            rates.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
+    if rates:
+        rate = sum(rates)
+        return (f"{rate:.4f} prompts/s = {1 / rate:.1f} s per prompt of {n_cand / max(1, n_rows):.1f} candidates "
+                f"({n_rows} journaled prompts, {len(rates)} server(s)); accepted stories/s = "
+                f"{stats['acceptance'] * rate:.4f}")
     return f"{stats['stories_per_s']:.4f} stories/s (this run's wall clock)"
 
 
 def cut_to_bytes(docs: list[str], nbytes: int) -> list[str]:
+    """The first documents, `nbytes` in all (each counted with one separator byte): the last one is cut at a space so
+    that the total does not pass `nbytes`. A whole last story could add 30% to a teacher corpus of a few stories
+    (session 9's was tens of stories), and more real text is an edge for the real@teacher student."""
     out, total = [], 0
     for d in docs:
-        if total >= nbytes:
+        left = nbytes - total
+        if left <= 1:
+            break
+        size = len(d.encode()) + 1
+        if size > left:
+            head = d.encode()[: left - 1].decode("utf-8", errors="ignore")
+            head = head[: head.rfind(" ")] if " " in head else ""
+            if head.strip():
+                out.append(head.rstrip())
             break
         out.append(d)
-        total += len(d.encode()) + 1
+        total += size
     return out
 
 
@@ -202,7 +268,12 @@ def main() -> None:
     ap.add_argument("--grammar-stories", type=int, default=0, help="grammar stories (default 20000; quick 300)")
     ap.add_argument("--teacher", choices=["smollm2", "none"], default="smollm2")
     ap.add_argument("--teacher-stories", type=int, default=300, help="teacher stories to keep")
-    ap.add_argument("--teacher-threads", type=int, default=2, help="llama.cpp server threads")
+    ap.add_argument("--teacher-threads", type=int, default=2, help="llama.cpp server threads (each server)")
+    ap.add_argument("--teacher-shards", type=int, default=1,
+                    help="llama.cpp servers side by side, one synth shard each (give the same number to the later "
+                         "--teacher-stories 0 run: it reads journal-0000i.jsonl)")
+    ap.add_argument("--teacher-shard", type=int, default=None,
+                    help="with --stage teacher: make only this shard (one process per shard, each in its own session)")
     ap.add_argument("--corpora", default="real,grammar,teacher,real@teacher",
                     help="students to train (comma-separated subset of real, grammar, teacher, real@teacher; "
                          "none with --merge: only report)")
@@ -231,7 +302,8 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         synth_stats: dict = {}
         if args.stage == "teacher":
-            _, st = teacher_corpus(work, args.teacher_stories, args.seed, args.teacher_threads)
+            _, st = teacher_corpus(work, args.teacher_stories, args.seed, args.teacher_threads, args.teacher_shards,
+                                   args.teacher_shard)
             print(json.dumps(st, indent=2))
             return
         train_docs, val_docs = split_stories(args.seed)
@@ -243,7 +315,7 @@ def main() -> None:
             corpora["grammar"], synth_stats["grammar"] = grammar_corpus(work, n_grammar, g_seed)
         if teacher == "smollm2" and "teacher" in args.corpora:
             corpora["teacher"], synth_stats["teacher"] = teacher_corpus(work, args.teacher_stories, args.seed,
-                                                                         args.teacher_threads)
+                                                                         args.teacher_threads, args.teacher_shards)
             corpora["real@teacher"] = cut_to_bytes(train_docs, sum(len(x.encode()) + 1 for x in corpora["teacher"]))
         wanted = args.corpora.split(",")
         budget = sum(len(WORD.findall(d.lower())) for d in train_docs)  # bench_synth's budget: the real corpus

@@ -59,6 +59,8 @@ class OpenAITeacherConfig:
     """Sampling seed base (-1 = not sent); each request gets a seed derived from it, the run seed and its index, so a rerun asks the same."""
     stop: list[str] = field(default_factory=list)
     """Stop strings sent to the server (e.g. the chat template's turn end)."""
+    word_bias: float = 0.0
+    """Logit bias on the first token of each required word (" jump", " Jump"; 0 = off): a small teacher then uses the words it was asked for. Token ids from the server's own tokenizer (llama.cpp server's /extras/tokenize)."""
     candidates: int = 1
     """Best-of-n: answers asked per prompt; the one that passes the gates and scores best is kept."""
     scorer: Literal["logprob", "first"] = "logprob"
@@ -68,6 +70,8 @@ class OpenAITeacherConfig:
         self.stop = [self.stop] if isinstance(self.stop, str) else list(self.stop)
         if self.candidates < 1:
             raise ValueError(f"candidates: must be >= 1, got {self.candidates}")
+        if not 0 <= self.word_bias <= 20:
+            raise ValueError(f"word_bias: must be in [0, 20], got {self.word_bias}")
         if self.top_k < 0:
             raise ValueError(f"top_k: must be >= 0, got {self.top_k}")
         if not self.base_url.startswith(("http://", "https://")):

@@ -284,3 +284,12 @@ def test_rerun_replaces_outputs_and_leaves_no_stale_files(tmp_path: Path) -> Non
     assert len(list(tmp_path.glob("synth-*.parquet"))) == 3
     stats = run_synth(SynthConfig(num_stories=10, stories_per_file=10), tmp_path, seed=1)
     assert sorted(p.name for p in tmp_path.glob("synth-*.parquet")) == stats["files"] == ["synth-00000.parquet"]
+
+
+def test_word_bias_is_a_bounded_logit_bias() -> None:
+    from data_pipelines.synthetic.config import OpenAITeacherConfig
+
+    assert OpenAITeacherConfig().word_bias == 0.0  # off unless a config asks (it needs llama.cpp's tokenizer endpoint)
+    for bad in (-1.0, 21.0):
+        with pytest.raises(ValueError, match=r"^word_bias:"):
+            OpenAITeacherConfig(word_bias=bad)

@@ -117,3 +117,38 @@ def test_killed_server_resumes_from_the_journal(gguf: Path, tmp_path: Path) -> N
     assert len(rows) == n == len({r["id"] for r in rows})  # nothing asked twice
     table = [*_rows(out / "synth-00000.parquet"), *_rows(out / "rejected" / "rejected-00000.parquet")]
     assert len(table) == n == len({r["id"] for r in table})  # nothing lost, nothing twice
+
+
+def test_word_bias_steers_the_teacher_to_its_words(gguf: Path, tmp_path: Path) -> None:
+    """openai.word_bias puts a logit bias on the first token of each required word (ids from the server's own
+    tokenizer): at the top of its range every answer opens with the start of one of its own words."""
+    import urllib.request
+
+    from data_pipelines.synthetic.prompts import PromptBuilder
+    from data_pipelines.synthetic.teachers import OpenAITeacher
+    from data_pipelines.synthetic.vocab import Vocabulary
+
+    def piece(base_url: str, tok: str) -> str:
+        body = json.dumps({"tokens": [int(tok)]}).encode()
+        with urllib.request.urlopen(urllib.request.Request(base_url.removesuffix("/v1") + "/extras/detokenize",
+                                                           body, {"Content-Type": "application/json"})) as r:
+            return json.load(r)["text"].strip().lower()
+
+    with LlamaCppServer(gguf, n_threads=1) as srv:
+        cfg = _cfg(srv.base_url, 2, num_concurrent=1, max_tokens=4, word_bias=20.0)
+        builder = PromptBuilder(cfg, Vocabulary.load(), seed=5)
+        teacher = OpenAITeacher(cfg.openai)
+        pieces = {}
+        for i in range(2):
+            req = builder.build(i)
+            bias = teacher.word_bias(req)
+            assert len(bias) >= 3 and set(bias.values()) == {20.0}  # three words, lower-case and capitalised
+            pieces[req.id] = {piece(srv.base_url, t) for t in bias}  # "jump", "ball", "red" (or a first piece)
+            assert all(any(w.startswith(p) for w in req.words) for p in pieces[req.id])
+        teacher.close()
+        run_synth(cfg, tmp_path, seed=5)
+    rows = [json.loads(x) for x in (tmp_path / "journal.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for row in rows:
+        first = row["raw"].strip().lower()
+        assert any(first.startswith(p) for p in pieces[row["id"]]), (row["raw"], pieces[row["id"]])

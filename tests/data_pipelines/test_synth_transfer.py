@@ -52,14 +52,52 @@ def test_reference_must_exist() -> None:
         SynthConfig(reference="x.txt", reference_tokens=0)
 
 
-@pytest.mark.slow
-def test_bench_synth_transfer_plumbing(tmp_path: Path) -> None:
-    if not REAL.is_file():
-        pytest.skip("shared TinyStories sample absent")
+def _bench():
     spec = importlib.util.spec_from_file_location("bench_synth_transfer", REPO / "benchmarks" / "bench_synth_transfer.py")
     bench = importlib.util.module_from_spec(spec)
     sys.modules["bench_synth_transfer"] = bench
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_teacher_shards_add_up(tmp_path: Path) -> None:
+    """--teacher-shards: the shards' counts are summed, and the servers' rates (each from its own journal's clock)
+    are added, since they ran side by side."""
+    bench = _bench()
+    part = {"num_prompts": 10, "num_accepted": 3, "num_rejected": 7, "num_replayed_from_journal": 0, "num_retries": 0,
+            "rejected": {"missing_words": 5, "too_short": 2}, "wall_s": 100.0, "acceptance": 0.3,
+            "candidates": {"asked": 20, "passed": 4, "rejected": {"missing_words": 16}}}
+    other = part | {"num_accepted": 1, "num_rejected": 9, "rejected": {"missing_words": 9}, "wall_s": 120.0,
+                    "candidates": {"asked": 20, "passed": 1, "rejected": {"chatter": 19}}}
+    st = bench.merge_stats([part, other])
+    assert st["num_prompts"] == 20 and st["num_accepted"] == 4 and st["acceptance"] == 0.2
+    assert st["rejected"] == {"missing_words": 14, "too_short": 2} and st["wall_s"] == 120.0
+    assert st["candidates"] == {"asked": 40, "passed": 5, "rejected": {"missing_words": 16, "chatter": 19}}
+    journals = [tmp_path / "journal-00000.jsonl", tmp_path / "journal-00001.jsonl"]
+    for j, step in zip(journals, (10.0, 20.0)):  # 0.1 and 0.05 prompts/s
+        j.write_text("".join(json.dumps({"id": str(i), "t": 1000.0 + i * step, "candidates": [{}, {}]}) + "\n"
+                             for i in range(5)))
+    out = bench.throughput(journals + [tmp_path / "absent.jsonl"], st, 1.0)
+    assert out.startswith("0.1500 prompts/s") and "10 journaled prompts, 2 server(s)" in out, out
+    assert "2.0 candidates" in out and "accepted stories/s = 0.0300" in out, out
+
+
+def test_cut_to_bytes_never_passes_the_budget() -> None:
+    bench = _bench()
+    docs = ["one two three four", "five six seven eight nine", "ten"]
+    assert bench.cut_to_bytes(docs, 100) == docs
+    assert bench.cut_to_bytes(docs, 19) == ["one two three four"]  # 18 bytes + 1 separator
+    cut = bench.cut_to_bytes(docs, 30)  # 19 + "five six" (8) + 1 <= 30: the second story cut at a space
+    assert cut == ["one two three four", "five six"]
+    assert sum(len(d.encode()) + 1 for d in cut) <= 30
+    assert bench.cut_to_bytes(docs, 5) == ["one"]
+
+
+@pytest.mark.slow
+def test_bench_synth_transfer_plumbing(tmp_path: Path) -> None:
+    if not REAL.is_file():
+        pytest.skip("shared TinyStories sample absent")
+    bench = _bench()
     train, val = bench.split_stories(0)
     grammar, stats = bench.grammar_corpus(tmp_path, 40, 0)
     assert len(grammar) == 40 and stats["num_accepted"] == 40
