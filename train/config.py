@@ -86,7 +86,8 @@ class TrainConfig:
     precision: Precision = "auto"
     """'auto' (bf16-mixed where the device computes bf16 natively and, on a CPU, where this model's own step measures
     faster in it, else fp32; decided per machine and shape by train/precision.py), 'fp32', 'bf16-mixed' (autocast,
-    CPU or GPU) or '16-mixed' (fp16 autocast with loss scaling, GPU only). The config stays machine-independent; the summary records what a run used."""
+    CPU or GPU) or '16-mixed' (fp16 autocast with loss scaling, GPU only). The config stays machine-independent; the
+    summary records what a run used."""
     compile: bool | Literal["auto"] = "auto"
     """Train the model's forward/backward through torch.compile (a slower start for faster steps). 'auto': on CUDA
     yes; on a CPU when the run is long enough for the measured gain to repay the measured compile time
