@@ -43,7 +43,11 @@ _CHATTER = re.compile(
     r"|\b(?:hope you (?:enjoy|like|liked|love|loved)\b|let me know|feel free to|happy reading"
     r"|(?:this|the) story (?:teaches|shows|is about|highlights|emphasizes|encourages|uses)\b"
     r"|(?:here is|here's) (?:a|the|your|another) (?:short |simple |little )?(?:story|tale|version)"
-    r"|in this story\b|words? used:|note:)",
+    r"|in this story\b|words? used:|note:"
+    # narration about the story itself, which SmolLM2 tacks on as a closing line (LOG.md, session 10):
+    # "The story ends with a big hug.", "The end was very sad", "In summary, ...", "That's all for today"
+    r"|(?:this|the) story (?:ends with|has (?:a|an|no|some|several)\b|is written|was written|should|must|needs)"
+    r"|\bthe end (?:was|is)\b|\bin (?:conclusion|summary)\b|\b(?:the|this) narrative\b|that['’]?s all for today)",
     re.IGNORECASE | re.MULTILINE,
 )
 # Lists and headings: markdown heads, bullets, numbered items, bold titles, "Title:"/"Chapter 1".

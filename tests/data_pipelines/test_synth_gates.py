@@ -41,6 +41,8 @@ def gates() -> QualityGates:
     ("Sure! Here is a story for you. " + GOOD, "chatter"),
     (GOOD + "\nI hope you enjoyed this story about Lily and her ball!", "chatter"),
     (GOOD + "\nThis story teaches children that friends help each other.", "chatter"),
+    (GOOD + "\nThe story ends with a big hug.", "chatter"),
+    (GOOD + "\nIn summary, Lily learned to share her ball.", "chatter"),
     ("# The Red Ball\n" + GOOD, "not_prose"),
     ("**The Red Ball**\n" + GOOD, "not_prose"),
     (GOOD + "\n1. Lily jumps.\n2. Tom helps.", "not_prose"),
@@ -86,11 +88,15 @@ def _fixture_gates() -> GateConfig:
 def test_hand_labelled_teacher_outputs() -> None:
     """>= 95% of SmolLM2's degenerate outputs dropped with a reason; <= 5% of its good stories dropped.
 
-    Every output was read and labelled by hand (`label`, `note`); `settings` says how it was asked. On this sample
-    SmolLM2-135M wrote no story a person would keep (LOG.md, session 5), so the good side is measured on real
-    stories in test_gates_keep_real_stories below, and here only when good outputs are present."""
+    Every output was read and labelled by hand (`label`, `note`) before the gates judged it; `settings` says how
+    it was asked. The rule: `degenerate` is one of the failures the gates exist for (a loop, cut off, a list or
+    heading, a required word missing, talk about the story or the prompt, too short to be a story, garbage);
+    `good` is a complete prose story with all three words and none of those, however odd its plot (a 135M
+    teacher's stories all are). The first 74 (session 5's settings) hold no good story; the rest are the
+    shipped config's candidates, both sides. Real stories are the good side's second check
+    (test_gates_keep_real_stories below)."""
     rows = [json.loads(x) for x in FIXTURE.read_text().splitlines() if x.strip()]
-    assert len(rows) >= 50 and {r["label"] for r in rows} <= {"good", "degenerate"}
+    assert len(rows) >= 100 and {r["label"] for r in rows} <= {"good", "degenerate"}
     g = QualityGates(_fixture_gates(), Vocabulary.load())
     verdicts: Counter[str | None] = Counter()
     missed, lost = [], []
@@ -104,6 +110,7 @@ def test_hand_labelled_teacher_outputs() -> None:
             lost.append((why, r["raw"][:200]))
     bad = [r for r in rows if r["label"] == "degenerate"]
     good = [r for r in rows if r["label"] == "good"]
+    assert len(good) >= 4
     assert len(missed) <= 0.05 * len(bad), (len(missed), len(bad), missed)
     assert len(lost) <= 0.05 * len(good), (len(lost), len(good), lost)
     assert set(verdicts) - {None} <= set(REASONS) and len(set(verdicts) - {None}) >= 4  # several reasons at work
