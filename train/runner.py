@@ -278,6 +278,8 @@ def _run_train(cfg: TrainConfig, model_cfg: ModelConfig | None, shards_dir: Path
         system.set_teacher(teacher)
     done = _ckpt_global_step(p.resume) if p.resume else 0
     cfg, precision = recipe.choose_precision(asked_precision, cfg, p.accel, system, p.batch_size, p.seq_len)
+    if cfg.precision != p.cfg.precision:  # the shape probe overruled the peaks: estimate what will run
+        p = dataclasses.replace(p, memory_estimate=warn_memory(p.model_cfg, cfg, p.batch_size, p.seq_len, p.accel))
     p = dataclasses.replace(p, cfg=cfg)
     compiled = recipe.choose_compile(cfg, p.accel, system, p.batch_size, p.seq_len, p.total_steps - done)
     cbs = _callbacks(p, run_dir / "checkpoints")

@@ -113,6 +113,11 @@ def test_default_is_auto_and_the_summary_records_the_choice(tiny_shards, tmp_pat
     else:  # the peaks favour bf16: the model's own micro-batch decided
         gain = decision["measured"]["gain"]
         assert summary["precision"] == ("bf16-mixed" if gain >= CPU_BF16_MIN_STEP_GAIN else "fp32"), decision
+    # the memory estimate is of the precision that ran, also where the probe overruled the peaks
+    from models.accounting import memory_estimate
+
+    ran = "fp32" if summary["precision"] == "fp32" else "bf16-mixed"
+    assert summary["memory_estimate_bytes"] == int(memory_estimate(model, 4, 32, precision=ran)["total"])
 
 
 def test_the_models_own_step_decides_where_the_peaks_favour_bf16(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
