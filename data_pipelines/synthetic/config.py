@@ -19,6 +19,9 @@ DEFAULT_TEMPLATE = (
     'adjective "{adjective}". {features_sentence}Remember to only use simple words!'
 )
 TEMPLATE_FIELDS = frozenset({"verb", "noun", "adjective", "features", "features_sentence"})
+# the fields an `openai.opening` may name (values here only check a template; teachers.opening_for fills them)
+OPENING_FIELDS = {"name": "Lily", "kid": "girl", "He": "She", "he": "she", "His": "Her", "his": "her",
+                  "adjective": "red", "a_adjective": "a red", "noun": "ball", "a_noun": "a ball", "verb": "jump"}
 
 
 @dataclass
@@ -65,6 +68,10 @@ class OpenAITeacherConfig:
     """Best-of-n: answers asked per prompt; the one that passes the gates and scores best is kept."""
     scorer: Literal["logprob", "first"] = "logprob"
     """How best-of-n ranks candidates that pass the gates: the teacher's own mean token log-prob, or the first."""
+    opening: list[str] = field(default_factory=list)
+    """Openings the story is made to begin with, one drawn per request: the rendered chat plus the opening goes to /v1/completions and the teacher continues it (assistant prefill), so a small teacher starts a story, in the TinyStories manner, with its words in place. Fields: {name} {kid} {He} {he} {His} {his} {adjective} {a_adjective} {noun} {a_noun} {verb}. Empty = the teacher writes the whole answer."""
+    chat_template: str = ""
+    """With `opening`: the GGUF file or model folder whose chat template renders the messages; empty = the file the server names as its model at /v1/models (llama.cpp's server names its GGUF)."""
 
     def __post_init__(self) -> None:
         self.stop = [self.stop] if isinstance(self.stop, str) else list(self.stop)
@@ -86,6 +93,13 @@ class OpenAITeacherConfig:
             raise ValueError(f"max_tokens: must be >= 1, got {self.max_tokens}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
+        self.opening = [self.opening] if isinstance(self.opening, str) else list(self.opening)
+        for i, text in enumerate(self.opening):
+            try:
+                text.format(**OPENING_FIELDS)
+            except (KeyError, IndexError, ValueError) as e:
+                raise ValueError(f"opening[{i}]: {text!r}: unknown field or bad format ({e}); fields: "
+                                 f"{', '.join('{' + k + '}' for k in OPENING_FIELDS)}") from None
 
 
 @dataclass

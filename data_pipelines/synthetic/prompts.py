@@ -10,6 +10,9 @@ Design
   by the request's own generator. A chat teacher gets each as an earlier turn (a short request, the
   story as the assistant's answer) and then the instruction; pasted into one message, SmolLM2-135M
   mostly copied the example or echoed the instruction (LOG.md). Completion models read `full_prompt`.
+- Openings (`openai.opening`): the teacher may be made to begin the story with a line such as "Once upon a
+  time, there was a little girl named Mia. She had a red ball", and continues it. The opening is drawn per
+  request from its own generator (`opening_for`), so a rerun sends the same text.
 - Features are phrased as the TinyStories paper's instructions ("the story should contain at
   least one dialogue"); templates are user-overridable strings with named fields.
 """
@@ -67,6 +70,24 @@ class StoryRequest:
     def rng(self) -> random.Random:
         """A private generator for whatever else this request needs (the grammar's choices)."""
         return random.Random(f"{self.seed}:{self.index}:story")
+
+
+def _a(word: str) -> str:
+    return ("an " if word[:1].lower() in "aeiou" else "a ") + word
+
+
+def opening_for(req: StoryRequest, templates: list[str]) -> str:
+    """The opening this request's story begins with: one of `templates` (fields as config.OPENING_FIELDS) with a
+    child's name and the request's words filled in, drawn by a generator of its own (seed, index)."""
+    from .grammar import BOY_NAMES, GIRL_NAMES
+
+    rng = random.Random(f"{req.seed}:{req.index}:opening")
+    girl = rng.random() < 0.5
+    he, his = ("she", "her") if girl else ("he", "his")
+    return rng.choice(templates).format(
+        name=rng.choice(GIRL_NAMES if girl else BOY_NAMES), kid="girl" if girl else "boy", He=he.capitalize(),
+        he=he, His=his.capitalize(), his=his, adjective=req.adjective.text, a_adjective=_a(req.adjective.text),
+        noun=req.noun.text, a_noun=_a(req.noun.text), verb=req.verb.text)
 
 
 def request_id(seed: int, index: int) -> str:

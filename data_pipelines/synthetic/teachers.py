@@ -40,9 +40,11 @@ from pathlib import Path
 from typing import Any
 
 from .config import LocalTeacherConfig, OpenAITeacherConfig, SynthConfig
+from .gates import lemma_forms
 from .grammar import write_story
-from .prompts import EXAMPLE_REQUEST, StoryRequest, instruct_header
+from .prompts import EXAMPLE_REQUEST, StoryRequest, instruct_header, opening_for
 from .teacher_registry import Teacher, register_teacher, teacher_backend
+from .vocab import tokenize_words
 
 SUMMARY_INSTRUCTION = (
     "\nAfter the story, write one line that starts with 'Summary:' and sums up the story in one sentence."
@@ -250,6 +252,7 @@ class OpenAITeacher:
         self._logprobs_ok = True
         self._token_cache: dict[str, int] = {}
         self.model = cfg.model or self._first_model()
+        self._template: Any = None  # the model's chat template, loaded on the first request with an opening
         self.pool = ThreadPoolExecutor(cfg.num_concurrent, thread_name_prefix="synth-openai")
 
     def _first_model(self) -> str:
@@ -311,10 +314,29 @@ class OpenAITeacher:
             self._token_cache[text] = ids[0]
         return ids[0]
 
-    def word_bias(self, req: StoryRequest) -> dict[str, float]:
-        """logit_bias for the request's required words: their first token, lower-case and capitalised, after a space."""
-        spellings = {f" {w}" for lemma in req.words for w in (lemma.split()[0], lemma.split()[0].capitalize())}
+    def word_bias(self, req: StoryRequest, given: str = "") -> dict[str, float]:
+        """logit_bias for the request's required words: their first token, lower-case and capitalised, after a space.
+        Words already in `given` (the story's opening) get none: biased there too, a small teacher repeats them
+        ("a scary camera" a dozen times in one story, LOG.md)."""
+        have = {w.lower() for w in tokenize_words(given)}
+        lemmas = [lemma for lemma in req.words if not (lemma_forms(lemma) & have)]
+        spellings = {f" {w}" for lemma in lemmas for w in (lemma.split()[0], lemma.split()[0].capitalize())}
         return {str(self._first_token(s)): self.cfg.word_bias for s in sorted(spellings)}
+
+    def chat_template(self) -> Any:
+        """The served model's chat template (launch/chat.py: tokenizer_config.json or GGUF metadata), from
+        `openai.chat_template` or else the model file the server names (llama.cpp's server names its GGUF)."""
+        if self._template is None:
+            from launch.chat import load_chat_template
+
+            where = self.cfg.chat_template or self.model
+            path = Path(where)
+            if not where or not path.exists():
+                raise TeacherConfigError(
+                    f"openai.opening needs the model's chat template: {where!r} is not a file or folder here; set "
+                    "openai.chat_template to the served model's GGUF file or model folder")
+            self._template = load_chat_template(path, None)
+        return self._template
 
     def _sampling(self, req: StoryRequest, j: int) -> dict[str, Any]:
         """The request's sampling fields: OpenAI's own as keywords, the server extensions in extra_body."""
@@ -327,7 +349,9 @@ class OpenAITeacher:
         if c.stop:
             kw["stop"] = list(c.stop)
         if c.word_bias:
-            kw["logit_bias"] = self.word_bias(req)
+            bias = self.word_bias(req, opening_for(req, c.opening) if c.opening else "")
+            if bias:
+                kw["logit_bias"] = bias
         if c.seed >= 0:  # one seed per (run, request, candidate): reruns ask the same, candidates differ
             kw["seed"] = int.from_bytes(hashlib.sha1(f"{c.seed}:{req.seed}:{req.index}:{j}".encode()).digest()[:4],
                                         "little") & 0x7FFFFFFF
@@ -339,7 +363,7 @@ class OpenAITeacher:
         if extra:
             kw["extra_body"] = extra
         if c.candidates > 1 and c.scorer == "logprob" and self._logprobs_ok:
-            if c.api == "chat":  # llama.cpp's server returns chat log-probs only when top_logprobs is set too
+            if c.api == "chat" and not c.opening:  # llama.cpp's server: chat log-probs need top_logprobs too
                 kw |= {"logprobs": True, "top_logprobs": 1}
             else:
                 kw["logprobs"] = 1
@@ -350,11 +374,23 @@ class OpenAITeacher:
         c = self.cfg
         kw = self._sampling(req, j)
         score = None
-        if c.api == "chat":
-            messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else [])
-            for ex in req.examples:  # few-shot as earlier turns: the teacher answers a new request, not the example
-                messages += [{"role": "user", "content": EXAMPLE_REQUEST}, {"role": "assistant", "content": ex}]
-            messages.append({"role": "user", "content": req.prompt + summary_ask})
+        messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else [])
+        for ex in req.examples:  # few-shot as earlier turns: the teacher answers a new request, not the example
+            messages += [{"role": "user", "content": EXAMPLE_REQUEST}, {"role": "assistant", "content": ex}]
+        messages.append({"role": "user", "content": req.prompt + summary_ask})
+        if c.opening:  # assistant prefill: the chat as the model's template renders it, then the story's opening
+            opening = opening_for(req, c.opening)
+            template = self.chat_template()
+            prompt = template.render(messages, add_generation_prompt=True) + opening
+            kw["stop"] = list(dict.fromkeys([*kw.get("stop", []), *template.stop_strings]))
+            resp = self._with_retries(lambda: self.client.completions.create(model=self.model, prompt=prompt, **kw))
+            choice = resp.choices[0]
+            raw = opening + (choice.text or "")
+            lp = getattr(choice, "logprobs", None)
+            tl = [x for x in (getattr(lp, "token_logprobs", None) or []) if x is not None] if lp is not None else []
+            if tl:
+                score = sum(tl) / len(tl)
+        elif c.api == "chat":
             resp = self._with_retries(lambda: self.client.chat.completions.create(
                 model=self.model, messages=messages, **kw))
             choice = resp.choices[0]

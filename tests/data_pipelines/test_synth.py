@@ -293,3 +293,41 @@ def test_word_bias_is_a_bounded_logit_bias() -> None:
     for bad in (-1.0, 21.0):
         with pytest.raises(ValueError, match=r"^word_bias:"):
             OpenAITeacherConfig(word_bias=bad)
+
+
+def test_openings_are_checked_and_drawn_per_request() -> None:
+    from data_pipelines.synthetic.config import OpenAITeacherConfig
+    from data_pipelines.synthetic.prompts import PromptBuilder, opening_for
+
+    with pytest.raises(ValueError, match=r"opening\[1\].*\{colour\}"):
+        OpenAITeacherConfig(opening=["Once upon a time, {name} had {a_noun}", "{name} saw a {colour} cat"])
+    assert OpenAITeacherConfig(opening="One day, {name} found {a_noun}").opening == ["One day, {name} found {a_noun}"]
+    cfg = SynthConfig(teacher="openai", openai=OpenAITeacherConfig(opening=["{name} had {a_adjective} {noun}."]))
+    builder = PromptBuilder(cfg, Vocabulary.load(), seed=1)
+    reqs = [builder.build(i) for i in range(40)]
+    texts = [opening_for(r, cfg.openai.opening) for r in reqs]
+    assert texts == [opening_for(r, cfg.openai.opening) for r in reqs]  # the same on every rerun
+    assert len({t.split()[0] for t in texts}) > 10  # names vary
+    for r, t in zip(reqs, texts, strict=True):
+        adj = r.adjective.text
+        assert t.endswith(f" {'an' if adj[0] in 'aeiou' else 'a'} {adj} {r.noun.text}.")
+
+
+def test_word_bias_skips_the_words_an_opening_already_has() -> None:
+    """Biased and already in the opening, SmolLM2 repeated them a dozen times a story: only the rest are biased."""
+    pytest.importorskip("openai", reason="the OpenAI-compatible teacher needs the openai client")
+    from data_pipelines.synthetic.config import OpenAITeacherConfig
+    from data_pipelines.synthetic.prompts import StoryRequest
+    from data_pipelines.synthetic.teachers import OpenAITeacher
+    from data_pipelines.synthetic.vocab import Word
+
+    teacher = OpenAITeacher(OpenAITeacherConfig(model="m", word_bias=3.0))  # no request is sent here
+    ids = {" jump": 1, " Jump": 2, " ball": 3, " Ball": 4, " red": 5, " Red": 6}
+    teacher._first_token = ids.__getitem__  # the server's tokenizer, as a table
+    req = StoryRequest("x", 0, Word("ball", "thing"), Word("jump", "alone"), Word("red", "look"), (), "p", 0)
+    try:
+        assert set(teacher.word_bias(req)) == {"1", "2", "3", "4", "5", "6"}
+        assert set(teacher.word_bias(req, "Once upon a time, Mia had a red ball")) == {"1", "2"}
+        assert teacher.word_bias(req, "Tom jumped on the red balls") == {}
+    finally:
+        teacher.close()

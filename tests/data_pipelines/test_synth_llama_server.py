@@ -152,3 +152,22 @@ def test_word_bias_steers_the_teacher_to_its_words(gguf: Path, tmp_path: Path) -
     for row in rows:
         first = row["raw"].strip().lower()
         assert any(first.startswith(p) for p in pieces[row["id"]]), (row["raw"], pieces[row["id"]])
+
+
+def test_an_opening_continues_through_the_servers_own_template(gguf: Path, tmp_path: Path) -> None:
+    """openai.opening against llama.cpp: the server names its GGUF at /v1/models, so the teacher reads the chat
+    template from that file; every answer is the opening plus SmolLM2's continuation of it."""
+    from data_pipelines.synthetic.prompts import PromptBuilder, opening_for
+    from data_pipelines.synthetic.vocab import Vocabulary
+
+    openings = ["Once upon a time, there was a little {kid} named {name}. {He} had {a_adjective} {noun}"]
+    with LlamaCppServer(gguf, n_threads=1) as srv:
+        cfg = _cfg(srv.base_url, 2, num_concurrent=1, max_tokens=8, opening=openings)
+        run_synth(cfg, tmp_path, seed=2)
+    builder = PromptBuilder(cfg, Vocabulary.load(), seed=2)
+    want = {builder.build(i).id: opening_for(builder.build(i), openings) for i in range(2)}
+    rows = [json.loads(x) for x in (tmp_path / "journal.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for row in rows:
+        assert row["raw"].startswith(want[row["id"]]) and len(row["raw"]) > len(want[row["id"]]), row["raw"]
+        assert "<|im_start|>" not in row["raw"]

@@ -399,6 +399,33 @@ def test_run_synth_through_the_server_resumes_from_the_journal(server, tmp_path:
     assert server.num_generations - before == 6
 
 
+def test_an_opening_is_prefilled_through_the_models_chat_template(server, model_dir: Path, tmp_path: Path) -> None:
+    """openai.opening: the chat rendered by the served model's template plus the opening goes to /v1/completions;
+    the story is the opening and its continuation. Without a template to find, the error names the key."""
+    from data_pipelines.synthetic.prompts import PromptBuilder, opening_for
+    from data_pipelines.synthetic.vocab import Vocabulary
+
+    openings = ["Once upon a time, there was a little {kid} named {name}. {He} had {a_adjective} {noun}"]
+    cfg = SynthConfig(teacher="openai", num_stories=3, max_attempts_factor=1.0, gates=OPEN_GATES, num_examples=1,
+                      openai=OpenAITeacherConfig(base_url=server.url, num_concurrent=2, max_tokens=12,
+                                                 opening=openings, chat_template=str(model_dir), candidates=2))
+    stats = run_synth(cfg, tmp_path / "a", seed=3)
+    assert stats["num_prompts"] == 3 and "teacher_error" not in stats["rejected"]
+    builder = PromptBuilder(cfg, Vocabulary.load(), seed=3)
+    want = {builder.build(i).id: opening_for(builder.build(i), openings) for i in range(3)}
+    rows = [json.loads(x) for x in (tmp_path / "a" / "journal.jsonl").read_text().splitlines()]
+    assert len(rows) == 3
+    for row in rows:
+        opening = want[row["id"]]
+        assert " named " in opening and "{" not in opening
+        for c in row["candidates"]:  # both candidates continue the same opening, each scored by its log-probs
+            assert c["raw"].startswith(opening) and len(c["raw"]) > len(opening)
+            assert isinstance(c["score"], float)
+    cfg.openai.chat_template = ""  # the server names its model "tiny-story-model": no file to read a template from
+    with pytest.raises(TeacherConfigError, match="openai.chat_template"):
+        run_synth(cfg, tmp_path / "b", seed=3)
+
+
 def test_tinyfoundry_teacher_self_generates(model_dir: Path, tmp_path: Path) -> None:
     cfg = SynthConfig(teacher="tinyfoundry", num_stories=3, max_attempts_factor=1.0, gates=OPEN_GATES,
                       local=LocalTeacherConfig(model_path=str(model_dir), max_new_tokens=16, batch_size=2,
