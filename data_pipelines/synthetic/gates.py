@@ -56,6 +56,9 @@ _NOT_PROSE = re.compile(
     r"|(?:title|characters?|setting|summary|words|story|plot|the end)\s*:)",
     re.IGNORECASE | re.MULTILINE,
 )
+# one word three times running with only spaces between ("special special special cushion", "so so so"): a
+# small teacher's stutter; real stories write "honk, honk, honk" with commas (none of the shared 2,000 has it)
+_STUTTER = re.compile(r"\b(\w+)(?: +\1\b){2,}", re.IGNORECASE)
 _SENTENCE = re.compile(r"[^.!?\n]+[.!?]*")
 _QUOTE = re.compile(r"[\"“”]")
 _REFUSAL_START = re.compile(
@@ -177,7 +180,7 @@ class QualityGates:
         if len(words) > self.cfg.max_words:
             return "too_long"
         if (repeated_trigram_share(words) > self.cfg.max_repeated_share
-                or repeated_sentence_share(text) > self.cfg.max_repeated_sentences):
+                or repeated_sentence_share(text) > self.cfg.max_repeated_sentences or _STUTTER.search(text)):
             return "repetitive"
         present = set(words)
         allowed: set[str] = set()

@@ -49,6 +49,8 @@ def gates() -> QualityGates:
     ("Title: The Red Ball\n" + GOOD, "not_prose"),
     (GOOD + " The mother jumped on the ball. The mother jumped on the ball. The mother jumped on the ball. "
      "The mother jumped on the ball.", "repetitive"),
+    (GOOD.replace("a red ball", "a red red red ball"), "repetitive"),
+    (GOOD.replace("Lily looked and looked.", "Lily said, \"Honk, honk, honk!\""), None),
     (GOOD[:-40], "truncated"),
     (GOOD.replace("red ", "blue "), "missing_words"),
     ("I'm sorry, but I cannot write that story.", "refusal"),
