@@ -8,6 +8,7 @@ weight average) is trained on
   teacher         SmolLM2-135M-Instruct's stories through llama.cpp's OpenAI-compatible server (run_synth,
                   teacher: openai, configs/synth-smollm2.yaml: few-shot prompts, best-of-n, the gates),
   real@teacher    real training stories cut to the teacher corpus's size in bytes (the teacher target's reference),
+  grammar@teacher the grammar's stories cut to the same size (which synthetic corpus teaches more per byte),
 and every student is scored on the same real held-out stories: bits per byte (train.eval.loss) and the story
 probes of train.eval.probes (word usage, consistency with the opening, distinct-2, finished endings).
 
@@ -46,7 +47,7 @@ from data_pipelines.synthetic import SynthConfig, run_synth  # noqa: E402
 from launch.loader import build_dataclass  # noqa: E402
 
 CONFIG = ROOT / "configs" / "synth-smollm2.yaml"
-ORDER = ["real", "grammar", "teacher", "real@teacher"]
+ORDER = ["real", "grammar", "teacher", "real@teacher", "grammar@teacher"]
 
 
 def order(row: dict) -> tuple[int, str]:
@@ -251,6 +252,8 @@ def report(rows: list[dict], synth_stats: dict) -> None:
     if "teacher" in by and "real@teacher" in by:
         ratio = by["teacher"]["bpb"] / by["real@teacher"]["bpb"]
         print(f"teacher / real@teacher = {ratio:.3f}x (target <= 1.5x: {'MET' if ratio <= 1.5 else 'NOT met'})")
+    if "grammar@teacher" in by and "real@teacher" in by:
+        print(f"grammar@teacher / real@teacher = {by['grammar@teacher']['bpb'] / by['real@teacher']['bpb']:.3f}x")
     t = synth_stats.get("teacher")
     if t:
         c = t.get("candidates") or {}
@@ -275,7 +278,7 @@ def main() -> None:
     ap.add_argument("--teacher-shard", type=int, default=None,
                     help="with --stage teacher: make only this shard (one process per shard, each in its own session)")
     ap.add_argument("--corpora", default="real,grammar,teacher,real@teacher",
-                    help="students to train (comma-separated subset of real, grammar, teacher, real@teacher; "
+                    help="students to train (comma-separated subset of real, grammar, teacher, real@teacher, grammar@teacher; "
                          "none with --merge: only report)")
     ap.add_argument("--stage", choices=["all", "teacher"], default="all", help="teacher: only make the teacher corpus")
     ap.add_argument("--work", type=Path, default=None, help="keep corpora and the teacher journal here (resumable)")
@@ -316,7 +319,10 @@ def main() -> None:
         if teacher == "smollm2" and "teacher" in args.corpora:
             corpora["teacher"], synth_stats["teacher"] = teacher_corpus(work, args.teacher_stories, args.seed,
                                                                          args.teacher_threads, args.teacher_shards)
-            corpora["real@teacher"] = cut_to_bytes(train_docs, sum(len(x.encode()) + 1 for x in corpora["teacher"]))
+            nbytes = sum(len(x.encode()) + 1 for x in corpora["teacher"])
+            corpora["real@teacher"] = cut_to_bytes(train_docs, nbytes)
+            if "grammar" in corpora:
+                corpora["grammar@teacher"] = cut_to_bytes(corpora["grammar"], nbytes)
         wanted = args.corpora.split(",")
         budget = sum(len(WORD.findall(d.lower())) for d in train_docs)  # bench_synth's budget: the real corpus
         rows = [student(name, docs, val_docs, flops, work, args.seed, budget) for name, docs in corpora.items()
