@@ -69,7 +69,7 @@ class OpenAITeacherConfig:
     scorer: Literal["logprob", "first"] = "logprob"
     """How best-of-n ranks candidates that pass the gates: the teacher's own mean token log-prob, or the first."""
     opening: list[str] = field(default_factory=list)
-    """Openings the story is made to begin with, one drawn per request: the rendered chat plus the opening goes to /v1/completions and the teacher continues it (assistant prefill), so a small teacher starts a story, in the TinyStories manner, with its words in place. Fields: {name} {kid} {He} {he} {His} {his} {adjective} {a_adjective} {noun} {a_noun} {verb}. Empty = the teacher writes the whole answer."""
+    """Openings the story is made to begin with, one drawn per request: the rendered chat (api chat; api completions: the plain prompt) plus the opening goes to /v1/completions and the teacher continues it (assistant prefill), so a small teacher starts a story, in the TinyStories manner, with its words in place. Fields: {name} {kid} {He} {he} {His} {his} {adjective} {a_adjective} {noun} {a_noun} {verb}. Empty = the teacher writes the whole answer."""
     chat_template: str = ""
     """With `opening`: the GGUF file or model folder whose chat template renders the messages; empty = the file the server names as its model at /v1/models (llama.cpp's server names its GGUF)."""
 

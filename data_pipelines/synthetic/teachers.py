@@ -380,9 +380,12 @@ class OpenAITeacher:
         messages.append({"role": "user", "content": req.prompt + summary_ask})
         if c.opening:  # assistant prefill: the chat as the model's template renders it, then the story's opening
             opening = opening_for(req, c.opening)
-            template = self.chat_template()
-            prompt = template.render(messages, add_generation_prompt=True) + opening
-            kw["stop"] = list(dict.fromkeys([*kw.get("stop", []), *template.stop_strings]))
+            if c.api == "chat":
+                template = self.chat_template()
+                prompt = template.render(messages, add_generation_prompt=True) + opening
+                kw["stop"] = list(dict.fromkeys([*kw.get("stop", []), *template.stop_strings]))
+            else:  # a base model continues the plain prompt: the opening starts the text after it
+                prompt = req.full_prompt + summary_ask + "\n\n" + opening
             resp = self._with_retries(lambda: self.client.completions.create(model=self.model, prompt=prompt, **kw))
             choice = resp.choices[0]
             raw = opening + (choice.text or "")

@@ -424,6 +424,10 @@ def test_an_opening_is_prefilled_through_the_models_chat_template(server, model_
     cfg.openai.chat_template = ""  # the server names its model "tiny-story-model": no file to read a template from
     with pytest.raises(TeacherConfigError, match="openai.chat_template"):
         run_synth(cfg, tmp_path / "b", seed=3)
+    cfg.openai.api = "completions"  # a base model: the plain prompt, then the opening; no template needed
+    run_synth(cfg, tmp_path / "c", seed=3)
+    rows = [json.loads(x) for x in (tmp_path / "c" / "journal.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(r["raw"].startswith(want[r["id"]]) for r in rows)
 
 
 def test_tinyfoundry_teacher_self_generates(model_dir: Path, tmp_path: Path) -> None:
