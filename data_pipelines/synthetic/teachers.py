@@ -378,22 +378,7 @@ class OpenAITeacher:
         for ex in req.examples:  # few-shot as earlier turns: the teacher answers a new request, not the example
             messages += [{"role": "user", "content": EXAMPLE_REQUEST}, {"role": "assistant", "content": ex}]
         messages.append({"role": "user", "content": req.prompt + summary_ask})
-        if c.opening:  # assistant prefill: the chat as the model's template renders it, then the story's opening
-            opening = opening_for(req, c.opening)
-            if c.api == "chat":
-                template = self.chat_template()
-                prompt = template.render(messages, add_generation_prompt=True) + opening
-                kw["stop"] = list(dict.fromkeys([*kw.get("stop", []), *template.stop_strings]))
-            else:  # a base model continues the plain prompt: the opening starts the text after it
-                prompt = req.full_prompt + summary_ask + "\n\n" + opening
-            resp = self._with_retries(lambda: self.client.completions.create(model=self.model, prompt=prompt, **kw))
-            choice = resp.choices[0]
-            raw = opening + (choice.text or "")
-            lp = getattr(choice, "logprobs", None)
-            tl = [x for x in (getattr(lp, "token_logprobs", None) or []) if x is not None] if lp is not None else []
-            if tl:
-                score = sum(tl) / len(tl)
-        elif c.api == "chat":
+        if c.api == "chat" and not c.opening:
             resp = self._with_retries(lambda: self.client.chat.completions.create(
                 model=self.model, messages=messages, **kw))
             choice = resp.choices[0]
@@ -402,11 +387,17 @@ class OpenAITeacher:
             content = getattr(lp, "content", None) if lp is not None else None
             if content:
                 score = sum(t.logprob for t in content) / len(content)
-        else:
-            prompt = req.full_prompt + summary_ask
+        else:  # /v1/completions: a base model's plain prompt, or an opening the teacher continues (assistant prefill)
+            opening = opening_for(req, c.opening) if c.opening else ""
+            if c.api == "chat":  # the chat as the model's own template renders it, then the story's opening
+                template = self.chat_template()
+                prompt = template.render(messages, add_generation_prompt=True) + opening
+                kw["stop"] = list(dict.fromkeys([*kw.get("stop", []), *template.stop_strings]))
+            else:
+                prompt = req.full_prompt + summary_ask + ("\n\n" + opening if opening else "")
             resp = self._with_retries(lambda: self.client.completions.create(model=self.model, prompt=prompt, **kw))
             choice = resp.choices[0]
-            raw = choice.text or ""
+            raw = opening + (choice.text or "")
             lp = getattr(choice, "logprobs", None)
             tl = [x for x in (getattr(lp, "token_logprobs", None) or []) if x is not None] if lp is not None else []
             if tl:
