@@ -323,6 +323,11 @@ class OpenAITeacher:
         spellings = {f" {w}" for lemma in lemmas for w in (lemma.split()[0], lemma.split()[0].capitalize())}
         return {str(self._first_token(s)): self.cfg.word_bias for s in sorted(spellings)}
 
+    @property
+    def chat_endpoint(self) -> bool:
+        """/v1/chat/completions; else /v1/completions (a base model, or an opening the teacher continues)."""
+        return self.cfg.api == "chat" and not self.cfg.opening
+
     def chat_template(self) -> Any:
         """The served model's chat template (launch/chat.py: tokenizer_config.json or GGUF metadata), from
         `openai.chat_template` or else the model file the server names (llama.cpp's server names its GGUF)."""
@@ -363,7 +368,7 @@ class OpenAITeacher:
         if extra:
             kw["extra_body"] = extra
         if c.candidates > 1 and c.scorer == "logprob" and self._logprobs_ok:
-            if c.api == "chat" and not c.opening:  # llama.cpp's server: chat log-probs need top_logprobs too
+            if self.chat_endpoint:  # llama.cpp's server returns chat log-probs only when top_logprobs is set too
                 kw |= {"logprobs": True, "top_logprobs": 1}
             else:
                 kw["logprobs"] = 1
@@ -378,7 +383,7 @@ class OpenAITeacher:
         for ex in req.examples:  # few-shot as earlier turns: the teacher answers a new request, not the example
             messages += [{"role": "user", "content": EXAMPLE_REQUEST}, {"role": "assistant", "content": ex}]
         messages.append({"role": "user", "content": req.prompt + summary_ask})
-        if c.api == "chat" and not c.opening:
+        if self.chat_endpoint:
             resp = self._with_retries(lambda: self.client.chat.completions.create(
                 model=self.model, messages=messages, **kw))
             choice = resp.choices[0]
@@ -387,7 +392,7 @@ class OpenAITeacher:
             content = getattr(lp, "content", None) if lp is not None else None
             if content:
                 score = sum(t.logprob for t in content) / len(content)
-        else:  # /v1/completions: a base model's plain prompt, or an opening the teacher continues (assistant prefill)
+        else:  # a base model's plain prompt, or an opening the teacher continues (assistant prefill)
             opening = opening_for(req, c.opening) if c.opening else ""
             if c.api == "chat":  # the chat as the model's own template renders it, then the story's opening
                 template = self.chat_template()
