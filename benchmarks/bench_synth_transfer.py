@@ -50,8 +50,11 @@ CONFIG = ROOT / "configs" / "synth-smollm2.yaml"
 ORDER = ["real", "grammar", "teacher", "real@teacher", "grammar@teacher"]
 
 
-def order(row: dict) -> tuple[int, str]:
-    return (ORDER.index(row["run"]) if row["run"] in ORDER else len(ORDER), row["run"])
+def order(row: dict) -> tuple[int, int, str]:
+    """The named corpora first, then the real curve's students (real@Nxteacher) by size."""
+    if row["run"] in ORDER:
+        return (ORDER.index(row["run"]), 0, row["run"])
+    return (len(ORDER), row.get("corpus_bytes", 0), row["run"])
 WORD = re.compile(r"[a-z]+(?:['’-][a-z]+)*")
 
 
@@ -200,6 +203,31 @@ def cut_to_bytes(docs: list[str], nbytes: int) -> list[str]:
     return out
 
 
+def real_name(multiple: float) -> str:
+    return f"real@{multiple:g}xteacher"
+
+
+def worth_real_bytes(rows: list[dict], run: str) -> tuple[str, float | None]:
+    """How many bytes of real stories teach as much as corpus `run` does: its held-out bpb placed on the curve of
+    the real students (real@Nxteacher, real@teacher, real), linear in log(bytes) between the two real points that
+    bracket it. The ratio at equal bytes says how good a byte is; this says how much real text the corpus stands
+    for. ("<", bytes) or (">", bytes) when the bpb lies past the curve's ends, ("", None) with under two points."""
+    import math
+
+    curve = sorted((r["corpus_bytes"], r["bpb"]) for r in rows
+                   if r["run"] == "real" or r["run"].startswith("real@") and "teacher" in r["run"])
+    target = next(r["bpb"] for r in rows if r["run"] == run)
+    if len(curve) < 2:
+        return "", None
+    for (b0, y0), (b1, y1) in zip(curve, curve[1:]):
+        if min(y0, y1) <= target <= max(y0, y1) and y0 != y1:
+            w = (target - y0) / (y1 - y0)
+            return "", math.exp(math.log(b0) + w * (math.log(b1) - math.log(b0)))
+    best = min(curve, key=lambda c: c[1])
+    worst = max(curve, key=lambda c: c[1])
+    return (">", best[0]) if target < best[1] else ("<", worst[0])
+
+
 def probes(model_dir: Path) -> dict:
     from tokenizers import Tokenizer
 
@@ -254,6 +282,12 @@ def report(rows: list[dict], synth_stats: dict) -> None:
         print(f"teacher / real@teacher = {ratio:.3f}x (target <= 1.5x: {'MET' if ratio <= 1.5 else 'NOT met'})")
     if "grammar@teacher" in by and "real@teacher" in by:
         print(f"grammar@teacher / real@teacher = {by['grammar@teacher']['bpb'] / by['real@teacher']['bpb']:.3f}x")
+    for run in ("teacher", "grammar@teacher"):
+        side, worth = worth_real_bytes(rows, run) if run in by else ("", None)
+        if worth is not None:
+            size = by[run]["corpus_bytes"]
+            print(f"{run} ({size:,} bytes) teaches as much as {side}{worth:,.0f} bytes of real stories "
+                  f"({side}{worth / size:.2f}x its size; the real students' curve, interpolated in log bytes)")
     t = synth_stats.get("teacher")
     if t:
         c = t.get("candidates") or {}
@@ -280,6 +314,9 @@ def main() -> None:
     ap.add_argument("--corpora", default="real,grammar,teacher,real@teacher",
                     help="students to train (comma-separated subset of real, grammar, teacher, real@teacher, grammar@teacher; "
                          "none with --merge: only report)")
+    ap.add_argument("--real-multiples", default="",
+                    help="also train real students on these multiples of the teacher corpus's bytes (e.g. 0.5,2,4): "
+                         "the curve that says how many bytes of real stories the teacher's corpus is worth")
     ap.add_argument("--stage", choices=["all", "teacher"], default="all", help="teacher: only make the teacher corpus")
     ap.add_argument("--work", type=Path, default=None, help="keep corpora and the teacher journal here (resumable)")
     ap.add_argument("--seed", type=int, default=0)
@@ -323,7 +360,9 @@ def main() -> None:
             corpora["real@teacher"] = cut_to_bytes(train_docs, nbytes)
             if "grammar" in corpora:
                 corpora["grammar@teacher"] = cut_to_bytes(corpora["grammar"], nbytes)
-        wanted = args.corpora.split(",")
+            for m in (float(x) for x in args.real_multiples.split(",") if x.strip()):
+                corpora[real_name(m)] = cut_to_bytes(train_docs, int(m * nbytes))
+        wanted = args.corpora.split(",") + [n for n in corpora if n.startswith("real@") and n.endswith("xteacher")]
         budget = sum(len(WORD.findall(d.lower())) for d in train_docs)  # bench_synth's budget: the real corpus
         rows = [student(name, docs, val_docs, flops, work, args.seed, budget) for name, docs in corpora.items()
                 if name in wanted]

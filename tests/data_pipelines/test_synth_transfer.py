@@ -93,6 +93,29 @@ def test_cut_to_bytes_never_passes_the_budget() -> None:
     assert bench.cut_to_bytes(docs, 5) == ["one"]
 
 
+def test_worth_real_bytes_reads_the_real_curve() -> None:
+    """--real-multiples: the teacher's bpb placed on the real students' curve, linear in log(bytes)."""
+    bench = _bench()
+
+    def row(run: str, nbytes: int, bpb: float) -> dict:
+        return {"run": run, "corpus_bytes": nbytes, "bpb": bpb}
+
+    curve = [row(bench.real_name(0.5), 10_000, 3.0), row("real@teacher", 20_000, 2.6),
+             row(bench.real_name(4), 80_000, 2.0), row("grammar@teacher", 20_000, 2.2)]
+    side, worth = bench.worth_real_bytes([*curve, row("teacher", 20_000, 2.6)], "teacher")
+    assert side == "" and worth == pytest.approx(20_000)
+    side, worth = bench.worth_real_bytes([*curve, row("teacher", 20_000, 2.8)], "teacher")
+    assert side == "" and worth == pytest.approx((10_000 * 20_000) ** 0.5)  # half way in log bytes
+    assert bench.worth_real_bytes([*curve, row("teacher", 20_000, 2.3)], "grammar@teacher")[1] == pytest.approx(
+        20_000 * 4 ** (2 / 3))  # 2.2 is two thirds of the way from 2.6 to 2.0
+    assert bench.worth_real_bytes([*curve, row("teacher", 20_000, 1.5)], "teacher") == (">", 80_000)
+    assert bench.worth_real_bytes([*curve, row("teacher", 20_000, 3.5)], "teacher") == ("<", 10_000)
+    assert bench.worth_real_bytes([row("real@teacher", 1, 2.0), row("teacher", 1, 2.0)], "teacher") == ("", None)
+    rows = sorted([row(bench.real_name(10), 9, 1.0), row(bench.real_name(2), 5, 1.0), row("teacher", 1, 2.0)],
+                  key=bench.order)
+    assert [r["run"] for r in rows] == ["teacher", "real@2xteacher", "real@10xteacher"]
+
+
 @pytest.mark.slow
 def test_bench_synth_transfer_plumbing(tmp_path: Path) -> None:
     if not REAL.is_file():
