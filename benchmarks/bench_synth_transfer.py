@@ -163,7 +163,8 @@ def merge_stats(parts: list[dict]) -> dict:
 
 def throughput(journals: list[Path], stats: dict, wall_s: float) -> str:
     """Teacher speed from the journals' own clocks: prompts (all candidates) per second while generating, each
-    server's span measured on its own journal and the rates added (the servers ran side by side)."""
+    server's span measured on its own journal and the rates added (the servers ran side by side). A journal grows
+    over several runs (stopped, resumed hours later): a gap longer than 10x the median one is a pause, not work."""
     rates, n_rows, n_cand = [], 0, 0
     for journal in journals:
         if not journal.is_file():
@@ -172,8 +173,12 @@ def throughput(journals: list[Path], stats: dict, wall_s: float) -> str:
         stamps = sorted(r["t"] for r in rows if "t" in r)
         n_rows += len(rows)
         n_cand += sum(max(1, len(r.get("candidates", ()))) for r in rows)
-        if len(stamps) >= 2 and stamps[-1] > stamps[0]:
-            rates.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
+        gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+        if gaps:
+            pause = 10 * sorted(gaps)[len(gaps) // 2]
+            busy = sum(g for g in gaps if g <= pause)
+            if busy > 0:
+                rates.append(sum(1 for g in gaps if g <= pause) / busy)
     if rates:
         rate = sum(rates)
         return (f"{rate:.4f} prompts/s = {1 / rate:.1f} s per prompt of {n_cand / max(1, n_rows):.1f} candidates "

@@ -80,6 +80,11 @@ def test_teacher_shards_add_up(tmp_path: Path) -> None:
     out = bench.throughput(journals + [tmp_path / "absent.jsonl"], st, 1.0)
     assert out.startswith("0.1500 prompts/s") and "10 journaled prompts, 2 server(s)" in out, out
     assert "2.0 candidates" in out and "accepted stories/s = 0.0300" in out, out
+    # a journal resumed after a pause: the pause is not generation time
+    stamps = [1000.0, 1010.0, 1020.0, 9000.0, 9010.0, 9020.0]
+    journals[1].write_text("".join(json.dumps({"id": str(i), "t": t}) + "\n" for i, t in enumerate(stamps)))
+    out = bench.throughput(journals, st, 1.0)
+    assert out.startswith("0.2000 prompts/s"), out  # 0.1 + 0.1 (4 answers in 40 s), not 0.1 + 5 / 8020
 
 
 def test_cut_to_bytes_never_passes_the_budget() -> None:
