@@ -21,6 +21,8 @@ in --work: `--stage teacher` makes (or resumes) it alone, in the background; a l
         --teacher-stories 400 --teacher-threads 1 --teacher-shards 2 --teacher-shard 0   # and --teacher-shard 1
     .venv/bin/python benchmarks/bench_synth_transfer.py --work runs/bench-synth --teacher-stories 0 --teacher-shards 2 \
         --corpora teacher,real@teacher --threads 1    # the journals as they are, cut short
+    #   add --real-multiples 0.5,2,4,8: real students on those multiples of the teacher corpus's bytes, and how many
+    #   bytes of real stories the teacher's corpus is worth (at 78 KB: about half its size, LOG.md session 11)
     .venv/bin/python benchmarks/bench_synth_transfer.py --work runs/bench-synth --threads 1
     .venv/bin/python benchmarks/bench_synth_transfer.py --quick            # tiny budget, no teacher: plumbing only
 """
