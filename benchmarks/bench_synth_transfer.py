@@ -357,6 +357,7 @@ def main() -> None:
         print(f"data: {len(train_docs)} real training / {len(val_docs)} held-out stories; {flops:.2g} FLOPs per "
               "student", flush=True)
         corpora = {"real": train_docs}
+        curve: list[str] = []  # --real-multiples' students
         if "grammar" in args.corpora:
             g_seed = args.seed if args.grammar_seed is None else args.grammar_seed
             corpora["grammar"], synth_stats["grammar"] = grammar_corpus(work, n_grammar, g_seed)
@@ -368,8 +369,9 @@ def main() -> None:
             if "grammar" in corpora:
                 corpora["grammar@teacher"] = cut_to_bytes(corpora["grammar"], nbytes)
             for m in (float(x) for x in args.real_multiples.split(",") if x.strip()):
-                corpora[real_name(m)] = cut_to_bytes(train_docs, int(m * nbytes))
-        wanted = args.corpora.split(",") + [n for n in corpora if n.startswith("real@") and n.endswith("xteacher")]
+                curve.append(real_name(m))
+                corpora[curve[-1]] = cut_to_bytes(train_docs, int(m * nbytes))
+        wanted = args.corpora.split(",") + curve
         budget = sum(len(WORD.findall(d.lower())) for d in train_docs)  # bench_synth's budget: the real corpus
         rows = [student(name, docs, val_docs, flops, work, args.seed, budget) for name, docs in corpora.items()
                 if name in wanted]
